@@ -1,0 +1,33 @@
+"""Pre-norm residual block (Xiong et al. 2020, "On Layer Normalization in the Transformer Architecture"):
+
+    h = x + mixer(norm_1(x))
+    y = h + ffn(norm_2(h))          (no FFN when the mixer already is one, e.g. GAU)
+
+Shapes: x (B, T, D) -> y (B, T, D). The mixer and FFN are looked up by name in their registries.
+"""
+
+from __future__ import annotations
+
+from torch import Tensor, nn
+
+from model.config import ModelConfig
+from model.ffn import FFNS
+from model.mixers import MIXERS
+from model.norm import RMSNorm
+
+
+class Block(nn.Module):
+    def __init__(self, cfg: ModelConfig, mixer: str, ffn: str, position: nn.Module):
+        super().__init__()
+        self.norm_1 = RMSNorm(cfg.d_model, cfg.norm_eps)
+        self.mixer = MIXERS[mixer](cfg, position)
+        self.norm_2 = RMSNorm(cfg.d_model, cfg.norm_eps) if ffn != "none" else None
+        self.ffn = FFNS[ffn](cfg) if ffn != "none" else None
+        self.dropout = nn.Dropout(cfg.dropout)
+
+    def forward(self, x: Tensor, cache=None):
+        h, cache = self.mixer(self.norm_1(x), cache)
+        x = x + self.dropout(h)
+        if self.ffn is not None:
+            x = x + self.dropout(self.ffn(self.norm_2(x)))
+        return x, cache

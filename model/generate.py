@@ -1,0 +1,52 @@
+"""Autoregressive sampling with the model's cache: one prefill over the prompt, then one token per step.
+
+Each step turns the last logits (B, V) into a distribution: divide by `temperature` (0 = greedy), keep the
+`top_k` largest, keep the smallest set whose probability reaches `top_p` (nucleus sampling, Holtzman et
+al. 2019), sample. A sequence that emits `eos_id` is finished: it keeps emitting `eos_id` (so the batch
+stays rectangular) and generation stops when every sequence is finished.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+
+def filter_logits(logits: Tensor, temperature: float, top_k: int | None, top_p: float | None) -> Tensor:
+    """Logits (B, V) -> scaled logits with the excluded tokens at -inf."""
+    logits = logits.float() / max(temperature, 1e-8)
+    if top_k:
+        kth = torch.topk(logits, min(top_k, logits.shape[-1]), dim=-1).values[:, -1:]  # (B, 1)
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    if top_p is not None and top_p < 1.0:
+        sorted_logits, order = logits.sort(dim=-1, descending=True)
+        cum = sorted_logits.softmax(-1).cumsum(-1)
+        drop_sorted = cum - sorted_logits.softmax(-1) >= top_p  # mass before this token already >= p
+        drop = drop_sorted.scatter(-1, order, drop_sorted)
+        logits = logits.masked_fill(drop, float("-inf"))
+    return logits
+
+
+@torch.no_grad()
+def generate(model, idx: Tensor, max_new_tokens: int, temperature: float = 1.0, top_k: int | None = None,
+             top_p: float | None = None, eos_id: int | None = None, generator: torch.Generator | None = None
+             ) -> Tensor:
+    """idx (B, T) prompt tokens -> (B, T + n) with n <= max_new_tokens new tokens."""
+    state = model.init_state(idx.shape[0])
+    logits, state = model(idx, state)
+    out, finished = [idx], torch.zeros(idx.shape[0], dtype=torch.bool, device=idx.device)
+    for _ in range(max_new_tokens):
+        last = logits[:, -1, :]  # (B, V)
+        if temperature == 0:
+            nxt = last.argmax(-1, keepdim=True)  # (B, 1)
+        else:
+            probs = filter_logits(last, temperature, top_k, top_p).softmax(-1)
+            nxt = torch.multinomial(probs, 1, generator=generator)  # (B, 1)
+        if eos_id is not None:
+            nxt = nxt.masked_fill(finished[:, None], eos_id)
+            finished |= nxt[:, 0] == eos_id
+        out.append(nxt)
+        if eos_id is not None and bool(finished.all()):
+            break
+        logits, state = model(nxt, state)
+    return torch.cat(out, dim=1)

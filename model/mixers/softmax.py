@@ -1,0 +1,63 @@
+"""Causal softmax attention with grouped-query heads (`model.mixer=softmax`).
+
+Vaswani et al. 2017, "Attention Is All You Need"; grouped-query attention from Ainslie et al. 2023
+("GQA", arXiv:2305.13245): H query heads share Hk = n_kv_heads key/value heads (H % Hk == 0).
+
+    Attn(Q, K, V) = softmax(Q K^T / sqrt(d) + M) V,   M_ij = -inf for j > i (causal)
+
+Shapes: x (B, T, D) -> q (B, H, T, d), k/v (B, Hk, T, d), d = D / H -> y (B, T, D).
+Computed by `F.scaled_dot_product_attention` (flash / memory-efficient kernels where available).
+Cache: the keys and values seen so far, (B, Hk, T_past, d) each; decoding appends to them.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from model.config import ModelConfig
+
+
+class SoftmaxAttention(nn.Module):
+    def __init__(self, cfg: ModelConfig, position: nn.Module):
+        super().__init__()
+        assert cfg.d_model % cfg.n_heads == 0, "d_model must be divisible by n_heads"
+        assert cfg.n_heads % cfg.kv_heads == 0, "n_heads must be a multiple of n_kv_heads"
+        self.n_heads, self.n_kv_heads, self.head_dim = cfg.n_heads, cfg.kv_heads, cfg.head_dim
+        self.position = position
+        self.q_proj = nn.Linear(cfg.d_model, cfg.n_heads * self.head_dim, bias=False)
+        self.k_proj = nn.Linear(cfg.d_model, self.n_kv_heads * self.head_dim, bias=False)
+        self.v_proj = nn.Linear(cfg.d_model, self.n_kv_heads * self.head_dim, bias=False)
+        self.o_proj = nn.Linear(cfg.n_heads * self.head_dim, cfg.d_model, bias=False)
+
+    def attention_flops_per_token(self, seq_len: int) -> int:
+        return 12 * self.n_heads * self.head_dim * seq_len  # Q K^T and A V, forward + backward
+
+    def init_cache(self, batch_size: int, device, dtype) -> tuple[Tensor, Tensor]:
+        empty = torch.zeros(batch_size, self.n_kv_heads, 0, self.head_dim, device=device, dtype=dtype)
+        return empty, empty
+
+    def forward(self, x: Tensor, cache: tuple[Tensor, Tensor] | None = None):
+        B, T, _ = x.shape
+        q = self.q_proj(x).view(B, T, self.n_heads, self.head_dim).transpose(1, 2)  # (B, H, T, d)
+        k = self.k_proj(x).view(B, T, self.n_kv_heads, self.head_dim).transpose(1, 2)  # (B, Hk, T, d)
+        v = self.v_proj(x).view(B, T, self.n_kv_heads, self.head_dim).transpose(1, 2)  # (B, Hk, T, d)
+        past = 0 if cache is None else cache[0].shape[2]
+        q, k = self.position.rotate(q, k, offset=past)
+        if cache is not None:
+            k = torch.cat([cache[0], k], dim=2)  # (B, Hk, past + T, d)
+            v = torch.cat([cache[1], v], dim=2)
+            cache = (k, v)
+        if past == 0:
+            mask, causal = None, True
+        elif T == 1:
+            mask, causal = None, False  # one new query sees every cached key
+        else:  # a chunk after a prefix: query i sits at absolute position past + i
+            mask = torch.ones(T, past + T, dtype=torch.bool, device=x.device).tril(diagonal=past)
+            causal = False
+        y = F.scaled_dot_product_attention(
+            q, k, v, attn_mask=mask, is_causal=causal, enable_gqa=self.n_kv_heads != self.n_heads
+        )  # (B, H, T, d)
+        y = y.transpose(1, 2).reshape(B, T, self.n_heads * self.head_dim)  # (B, T, H*d)
+        return self.o_proj(y), cache

@@ -1,0 +1,104 @@
+"""Decoder-only transformer assembled from registries (`model.position`, `model.mixer`, `model.ffn`).
+
+    h_0 = position.embed(E[idx]);  h_l = Block_l(h_{l-1});  logits = norm(h_L) W_E^T  (tied head)
+
+Shapes: idx (B, T) int64 -> logits (B, T, V). Decoding passes a `DecodeState` (the absolute offset and
+each layer's mixer cache) and gets it back updated, so T can be a prompt (prefill) or a single token.
+Initialisation (GPT-2 / Llama): N(0, init_std) for weights, residual output projections (`o_proj`,
+`out_proj`, `down_proj`) scaled by 1/sqrt(2 L); components with special parameters (SSM decay, scales)
+re-initialise them in `reset_special_parameters()`.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor, nn
+
+from model.block import Block
+from model.config import ModelConfig
+from model.generate import generate
+from model.norm import RMSNorm
+from model.positions import POSITIONS
+
+RESIDUAL_PROJECTIONS = ("o_proj", "out_proj", "down_proj")
+
+
+@dataclass
+class DecodeState:
+    offset: int = 0  # tokens already consumed (absolute position of the next one)
+    layers: list = field(default_factory=list)  # one mixer cache per layer
+
+
+class Transformer(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        assert cfg.vocab_size > 0, "model.vocab_size must be resolved before building the model"
+        self.cfg = cfg
+        self.embed_tokens = nn.Embedding(cfg.vocab_size, cfg.d_model)
+        self.position = POSITIONS[cfg.position](cfg.d_model, cfg.rope_theta)
+        self.layers = nn.ModuleList(
+            Block(cfg, mixer, cfg.layer_ffn(mixer), self.position) for mixer in cfg.layer_mixers()
+        )
+        self.norm = RMSNorm(cfg.d_model, cfg.norm_eps)
+        self.lm_head = nn.Linear(cfg.d_model, cfg.vocab_size, bias=False)
+        if cfg.tie_embeddings:
+            self.lm_head.weight = self.embed_tokens.weight
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        residual_std = self.cfg.init_std / math.sqrt(2 * self.cfg.n_layers)
+        for name, module in self.named_modules():
+            if isinstance(module, (nn.Linear, nn.Embedding)):
+                std = residual_std if name.rsplit(".", 1)[-1] in RESIDUAL_PROJECTIONS else self.cfg.init_std
+                nn.init.normal_(module.weight, mean=0.0, std=std)
+                if getattr(module, "bias", None) is not None:
+                    nn.init.zeros_(module.bias)
+        for module in self.modules():
+            if hasattr(module, "reset_special_parameters"):
+                module.reset_special_parameters()
+
+    def init_state(self, batch_size: int, device=None, dtype=None) -> DecodeState:
+        device = device or self.embed_tokens.weight.device
+        dtype = dtype or self.embed_tokens.weight.dtype
+        return DecodeState(0, [layer.mixer.init_cache(batch_size, device, dtype) for layer in self.layers])
+
+    def forward(self, idx: Tensor, state: DecodeState | None = None) -> tuple[Tensor, DecodeState | None]:
+        offset = 0 if state is None else state.offset
+        h = self.position.embed(self.embed_tokens(idx), offset)  # (B, T, D)
+        caches = [None] * len(self.layers) if state is None else state.layers
+        new_caches = []
+        for layer, cache in zip(self.layers, caches):
+            h, cache = layer(h, cache)
+            new_caches.append(cache)
+        logits = self.lm_head(self.norm(h))  # (B, T, V)
+        if state is None:
+            return logits, None
+        return logits, DecodeState(offset + idx.shape[1], new_caches)
+
+    def aux_loss(self) -> Tensor | float:
+        """Sum of auxiliary losses left by the last forward (MoE load balancing + z-loss); 0 if none."""
+        losses = [m.aux_loss for m in self.modules() if getattr(m, "aux_loss", None) is not None]
+        return sum(losses) if losses else 0.0
+
+    def num_params(self, non_embedding: bool = False) -> int:
+        n = sum(p.numel() for p in self.parameters())
+        return n - self.embed_tokens.weight.numel() if non_embedding else n
+
+    def flops_per_token(self, seq_len: int) -> float:
+        """Training FLOPs per token (forward + backward), PaLM appendix B: 6 N + 12 L_attn D T.
+
+        N counts the parameters a token actually passes through: the output head once, and for MoE only
+        the experts it is routed to (modules report unused ones in `inactive_params`)."""
+        n = self.num_params(non_embedding=True)
+        if self.cfg.tie_embeddings:
+            n += self.lm_head.weight.numel()
+        n -= sum(getattr(m, "inactive_params", 0) for m in self.modules())
+        attn = sum(layer.mixer.attention_flops_per_token(seq_len) for layer in self.layers
+                   if hasattr(layer.mixer, "attention_flops_per_token"))
+        return 6 * n + attn
+
+    def generate(self, idx: Tensor, max_new_tokens: int, **sampling) -> Tensor:
+        return generate(self, idx, max_new_tokens, **sampling)
