@@ -80,7 +80,7 @@ class Transformer(nn.Module):
 
     def aux_loss(self) -> Tensor | float:
         """Sum of auxiliary losses left by the last forward (MoE load balancing + z-loss); 0 if none."""
-        losses = [m.aux_loss for m in self.modules() if getattr(m, "aux_loss", None) is not None]
+        losses = [m.aux_loss for m in self.modules() if isinstance(getattr(m, "aux_loss", None), Tensor)]
         return sum(losses) if losses else 0.0
 
     def num_params(self, non_embedding: bool = False) -> int:

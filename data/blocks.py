@@ -1,0 +1,49 @@
+"""Packed fixed-length blocks and a resumable, shardable sampling order.
+
+A token stream (stories separated by EOT) is cut into N = (len - 1) // L blocks of L + 1 tokens;
+block i gives inputs tokens[iL : iL + L] and targets tokens[iL + 1 : iL + L + 1], so stories pack
+end to end with EOT between them and nothing is padded.
+
+The training order is a pure function of (seed, epoch, position): epoch e visits the blocks in the
+permutation `randperm(N, seed + e)`, epochs follow each other, and sample s of the global stream is
+block `perm_{s // N}[s % N]`. Rank r of W takes samples s = r, r + W, ... (no block twice per epoch
+across ranks), and a resumed run starts at s = step * W * batch * accum: exact resume without saving
+any sampler state.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset, Sampler
+
+
+class PackedBlocks(Dataset):
+    def __init__(self, tokens: np.ndarray, seq_len: int):
+        self.tokens, self.seq_len = tokens, seq_len
+        self.n_blocks = (len(tokens) - 1) // seq_len
+
+    def __len__(self) -> int:
+        return self.n_blocks
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+        start = i * self.seq_len
+        block = torch.from_numpy(self.tokens[start:start + self.seq_len + 1].astype(np.int64))  # (L + 1,)
+        return block[:-1], block[1:]  # inputs (L,), targets (L,)
+
+
+class ResumableSampler(Sampler[int]):
+    def __init__(self, n_blocks: int, seed: int, start: int, total: int, rank: int = 0, world_size: int = 1):
+        self.n, self.seed = n_blocks, seed
+        self.positions = range(start + rank, total, world_size)  # global sample positions of this rank
+
+    def __len__(self) -> int:
+        return len(self.positions)
+
+    def __iter__(self):
+        epoch, perm = -1, None
+        for s in self.positions:
+            if s // self.n != epoch:
+                epoch = s // self.n
+                perm = torch.randperm(self.n, generator=torch.Generator().manual_seed(self.seed + epoch)).tolist()
+            yield perm[s % self.n]

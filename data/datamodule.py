@@ -1,0 +1,39 @@
+"""Lightning DataModule over packed token blocks: a seeded, resumable, rank-sharded training order and a
+fixed validation subset (the first `val_batches * batch_size` validation blocks, in order)."""
+
+from __future__ import annotations
+
+import lightning as L
+import numpy as np
+from torch.utils.data import DataLoader, Subset
+
+from data.blocks import PackedBlocks, ResumableSampler
+from data.corpus import DataError
+
+
+class PackedDataModule(L.LightningDataModule):
+    def __init__(self, tokens: dict[str, np.ndarray], seq_len: int, batch_size: int, grad_accum: int,
+                 max_steps: int, seed: int, val_batches: int, num_workers: int = 0):
+        super().__init__()
+        self.train_set = PackedBlocks(tokens["train"], seq_len)
+        self.val_set = PackedBlocks(tokens["validation"], seq_len)
+        if len(self.train_set) < batch_size or len(self.val_set) < 1:
+            raise DataError(f"too little data for seq_len={seq_len}, batch_size={batch_size}: "
+                            f"{len(self.train_set)} training and {len(self.val_set)} validation blocks; "
+                            "use more stories or a smaller data.seq_len")
+        self.batch_size, self.grad_accum, self.max_steps = batch_size, grad_accum, max_steps
+        self.seed, self.val_batches, self.num_workers = seed, val_batches, num_workers
+
+    def train_dataloader(self) -> DataLoader:
+        trainer = self.trainer
+        per_step = trainer.world_size * self.batch_size * self.grad_accum  # samples per optimizer step
+        sampler = ResumableSampler(len(self.train_set), self.seed, start=trainer.global_step * per_step,
+                                   total=self.max_steps * per_step, rank=trainer.global_rank,
+                                   world_size=trainer.world_size)
+        return DataLoader(self.train_set, batch_size=self.batch_size, sampler=sampler, drop_last=True,
+                          num_workers=self.num_workers, pin_memory=True)
+
+    def val_dataloader(self) -> DataLoader:
+        n = min(len(self.val_set), self.val_batches * self.batch_size)
+        return DataLoader(Subset(self.val_set, range(n)), batch_size=self.batch_size,
+                          num_workers=self.num_workers)

@@ -1,0 +1,141 @@
+"""Gated attention unit (`model.mixer=gau`): one single-head unit in place of attention + FFN.
+
+Hua et al. 2022, "Transformer Quality in Linear Time" (FLASH, arXiv:2202.10447), §2 and §3:
+
+    U = silu(X W_u),  V = silu(X W_v)                    (B, T, e),  e = expansion * D  (one fused uv_proj)
+    Z = silu(X W_z)                                      (B, T, s),  s = qk_dim
+    Q = Z ⊙ gamma_q + beta_q,  K = Z ⊙ gamma_k + beta_k  (B, T, s), then RoPE on Q and K
+    A = relu(Q K^T / sqrt(s))^2 / n ⊙ M                  scores=relu2 (M the causal mask)
+    A = softmax(Q K^T / sqrt(s) + log M)                 scores=softmax (quadratic form only)
+    O = (U ⊙ A V) W_o                                    (B, T, D), W_o is `o_proj`
+
+form=quadratic (FLASH-Quad): A over the whole sequence. The paper's n is the sequence length; causal
+decoding needs it fixed, so n = max_seq_len (the training length, i.e. the paper's n during training),
+or chunk_size when max_seq_len is unset. Cache: (K (B, 1, P, s) rotated, V (B, 1, P, e), offset).
+form=chunked (FLASH, §3.2 "mixed chunk attention"): chunks of C = chunk_size tokens, aligned to position 0;
+four scale/offset pairs give Q_quad, K_quad, Q_lin, K_lin, and chunk g gets
+    O_g = U_g ⊙ [ relu(Q_quad,g K_quad,g^T / sqrt(s))^2 / C ⊙ M ] V_g  +  U_g ⊙ Q_lin,g S_g,
+    S_g = sum_{h<g} K_lin,h^T V_h / C                     (s, e): causal linear attention across chunks
+(cost linear in T). Cache: (S over the completed chunks (B, s, e) fp32, the rotated keys (B, 2, P, s)
+[quad, lin] and V (B, P, e) of the current partial chunk of P < C tokens, offset).
+The paper's T5 relative-position bias is dropped: RoPE carries positions, as in the paper's FLASH; it
+rotates the linear-part Q/K too. The chunked core runs in fp32 with autocast off (running sums).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from model.config import ModelConfig
+
+FORMS = ("quadratic", "chunked")
+SCORES = ("relu2", "softmax")
+
+
+class GAU(nn.Module):
+    def __init__(self, cfg: ModelConfig, position: nn.Module):
+        super().__init__()
+        g = cfg.gau
+        if g.form not in FORMS:
+            raise ValueError(f"model.gau.form={g.form!r}: expected one of {list(FORMS)}")
+        if g.scores not in SCORES:
+            raise ValueError(f"model.gau.scores={g.scores!r}: expected one of {list(SCORES)}")
+        if g.form == "chunked" and g.scores == "softmax":
+            raise ValueError("model.gau.scores=softmax needs model.gau.form=quadratic: the chunked form's "
+                             "linear attention across chunks has no softmax; use scores=relu2")
+        self.form, self.scores, self.chunk_size = g.form, g.scores, g.chunk_size
+        self.e, self.s = g.expansion * cfg.d_model, g.qk_dim
+        self.n = g.chunk_size if g.form == "chunked" else (cfg.max_seq_len or g.chunk_size)  # the fixed 1/n
+        self.init_std = cfg.init_std
+        self.position = position
+        self.uv_proj = nn.Linear(cfg.d_model, 2 * self.e, bias=False)
+        self.z_proj = nn.Linear(cfg.d_model, self.s, bias=False)
+        self.o_proj = nn.Linear(self.e, cfg.d_model, bias=False)
+        n_qk = 2 if g.form == "quadratic" else 4  # rows: queries first, then keys ([quad, lin] each if chunked)
+        self.gamma = nn.Parameter(torch.empty(n_qk, self.s))
+        self.beta = nn.Parameter(torch.empty(n_qk, self.s))
+        self.reset_special_parameters()
+
+    def reset_special_parameters(self) -> None:
+        nn.init.normal_(self.gamma, std=self.init_std)  # the paper's init: scales N(0, 0.02), offsets 0
+        nn.init.zeros_(self.beta)
+
+    def attention_flops_per_token(self, seq_len: int) -> int:
+        if self.form == "quadratic":  # Q K^T (2 s T) and A V (2 e T), forward + backward
+            return 6 * (self.s + self.e) * seq_len
+        # the same inside a chunk, plus K_lin^T V and Q_lin S (2 * 2 s e)
+        return 6 * (self.s + self.e) * min(self.chunk_size, seq_len) + 12 * self.s * self.e
+
+    def init_cache(self, batch_size: int, device, dtype) -> tuple:
+        if self.form == "quadratic":
+            k = torch.zeros(batch_size, 1, 0, self.s, device=device, dtype=dtype)
+            v = torch.zeros(batch_size, 1, 0, self.e, device=device, dtype=dtype)
+            return k, v, 0
+        S = torch.zeros(batch_size, self.s, self.e, device=device, dtype=torch.float32)
+        k = torch.zeros(batch_size, 2, 0, self.s, device=device, dtype=dtype)
+        v = torch.zeros(batch_size, 0, self.e, device=device, dtype=dtype)
+        return S, k, v, 0
+
+    def forward(self, x: Tensor, cache: tuple | None = None):
+        u, v = F.silu(self.uv_proj(x)).chunk(2, dim=-1)  # (B, T, e) each
+        z = F.silu(self.z_proj(x))  # (B, T, s)
+        qk = z[:, None] * self.gamma[:, None] + self.beta[:, None]  # (B, n_qk, T, s): per-dim scale and offset
+        h = qk.shape[1] // 2
+        offset = 0 if cache is None else cache[-1]
+        q, k = self.position.rotate(qk[:, :h], qk[:, h:], offset)  # (B, h, T, s) each, h = 1 or 2 ([quad, lin])
+        if self.form == "quadratic":
+            o, cache = self._quadratic(q, k, v, cache)
+        else:
+            o, cache = self._chunked(q, k, v, cache)
+        return self.o_proj(u * o), cache
+
+    def _quadratic(self, q: Tensor, k: Tensor, v: Tensor, cache: tuple | None):
+        """q/k (B, 1, T, s), v (B, T, e) -> A V (B, T, e) over the cached keys and the new ones."""
+        v = v[:, None]  # (B, 1, T, e)
+        if cache is not None:
+            k = torch.cat([cache[0], k], dim=2)  # (B, 1, P + T, s)
+            v = torch.cat([cache[1], v], dim=2)  # (B, 1, P + T, e)
+            cache = (k, v, cache[2] + q.shape[2])
+        T, L = q.shape[2], k.shape[2]
+        mask = torch.ones(T, L, dtype=torch.bool, device=q.device).tril(diagonal=L - T)  # query i is at L - T + i
+        if self.scores == "softmax":  # without a past, is_causal lets SDPA pick its fused kernels
+            causal = L == T
+            o = F.scaled_dot_product_attention(q, k, v, attn_mask=None if causal else mask, is_causal=causal)
+        else:
+            a = F.relu(q @ k.transpose(-1, -2) / math.sqrt(self.s)).square()  # (B, 1, T, L)
+            o = a.masked_fill(~mask, 0.0) @ v / self.n  # (B, 1, T, e)
+        return o[:, 0], cache
+
+    def _chunked(self, q: Tensor, k: Tensor, v: Tensor, cache: tuple | None):
+        """q/k (B, 2, T, s) [quad, lin], v (B, T, e) -> (B, T, e). With a cache, the partial chunk's keys and
+        values go in front (with dummy queries), so every chunk stays aligned to absolute position 0."""
+        B, _, T, s = q.shape
+        C, e = self.chunk_size, self.e
+        S0, k_part, v_part, offset = self.init_cache(B, q.device, q.dtype) if cache is None else cache
+        P = k_part.shape[2]
+        k = torch.cat([k_part, k], dim=2)  # (B, 2, L, s), L = P + T
+        v = torch.cat([v_part, v], dim=1)  # (B, L, e)
+        L = P + T
+        N = -(-L // C)
+        pad = N * C - L
+        with torch.autocast(q.device.type, enabled=False):
+            qc = F.pad(q.float(), (0, 0, P, pad)).view(B, 2, N, C, s)  # (B, 2, N, C, s)
+            kc = F.pad(k.float(), (0, 0, 0, pad)).view(B, 2, N, C, s)  # (B, 2, N, C, s)
+            vc = F.pad(v.float(), (0, 0, 0, pad)).view(B, N, C, e)  # (B, N, C, e)
+            mask = torch.ones(C, C, dtype=torch.bool, device=q.device).tril()
+            a = F.relu(qc[:, 0] @ kc[:, 0].transpose(-1, -2) / math.sqrt(s)).square()  # (B, N, C, C)
+            quad = a.masked_fill(~mask, 0.0) @ vc / C  # (B, N, C, e)
+            kv = kc[:, 1].transpose(-1, -2) @ vc / C  # (B, N, s, e): one chunk's K_lin^T V / C
+            cum = kv.cumsum(dim=1)
+            before = torch.cat([torch.zeros_like(kv[:, :1]), cum[:, :-1]], dim=1) + S0[:, None]  # (B, N, s, e)
+            lin = qc[:, 1] @ before  # (B, N, C, e)
+            o = (quad + lin).view(B, N * C, e)[:, P:L]  # (B, T, e)
+        if cache is not None:
+            full = L // C  # completed chunks: their sums join the state, the rest stays as keys and values
+            S = S0 + cum[:, full - 1] if full else S0
+            cache = (S, k[:, :, full * C:], v[:, full * C:], offset + T)
+        return o.to(v.dtype), cache

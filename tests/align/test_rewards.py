@@ -1,0 +1,82 @@
+from functools import partial
+
+import pytest
+
+from align.rewards import (
+    REWARDS,
+    combined_reward,
+    dialogue,
+    finished,
+    length,
+    repetition,
+    word_inclusion,
+)
+from data.instruct import format_header, parse_header
+
+INFO = parse_header(format_header(["ball", "dance", "happy"], ["Dialogue"], "Tom ran."))
+
+
+def test_rewards_in_unit_interval():
+    for text in ["", "a", 'Tom said, "Hi." ' * 200, "The ball danced happily"]:
+        for name, fn in REWARDS.items():
+            assert 0.0 <= fn(INFO, text) <= 1.0, name
+
+
+def test_word_inclusion():
+    assert word_inclusion(INFO, "The BALL was happy.") == pytest.approx(2 / 3)
+    assert word_inclusion(INFO, "Balls and dancing made him happy.") == 1.0  # plural, e-drop + ing
+    assert word_inclusion(INFO, "Balls and dancing made him happy.", inflections=False) == pytest.approx(1 / 3)
+    assert word_inclusion(INFO, "A balloon, a dancer, unhappy.") == 0.0  # whole words only
+    assert word_inclusion({"words": []}, "anything") == 1.0
+    assert word_inclusion({"words": ["carry"]}, "She carried it.") == 1.0
+
+
+def test_dialogue():
+    assert dialogue(INFO, 'Tom said, "Hi!"') == 1.0
+    assert dialogue(INFO, "Tom said, “Hi!”") == 1.0
+    assert dialogue(INFO, "Tom said hi.") == 0.0
+    assert dialogue({"features": []}, "Tom said hi.") == 1.0
+
+
+def test_length_band_and_falloff():
+    text = lambda n: " ".join(["word"] * n)
+    assert length(INFO, text(10), min_words=10, max_words=20) == 1.0
+    assert length(INFO, text(20), min_words=10, max_words=20) == 1.0
+    assert length(INFO, text(5), min_words=10, max_words=20) == 0.5
+    assert length(INFO, text(30), min_words=10, max_words=20) == 0.5
+    assert length(INFO, text(50), min_words=10, max_words=20) == 0.0
+    with pytest.raises(ValueError, match="min_words"):
+        length(INFO, "x", min_words=20, max_words=10)
+
+
+def test_repetition():
+    assert repetition(INFO, "the cat sat on the mat") == 1.0
+    # 6 words -> 4 trigrams: (a b c) (b c a) (c a b) (a b c): 3 distinct of 4
+    assert repetition(INFO, "a b c a b c") == 0.75
+    assert repetition(INFO, "A B c a b C", n=2) == pytest.approx(3 / 5)
+    assert repetition(INFO, "too short") == 1.0
+
+
+def test_finished():
+    assert finished(INFO, "They played all day.") == 1.0
+    assert finished(INFO, 'Tom said, "Bye!"  \n') == 1.0
+    assert finished(INFO, "Tom said, “Bye?”") == 1.0
+    assert finished(INFO, "They played all") == 0.0
+    assert finished(INFO, "") == 0.0
+
+
+def test_combined_reward_weighted_mean():
+    text = 'Tom kicked the ball. "Yay!" he said.'
+    total, per = combined_reward(INFO, text, {"word_inclusion": 1.0, "dialogue": 1.0, "finished": 2.0})
+    assert per == {"word_inclusion": pytest.approx(1 / 3), "dialogue": 1.0, "finished": 1.0}
+    assert total == pytest.approx((1 / 3 + 1.0 + 2.0) / 4)
+
+
+def test_combined_reward_custom_registry_and_errors():
+    rewards = {**REWARDS, "length": partial(length, min_words=1, max_words=3)}
+    total, per = combined_reward(INFO, "one two", {"length": 1.0}, rewards=rewards)
+    assert total == 1.0 and per == {"length": 1.0}
+    with pytest.raises(ValueError, match="valid.*word_inclusion"):
+        combined_reward(INFO, "x", {"nonsense": 1.0})
+    with pytest.raises(ValueError, match="weights"):
+        combined_reward(INFO, "x", {"length": 0.0})

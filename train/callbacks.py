@@ -1,0 +1,83 @@
+"""Callbacks: throughput and MFU, sampled stories at each validation, and final weights for the run dir."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import lightning as L
+import torch
+
+from data.tokenizer import eot_id
+from train.weights import save_weights
+
+# Dense bf16 peak FLOP/s per GPU (vendor datasheets), for MFU; unknown devices log no MFU.
+PEAK_FLOPS = {"H100": 989e12, "H200": 989e12, "A100": 312e12, "L40S": 362e12, "A10G": 125e12, "4090": 165e12}
+
+
+def peak_flops(device: torch.device) -> float | None:
+    if device.type != "cuda":
+        return None
+    name = torch.cuda.get_device_name(device)
+    return next((v for k, v in PEAK_FLOPS.items() if k in name), None)
+
+
+class Throughput(L.Callback):
+    """Logs training tokens/s (all ranks) and model FLOPs utilisation every `log_every` steps."""
+
+    def __init__(self, log_every: int):
+        self.log_every, self.start, self.tokens = log_every, None, 0
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        if self.start is None:
+            self.start = time.perf_counter()
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        self.tokens += batch[0].numel() * trainer.world_size
+        if (batch_idx + 1) % (self.log_every * trainer.accumulate_grad_batches):
+            return
+        if pl_module.device.type == "cuda":
+            torch.cuda.synchronize()
+        elapsed = time.perf_counter() - self.start
+        tok_s = self.tokens / elapsed
+        logs = {"perf/tokens_per_s": tok_s}
+        peak = peak_flops(pl_module.device)
+        if peak:
+            seq_len = batch[0].shape[1]
+            logs["perf/mfu"] = pl_module.model.flops_per_token(seq_len) * tok_s / (peak * trainer.world_size)
+        pl_module.log_dict(logs, rank_zero_only=True)
+        self.start, self.tokens = time.perf_counter(), 0
+
+
+class SampleStories(L.Callback):
+    """After each validation, samples a few stories and appends them to `samples.md` in the run dir."""
+
+    def __init__(self, run_dir: Path, tokenizer, n: int, max_new_tokens: int, prompt: str = "Once upon a time"):
+        self.path, self.tokenizer, self.n, self.max_new = run_dir / "samples.md", tokenizer, n, max_new_tokens
+        self.prompt = prompt
+
+    def on_validation_end(self, trainer, pl_module):
+        if trainer.sanity_checking or not trainer.is_global_zero or self.n == 0:
+            return
+        ids = torch.tensor([self.tokenizer.encode(self.prompt).ids] * self.n, device=pl_module.device)
+        generator = torch.Generator(device=pl_module.device).manual_seed(0)  # leaves the global RNG alone
+        model = pl_module.model
+        was_training = model.training
+        model.eval()
+        out = model.generate(ids, self.max_new, temperature=0.8, top_k=50,
+                             eos_id=eot_id(self.tokenizer), generator=generator)
+        model.train(was_training)
+        stories = [self.tokenizer.decode(row.tolist()) for row in out]
+        with self.path.open("a") as f:
+            f.write(f"## step {trainer.global_step}\n\n" + "\n\n".join(f"> {s}" for s in stories) + "\n\n")
+
+
+class SaveFinalWeights(L.Callback):
+    """At the end of training, writes `model.safetensors` (weights only) into the run directory."""
+
+    def __init__(self, run_dir: Path):
+        self.path = run_dir / "model.safetensors"
+
+    def on_train_end(self, trainer, pl_module):
+        if trainer.is_global_zero:
+            save_weights(pl_module.model, self.path, tied=pl_module.cfg.model.tie_embeddings)

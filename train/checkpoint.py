@@ -1,0 +1,86 @@
+"""Training checkpoints: atomic writes, finding the newest complete one, and compatibility checks.
+
+Lightning writes `checkpoints/step=N.ckpt` and `last.ckpt`. Each file is written to a temporary name and
+renamed into place (rename is atomic on POSIX), so a kill during a save never leaves a file that looks
+valid but is not. `train.resume`: `true` takes this run's `last.ckpt`, `auto` the newest checkpoint that
+loads (skipping truncated ones), a path that file. Before resuming, the checkpoint's model config and
+tokenizer are compared with the current ones and a difference is named.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+
+import torch
+from lightning.pytorch.plugins.io import TorchCheckpointIO
+
+from train.weights import CheckpointError
+
+STEP = re.compile(r"step=(\d+)")
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    def save_checkpoint(self, checkpoint, path, storage_options=None) -> None:
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+        torch.save(checkpoint, tmp)
+        os.replace(tmp, path)
+
+
+def read_checkpoint(path: Path) -> dict:
+    try:
+        return torch.load(path, map_location="cpu", weights_only=False, mmap=True)
+    except Exception as err:  # truncated zip, wrong format, ...
+        raise CheckpointError(f"{path} is not a readable checkpoint ({type(err).__name__}: {err})") from None
+
+
+def _step(path: Path) -> int:
+    match = STEP.search(path.name)
+    return int(match.group(1)) if match else -1
+
+
+def newest_checkpoint(ckpt_dir: Path) -> Path | None:
+    """The newest checkpoint under ckpt_dir that loads; corrupt ones are reported and skipped."""
+    candidates = [p for p in ckpt_dir.glob("*.ckpt")] if ckpt_dir.is_dir() else []
+    by_step = []
+    for path in candidates:
+        try:
+            by_step.append((read_checkpoint(path)["global_step"], path.name != "last.ckpt", path))
+        except (CheckpointError, KeyError) as err:
+            print(f"warning: skipping unreadable checkpoint {path}: {err}")
+    return max(by_step)[2] if by_step else None
+
+
+def resolve_resume(resume: bool | str, ckpt_dir: Path) -> Path | None:
+    if resume is False or resume == "false":
+        return None
+    if resume is True or resume == "true":
+        path = ckpt_dir / "last.ckpt"
+        if not path.is_file():
+            raise CheckpointError(f"train.resume=true but {path} does not exist; use train.resume=auto to start "
+                                  "fresh when there is nothing to resume")
+        read_checkpoint(path)
+        return path
+    if resume == "auto":
+        return newest_checkpoint(ckpt_dir)
+    path = Path(resume)
+    if not path.is_file():
+        raise CheckpointError(f"train.resume: checkpoint {path} not found")
+    read_checkpoint(path)
+    return path
+
+
+def check_compatible(path: Path, model_cfg: dict, tokenizer_hash: str) -> None:
+    saved = read_checkpoint(path).get("tinystack", {})
+    if not saved:
+        raise CheckpointError(f"{path} was not written by this tool (no 'tinystack' section)")
+    for key, value in model_cfg.items():
+        if saved["model"].get(key) != value:
+            raise CheckpointError(f"{path} was trained with model.{key}={saved['model'].get(key)!r} but the config "
+                                  f"says {value!r}; use the same model config or start a new run")
+    if saved.get("tokenizer_hash") != tokenizer_hash:
+        raise CheckpointError(f"{path} was trained with another tokenizer (hash {saved.get('tokenizer_hash')} != "
+                              f"{tokenizer_hash}); use the same data.path and data.vocab_size")

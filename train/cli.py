@@ -1,0 +1,41 @@
+"""Command-line plumbing shared by every entry point: `--config FILE` plus dotted overrides, and user
+errors (bad config, data or checkpoint) printed as one line with exit code 2 instead of a traceback."""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Callable
+
+from data.corpus import DataError
+from train.config import Config, ConfigError, load_config
+from train.weights import CheckpointError
+
+USER_ERRORS = (ConfigError, DataError, CheckpointError)
+
+
+def parse_args(argv: list[str]) -> tuple[str | None, list[str]]:
+    config, rest, i = None, [], 0
+    while i < len(argv):
+        if argv[i] == "--config" and i + 1 < len(argv):
+            config, i = argv[i + 1], i + 2
+        elif argv[i].startswith("--config="):
+            config, i = argv[i].split("=", 1)[1], i + 1
+        else:
+            rest.append(argv[i])
+            i += 1
+    return config, rest
+
+
+def run_cli(main: Callable[[Config], object], argv: list[str] | None = None, usage: str = "") -> None:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv and argv[0] in ("-h", "--help"):
+        print(usage or "usage: --config FILE [--section.key=value ...]")
+        return
+    os.environ.setdefault("WANDB_MODE", "offline")
+    try:
+        config, overrides = parse_args(argv)
+        main(load_config(config, overrides))
+    except USER_ERRORS as err:
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(2)

@@ -1,0 +1,103 @@
+"""The LightningModule every stage shares: next-token loss, AdamW groups, schedule, validation in bits/byte.
+
+A batch is `(inputs, targets)`, both (B, T); a target of -100 is not scored (SFT masks its prompts this
+way), so pretraining and supervised fine-tuning use this module unchanged. Alignment stages subclass it
+and override `training_step` only.
+
+Bits per byte (comparable across tokenizers): bpb = sum_t CE_t / (ln 2 * sum_t bytes(target_t)).
+A non-finite loss skips its step (counted as `train/bad_steps`); `train.max_bad_steps` in a row stop the run.
+"""
+
+from __future__ import annotations
+
+import math
+
+import lightning as L
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from model.transformer import Transformer
+from train.config import Config
+from train.optim import build_optimizer
+
+IGNORE = -100
+
+
+class TrainingHalted(RuntimeError):
+    """Raised after too many non-finite losses in a row."""
+
+
+class LanguageModel(L.LightningModule):
+    def __init__(self, cfg: Config, token_bytes: list[int] | None = None):
+        super().__init__()
+        self.cfg = cfg
+        self.model = Transformer(cfg.model)
+        bytes_per_token = torch.tensor(token_bytes or [1] * cfg.model.vocab_size, dtype=torch.float32)
+        self.register_buffer("token_bytes", bytes_per_token, persistent=False)
+        self.bad_steps_in_a_row = 0
+        self.bad_steps_total = 0
+        self.val_sums: Tensor | None = None
+        self.run_info: dict = {}  # model config + tokenizer hash, stored in checkpoints for resume checks
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        checkpoint["tinystack"] = self.run_info
+
+    def configure_model(self) -> None:
+        if self.cfg.train.compile:
+            self.model.compile()
+
+    def token_losses(self, inputs: Tensor, targets: Tensor) -> Tensor:
+        """(B, T) inputs and targets -> (B, T) cross-entropy in nats (0 where the target is ignored)."""
+        logits, _ = self.model(inputs)  # (B, T, V)
+        return F.cross_entropy(logits.float().flatten(0, 1), targets.flatten(), ignore_index=IGNORE,
+                               reduction="none").view_as(targets)
+
+    def loss(self, batch) -> tuple[Tensor, dict[str, Tensor]]:
+        inputs, targets = batch
+        losses = self.token_losses(inputs, targets)
+        lm = losses.sum() / (targets != IGNORE).sum().clamp(min=1)
+        aux = self.model.aux_loss()
+        return lm + aux, {"train/loss": lm.detach(), "train/aux_loss": torch.as_tensor(aux).detach()}
+
+    def training_step(self, batch, batch_idx):
+        loss, logs = self.loss(batch)
+        if not torch.isfinite(loss):
+            return self.skip_bad_step(loss)
+        self.bad_steps_in_a_row = 0
+        logs["train/lr"] = torch.tensor(self.optimizers().param_groups[0]["lr"])
+        self.log_dict(logs, prog_bar=False)
+        self.log("loss", logs["train/loss"], prog_bar=True, logger=False)
+        return loss
+
+    def skip_bad_step(self, loss: Tensor):
+        self.bad_steps_in_a_row += 1
+        self.bad_steps_total += 1
+        self.log("train/bad_steps", float(self.bad_steps_total))
+        if self.bad_steps_in_a_row >= self.cfg.train.max_bad_steps:
+            raise TrainingHalted(
+                f"loss was {loss.item()} for {self.bad_steps_in_a_row} steps in a row (last at step "
+                f"{self.global_step}); resume from the last good checkpoint with --train.resume=auto, "
+                "perhaps with a lower --train.lr")
+        return None  # Lightning skips backward and the optimizer step
+
+    def on_validation_epoch_start(self) -> None:
+        self.val_sums = torch.zeros(3, device=self.device, dtype=torch.float64)  # nats, tokens, bytes
+
+    def validation_step(self, batch, batch_idx) -> None:
+        inputs, targets = batch
+        losses = self.token_losses(inputs, targets)
+        scored = targets != IGNORE
+        n_bytes = self.token_bytes[targets.clamp(min=0)][scored].sum()
+        self.val_sums += torch.stack([losses.sum().double(), scored.sum().double(), n_bytes.double()])
+
+    def on_validation_epoch_end(self) -> None:
+        nats, tokens, n_bytes = self.val_sums.tolist()
+        self.log("val/loss", nats / max(tokens, 1), prog_bar=True)
+        self.log("val/bpb", nats / (math.log(2) * max(n_bytes, 1)))
+
+    def configure_optimizers(self):
+        t = self.cfg.train
+        optimizer, scheduler = build_optimizer(self.model, t.lr, t.weight_decay, t.betas, t.warmup_steps,
+                                               t.max_steps, t.min_lr_ratio)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}

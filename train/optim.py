@@ -1,0 +1,43 @@
+"""AdamW with two parameter groups and a warm-up + cosine learning-rate schedule.
+
+Weight decay applies to matrices only: norms, biases, 1-d SSM parameters and embeddings are not decayed
+(decaying embeddings shrinks rare tokens' vectors for no gain; GPT-2 / nanoGPT / Llama practice).
+
+    lr(s) = lr * s / W                                            s < W   (linear warm-up)
+    lr(s) = lr * (m + (1 - m) * (1 + cos(pi * p)) / 2),  p = (s - W) / (S - W)   otherwise (cosine to m*lr)
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+
+def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
+    embeddings = {id(m.weight) for m in model.modules() if isinstance(m, nn.Embedding)}
+    decay, no_decay = [], []
+    for p in model.parameters():
+        if not p.requires_grad:
+            continue
+        (decay if p.ndim >= 2 and id(p) not in embeddings else no_decay).append(p)
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+def lr_lambda(warmup: int, total: int, min_ratio: float):
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        progress = min(1.0, (step - warmup) / max(1, total - warmup))
+        return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+
+    return factor
+
+
+def build_optimizer(model: nn.Module, lr: float, weight_decay: float, betas, warmup: int, total: int,
+                    min_ratio: float):
+    fused = all(p.is_cuda for p in model.parameters())
+    optimizer = torch.optim.AdamW(param_groups(model, weight_decay), lr=lr, betas=tuple(betas), fused=fused)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(warmup, total, min_ratio))
+    return optimizer, scheduler

@@ -1,0 +1,58 @@
+"""Results people look at: the run's merged `metrics.csv` and a `loss.png` of training and validation loss.
+
+Lightning's CSVLogger writes one `logs/version_k/metrics.csv` per launch (a resumed run adds a version);
+they are merged by step here, later launches winning for steps logged twice.
+"""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+
+def read_metrics(run_dir: Path) -> list[dict]:
+    rows: dict[tuple, dict] = {}
+    files = sorted((run_dir / "logs").glob("version_*/metrics.csv"), key=lambda p: int(p.parent.name.split("_")[1]))
+    for path in files:
+        with path.open() as f:
+            for i, row in enumerate(csv.DictReader(f)):
+                values = {k: float(v) for k, v in row.items() if v not in ("", None)}
+                if "step" in values:
+                    key = (int(values["step"]), tuple(sorted(k for k in values if k != "epoch")), i)
+                    rows[key] = values
+    return [rows[k] for k in sorted(rows)]
+
+
+def series(rows: list[dict], name: str) -> tuple[list[float], list[float]]:
+    points = {int(r["step"]): r[name] for r in rows if name in r}
+    steps = sorted(points)
+    return steps, [points[s] for s in steps]
+
+
+def write_metrics_and_plot(run_dir: Path, names: tuple[str, ...] = ("train/loss", "val/loss")) -> None:
+    rows = read_metrics(run_dir)
+    if not rows:
+        return
+    columns = sorted({k for r in rows for k in r}, key=lambda k: (k != "step", k))
+    with (run_dir / "metrics.csv").open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=columns)
+        writer.writeheader()
+        writer.writerows(rows)
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for name in names:
+        steps, values = series(rows, name)
+        if steps:
+            ax.plot(steps, values, label=name, marker="o" if name.startswith("val") else None)
+    ax.set_xlabel("step")
+    ax.set_ylabel("loss (nats/token)")
+    ax.set_title(run_dir.name)
+    ax.legend()
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(run_dir / "loss.png", dpi=120)
+    plt.close(fig)

@@ -1,0 +1,121 @@
+"""One pipeline for every stage: prepare data and the run directory, build the Trainer, fit, write results.
+
+    runs/<name>/  config.yaml  tokenizer.json  model.safetensors  metrics.csv  loss.png  samples.md
+                  checkpoints/{step=N,last}.ckpt   logs/   (wandb/)
+
+`pretrain(cfg)` is the whole of `python -m train`; fine-tuning and alignment call `fit(...)` with their
+own LightningModule and DataModule, so no stage copies the loop.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import asdict
+from pathlib import Path
+
+import lightning as L
+import torch
+from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.loggers import CSVLogger
+
+from data.datamodule import PackedDataModule
+from data.tokenizer import token_byte_lengths
+from data.tokens import content_hash, prepare_tokens
+from train.callbacks import SampleStories, SaveFinalWeights, Throughput
+from train.checkpoint import AtomicCheckpointIO, check_compatible, resolve_resume
+from train.config import Config, ConfigError, save_config
+from train.module import LanguageModel
+from train.report import write_metrics_and_plot
+
+
+def make_run_dir(cfg: Config) -> Path:
+    """out_dir/name; a fresh run never overwrites an existing one (name-1, name-2, ...)."""
+    base = Path(cfg.train.out_dir) / (cfg.train.name or "run")
+    if cfg.train.resume is not False and cfg.train.resume not in ("true", "auto", True):
+        return Path(cfg.train.resume).resolve().parent.parent  # a checkpoint path: runs/<name>/checkpoints/x
+    if cfg.train.resume is not False or not base.exists():
+        return base
+    i = 1
+    while base.with_name(f"{base.name}-{i}").exists():
+        i += 1
+    return base.with_name(f"{base.name}-{i}")
+
+
+def prepare_data(cfg: Config, tokenizer=None):
+    d = cfg.data
+    tokenizer, tokens = prepare_tokens(d.path, d.vocab_size, d.cache_dir, d.val_fraction, d.max_stories, tokenizer)
+    cfg.model.vocab_size = cfg.model.vocab_size or tokenizer.get_vocab_size()
+    if cfg.model.vocab_size < tokenizer.get_vocab_size():
+        raise ConfigError(f"model.vocab_size={cfg.model.vocab_size} is smaller than the tokenizer's "
+                          f"{tokenizer.get_vocab_size()} tokens; set model.vocab_size=0 to follow the tokenizer")
+    cfg.model.max_seq_len = cfg.model.max_seq_len or d.seq_len
+    return tokenizer, tokens
+
+
+def check_precision(precision: str, accelerator: str) -> None:
+    on_gpu = torch.cuda.is_available() and accelerator not in ("cpu",)
+    if precision == "16-mixed" and not on_gpu:
+        raise ConfigError("train.precision=16-mixed needs a CUDA GPU (CPU autocast supports bf16 only); "
+                          "use --train.precision=bf16-mixed or 32")
+
+
+def build_trainer(cfg: Config, run_dir: Path, callbacks: list, monitor_val: bool = True) -> L.Trainer:
+    t = cfg.train
+    check_precision(t.precision, t.accelerator)
+    loggers = [CSVLogger(save_dir=str(run_dir), name="logs")] if cfg.log.csv else []
+    if cfg.log.wandb and cfg.log.wandb_mode != "disabled":
+        os.environ.setdefault("WANDB_MODE", cfg.log.wandb_mode)
+        from lightning.pytorch.loggers import WandbLogger
+
+        loggers.append(WandbLogger(project=cfg.log.wandb_project, name=run_dir.name, save_dir=str(run_dir),
+                                   offline=cfg.log.wandb_mode == "offline", config=asdict(cfg)))
+    checkpoints = ModelCheckpoint(dirpath=run_dir / "checkpoints", filename="step={step}",
+                                  auto_insert_metric_name=False, every_n_train_steps=t.ckpt_every,
+                                  save_top_k=-1, save_last=True)
+    return L.Trainer(
+        accelerator=t.accelerator, devices=t.devices, num_nodes=t.num_nodes, strategy=t.strategy,
+        precision=t.precision, max_steps=t.max_steps, max_epochs=-1, accumulate_grad_batches=t.grad_accum,
+        gradient_clip_val=t.grad_clip or None, val_check_interval=t.val_every * t.grad_accum if monitor_val else None,
+        check_val_every_n_epoch=None, limit_val_batches=t.val_batches if monitor_val else 0,
+        num_sanity_val_steps=0, logger=loggers or False, log_every_n_steps=t.log_every,
+        callbacks=[checkpoints, Throughput(t.log_every), *callbacks], plugins=[AtomicCheckpointIO()],
+        enable_progress_bar=t.progress_bar, enable_model_summary=False, use_distributed_sampler=False,
+        default_root_dir=str(run_dir),
+    )
+
+
+def fit(cfg: Config, module: L.LightningModule, datamodule: L.LightningDataModule, run_dir: Path, tokenizer,
+        callbacks: list = (), monitor_val: bool = True) -> L.Trainer:
+    """Write the run directory, train (resuming if asked), save final weights, metrics and plot."""
+    tok_hash = content_hash(tokenizer.to_str())
+    ckpt = resolve_resume(cfg.train.resume, run_dir / "checkpoints")
+    if ckpt is not None:
+        check_compatible(ckpt, asdict(cfg.model), tok_hash)
+    module.run_info = {"model": asdict(cfg.model), "tokenizer_hash": tok_hash}
+    trainer = build_trainer(cfg, run_dir, [SaveFinalWeights(run_dir), *callbacks], monitor_val)
+    if trainer.is_global_zero:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        save_config(cfg, run_dir / "config.yaml")
+        tokenizer.save(str(run_dir / "tokenizer.json"))
+    trainer.fit(module, datamodule=datamodule, ckpt_path=str(ckpt) if ckpt else None)
+    if monitor_val and cfg.train.max_steps % cfg.train.val_every:
+        trainer.validate(module, datamodule=datamodule, verbose=False)
+    if trainer.is_global_zero:
+        write_metrics_and_plot(run_dir)
+    return trainer
+
+
+def pretrain(cfg: Config) -> Path:
+    L.seed_everything(cfg.train.seed, workers=True, verbose=False)
+    tokenizer, tokens = prepare_data(cfg)
+    run_dir = make_run_dir(cfg)
+    t = cfg.train
+    datamodule = PackedDataModule(tokens, cfg.data.seq_len, t.batch_size, t.grad_accum, t.max_steps, t.seed,
+                                  t.val_batches, cfg.data.num_workers)
+    module = LanguageModel(cfg, token_byte_lengths(tokenizer))
+    samples = SampleStories(run_dir, tokenizer, t.num_samples, t.sample_tokens)
+    trainer = fit(cfg, module, datamodule, run_dir, tokenizer, [samples])
+    if trainer.is_global_zero:
+        metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val/")}
+        print(f"run: {run_dir}  " + "  ".join(f"{k}={v:.4f}" for k, v in sorted(metrics.items())))
+    return run_dir
