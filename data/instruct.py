@@ -32,7 +32,8 @@ import random
 import re
 from dataclasses import dataclass, field
 
-EOT = "<|endoftext|>"
+from data.corpus import EOT
+
 STORY_PREFIX = "Story:\n"
 FIELDS = ("Summary", "Features", "Words", "Random sentence", "Story")
 N_WORDS = 3
@@ -67,11 +68,6 @@ class InstructExample:
     @property
     def text(self) -> str:
         return self.prompt + self.story
-
-
-def split_stories(text: str) -> list[str]:
-    """Split a TinyStories .txt on its ``<|endoftext|>`` separators; strip and drop empty pieces."""
-    return [s.strip() for s in text.split(EOT) if s.strip()]
 
 
 def has_dialogue(text: str) -> bool:

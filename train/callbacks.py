@@ -8,7 +8,7 @@ from pathlib import Path
 import lightning as L
 import torch
 
-from data.tokenizer import eot_id
+from train.generate import sample_stories
 from train.weights import save_weights
 
 # Dense bf16 peak FLOP/s per GPU (vendor datasheets), for MFU; unknown devices log no MFU.
@@ -59,15 +59,11 @@ class SampleStories(L.Callback):
     def on_validation_end(self, trainer, pl_module):
         if trainer.sanity_checking or not trainer.is_global_zero or self.n == 0:
             return
-        ids = torch.tensor([self.tokenizer.encode(self.prompt).ids] * self.n, device=pl_module.device)
-        generator = torch.Generator(device=pl_module.device).manual_seed(0)  # leaves the global RNG alone
         model = pl_module.model
         was_training = model.training
         model.eval()
-        out = model.generate(ids, self.max_new, temperature=0.8, top_k=50,
-                             eos_id=eot_id(self.tokenizer), generator=generator)
+        stories = sample_stories(model, self.tokenizer, self.prompt, self.n, self.max_new)
         model.train(was_training)
-        stories = [self.tokenizer.decode(row.tolist()) for row in out]
         with self.path.open("a") as f:
             f.write(f"## step {trainer.global_step}\n\n" + "\n\n".join(f"> {s}" for s in stories) + "\n\n")
 

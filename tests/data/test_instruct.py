@@ -5,6 +5,7 @@ from pathlib import Path
 
 import pytest
 
+from data.corpus import split_stories
 from data.instruct import (
     STORY_PREFIX,
     InstructExample,
@@ -14,7 +15,6 @@ from data.instruct import (
     make_instruction,
     parse_header,
     sentences,
-    split_stories,
 )
 
 DIALOGUE_STORY = (

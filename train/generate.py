@@ -1,0 +1,54 @@
+"""`python -m train.generate --run runs/<name> --prompt "Once upon a time"`: print sampled stories.
+
+Options: --num_samples N, --max_new_tokens N, --temperature T (0 = greedy), --top_k K, --top_p P,
+--seed S, --device auto|cpu|cuda, --adapter DIR (a LoRA adapter saved by fine-tuning).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+import torch
+
+from data.tokenizer import eot_id
+from train.cli import USER_ERRORS
+from train.load import load_run, pick_device
+
+
+def sample_stories(model, tokenizer, prompt: str, num_samples: int = 1, max_new_tokens: int = 200,
+                   temperature: float = 0.8, top_k: int | None = 50, top_p: float | None = None,
+                   seed: int = 0) -> list[str]:
+    device = model.embed_tokens.weight.device
+    ids = torch.tensor([tokenizer.encode(prompt).ids] * num_samples, device=device)
+    generator = torch.Generator(device=device).manual_seed(seed)
+    out = model.generate(ids, max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p,
+                         eos_id=eot_id(tokenizer), generator=generator)
+    return [tokenizer.decode(row.tolist()) for row in out]
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--run", required=True, help="run directory (runs/<name>)")
+    parser.add_argument("--prompt", default="Once upon a time")
+    parser.add_argument("--num_samples", type=int, default=1)
+    parser.add_argument("--max_new_tokens", type=int, default=200)
+    parser.add_argument("--temperature", type=float, default=0.8)
+    parser.add_argument("--top_k", type=int, default=50)
+    parser.add_argument("--top_p", type=float, default=None)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--adapter", default=None, help="LoRA adapter directory")
+    args = parser.parse_args(argv)
+    try:
+        _, tokenizer, model = load_run(args.run, pick_device(args.device), args.adapter)
+    except USER_ERRORS as err:
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(2)
+    for i, story in enumerate(sample_stories(model, tokenizer, args.prompt, args.num_samples, args.max_new_tokens,
+                                             args.temperature, args.top_k, args.top_p, args.seed)):
+        print(("\n---\n" if i else "") + story)
+
+
+if __name__ == "__main__":
+    main()
