@@ -170,6 +170,11 @@ def _check_type(key: str, value, hint):
         return value
     if hint is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
+    if hint is float and isinstance(value, str):  # YAML 1.1 reads 3e-4 (no dot) as a string
+        try:
+            return float(value)
+        except ValueError:
+            pass
     if hint is str and isinstance(value, (int, float)) and not isinstance(value, bool) and key.endswith("precision"):
         return str(value)  # `precision: 32` reads as an int
     if hint in (int, float) and isinstance(value, bool) or not isinstance(value, hint):

@@ -105,7 +105,7 @@ def fit(cfg: Config, module: L.LightningModule, datamodule: L.LightningDataModul
     return trainer
 
 
-def pretrain(cfg: Config) -> Path:
+def pretrain(cfg: Config, callbacks: list = ()) -> Path:
     L.seed_everything(cfg.train.seed, workers=True, verbose=False)
     tokenizer, tokens = prepare_data(cfg)
     run_dir = make_run_dir(cfg)
@@ -114,7 +114,7 @@ def pretrain(cfg: Config) -> Path:
                                   t.val_batches, cfg.data.num_workers)
     module = LanguageModel(cfg, token_byte_lengths(tokenizer))
     samples = SampleStories(run_dir, tokenizer, t.num_samples, t.sample_tokens)
-    trainer = fit(cfg, module, datamodule, run_dir, tokenizer, [samples])
+    trainer = fit(cfg, module, datamodule, run_dir, tokenizer, [samples, *callbacks])
     if trainer.is_global_zero:
         metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val/")}
         print(f"run: {run_dir}  " + "  ".join(f"{k}={v:.4f}" for k, v in sorted(metrics.items())))

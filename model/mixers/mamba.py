@@ -12,7 +12,7 @@ the block of Figure 3 with the selective SSM of Algorithm 2 (S6):
     y_t    = C_t h_t + D x_t                         (B, E)
     out    = out_proj(y * SiLU(z))                   (B, T, D)
 
-Training runs the chunked parallel scan of `model/mixers/selective_scan.py` (its docstring has the
+Training runs the chunked scan (parallel over chunks) of `model/mixers/selective_scan.py` (its docstring has the
 cost: O(B T (E + N)) memory kept for backward, a few (B, T, E, N) fp32 tensors transiently).
 Cache: (conv_state (B, E, d_conv - 1), the last conv inputs; ssm_state (B, E, N) fp32, h_{t-1}). T new
 tokens continue from it through the same parallel scan (a prefill, a chunk or one token).

@@ -124,9 +124,12 @@ def test_special_init_survives_model_init():
     assert m.dt_rank == 1 and m.out_proj.weight.std() < model.cfg.init_std  # residual projection is scaled
 
 
-def test_transformer_generates_with_cache():
+@pytest.mark.parametrize("mixer", ["mamba", ["mamba", "softmax"]])
+def test_transformer_generates_with_cache(mixer):
     torch.manual_seed(0)
-    model = Transformer(make_cfg()).eval()
+    cfg = make_cfg()
+    cfg.mixer = mixer
+    model = Transformer(cfg).eval()
     idx = torch.randint(0, 37, (2, 5))
     out = model.generate(idx, max_new_tokens=6, temperature=0)
     assert out.shape == (2, 11) and torch.equal(out[:, :5], idx)

@@ -1,0 +1,38 @@
+# make demo: venv + install + pretrain the CPU demo on TinyStories + print stories.  make test: the test suite.
+PYTHON ?= python3
+TORCH ?= torch==2.13.0
+VENV ?= .venv
+PY := $(VENV)/bin/python
+TINYSTORIES_DIR ?= $(abspath ../shared/data/tinystories)
+export TINYSTORIES_DIR
+export WANDB_MODE ?= offline
+
+.PHONY: install demo test test-fast lint bench clean
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q "$(TORCH)"
+	$(PY) -m pip install -q -e ".[dev]"
+	touch $@
+
+install: $(VENV)/.installed
+
+demo: install
+	$(PY) -m train --config configs/pretrain/demo.yaml --data.path=$(TINYSTORIES_DIR) --train.name=demo --train.resume=auto
+	$(PY) -m train.generate --run runs/demo --prompt "Once upon a time" --num_samples 3 --max_new_tokens 160
+
+test: install
+	$(PY) -m pytest -q
+
+test-fast: install
+	$(PY) -m pytest -q -m "not slow"
+
+lint: install
+	$(VENV)/bin/ruff check .
+
+bench: install
+	$(PY) benchmarks/throughput.py
+
+clean:
+	rm -rf runs .cache lightning_logs wandb

@@ -1,0 +1,73 @@
+"""Shared fixtures: tiny model configs, a small synthetic story corpus, and real-data location."""
+
+from __future__ import annotations
+
+import os
+import random
+from pathlib import Path
+
+import pytest
+import torch
+
+from model.config import ModelConfig
+
+os.environ.setdefault("WANDB_MODE", "disabled")
+torch.set_num_threads(min(2, torch.get_num_threads()))
+
+NAMES = ["Lily", "Tom", "Sue", "Ben", "Mia", "Max"]
+THINGS = ["ball", "cat", "tree", "car", "cake", "box", "dog", "kite"]
+FEELINGS = ["happy", "sad", "excited", "scared"]
+
+
+def make_story(rng: random.Random) -> str:
+    name, other = rng.sample(NAMES, 2)
+    thing, feeling = rng.choice(THINGS), rng.choice(FEELINGS)
+    lines = [f"Once upon a time, there was a little {rng.choice(['girl', 'boy'])} named {name}.",
+             f"{name} had a big {thing}. {name} was very {feeling}.",
+             f'One day, {other} said, "Can I play with your {thing}?"',
+             f"{name} said yes, and they played with the {thing} all day. The end."]
+    return "\n".join(lines)
+
+
+@pytest.fixture(scope="session")
+def tiny_corpus(tmp_path_factory) -> Path:
+    """A directory with train.txt (400 stories) and valid.txt (40), TinyStories .txt format."""
+    root = tmp_path_factory.mktemp("corpus")
+    rng = random.Random(0)
+    for name, n in [("train.txt", 400), ("valid.txt", 40)]:
+        (root / name).write_text("".join(make_story(rng) + "\n<|endoftext|>\n" for _ in range(n)))
+    return root
+
+
+@pytest.fixture(scope="session")
+def tinystories_dir() -> Path:
+    path = os.environ.get("TINYSTORIES_DIR")
+    if not path or not Path(path, "train.txt").is_file():
+        pytest.skip("TINYSTORIES_DIR is not set to the TinyStories sample")
+    return Path(path)
+
+
+def tiny_model_config(**overrides) -> ModelConfig:
+    cfg = ModelConfig(vocab_size=97, d_model=32, n_layers=2, n_heads=4, max_seq_len=64)
+    for key, value in overrides.items():
+        setattr(cfg, key, value)
+    return cfg
+
+
+def tiny_train_overrides(corpus: Path, out_dir: Path, **extra) -> dict:
+    """Config overrides for a seconds-long pretraining run on the synthetic corpus."""
+    values = {
+        "model": {"d_model": 32, "n_layers": 2, "n_heads": 4},
+        "data": {"path": str(corpus), "vocab_size": 300, "seq_len": 32, "cache_dir": str(out_dir / "cache")},
+        "train": {"max_steps": 8, "batch_size": 4, "warmup_steps": 2, "val_every": 4, "val_batches": 2,
+                  "ckpt_every": 4, "log_every": 1, "out_dir": str(out_dir), "name": "tiny", "num_samples": 1,
+                  "sample_tokens": 8, "progress_bar": False, "lr": 3e-3},
+        "log": {"wandb": False},
+    }
+    for dotted, value in extra.items():
+        section, *rest = dotted.split(".")
+        node = values.setdefault(section, {})
+        for part in rest[:-1]:
+            node = node.setdefault(part, {})
+        node[rest[-1]] = value
+    return values
