@@ -56,6 +56,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--n_layers", type=int, default=4, help="--shape custom only")
     p.add_argument("--n_heads", type=int, default=4, help="--shape custom only")
     p.add_argument("--n_kv_heads", type=int, default=0, help="key/value heads for every shape (0 = n_heads)")
+    p.add_argument("--threads", type=int, default=0, help="CPU threads (torch.set_num_threads); 0 = torch default")
     p.add_argument("--out", default="benchmarks/results/throughput", help="writes <out>.json and <out>.md")
     args = p.parse_args(argv)
     cuda = args.device == "cuda"
@@ -181,6 +182,8 @@ def main(argv=None) -> None:
         import transformers
     except ImportError:
         sys.exit("error: this benchmark needs transformers: pip install -e '.[bench]'")
+    if args.threads:
+        torch.set_num_threads(args.threads)
     if args.device == "cuda":
         torch.set_float32_matmul_precision("high")  # TF32 for fp32 matmuls, both models alike
     meta = dict(device=args.device, torch=torch.__version__, transformers=transformers.__version__,

@@ -1,6 +1,7 @@
 """AdamW with two parameter groups and a warm-up + cosine learning-rate schedule.
 
-Weight decay applies to matrices only: norms, biases, 1-d SSM parameters and embeddings are not decayed
+Weight decay applies to matrices only: norms, biases, embeddings and parameters flagged `_no_weight_decay`
+(Mamba's A_log and D) are not decayed
 (decaying embeddings shrinks rare tokens' vectors for no gain; GPT-2 / nanoGPT / Llama practice).
 
     lr(s) = lr * s / W                                            s < W   (linear warm-up)
@@ -21,7 +22,8 @@ def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
     for p in model.parameters():
         if not p.requires_grad:
             continue
-        (decay if p.ndim >= 2 and id(p) not in embeddings else no_decay).append(p)
+        decayed = p.ndim >= 2 and id(p) not in embeddings and not getattr(p, "_no_weight_decay", False)
+        (decay if decayed else no_decay).append(p)
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 
