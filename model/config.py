@@ -30,6 +30,7 @@ class LinearAttentionConfig:
 @dataclass
 class GAUConfig:
     expansion: int = 2  # e = expansion * d_model for U and V
+    hidden: int = 0  # e itself when > 0 (overrides expansion): any width, e.g. to match parameter counts
     qk_dim: int = 128  # s: the shared small Z that becomes Q and K
     scores: str = "relu2"  # relu2 (relu(qk/sqrt(s))^2 / n, the paper's) | softmax
     form: str = "quadratic"  # quadratic (FLASH-Quad) | chunked (FLASH, linear in length)
@@ -41,6 +42,7 @@ class MambaConfig:
     d_state: int = 16  # N: SSM state size per channel
     d_conv: int = 4  # causal depthwise conv width
     expand: int = 2  # inner width = expand * d_model
+    d_inner: int = 0  # inner width itself when > 0 (overrides expand), e.g. to match parameter counts
     dt_rank: int = 0  # rank of the delta projection; 0 = ceil(d_model / 16)
     chunk_size: int = 64  # chunk length of the parallel scan
     backend: str = "torch"  # torch (reference) | mamba_ssm (CUDA kernels, if installed)

@@ -9,7 +9,6 @@ import lightning as L
 import torch
 
 from train.generate import sample_stories
-from train.weights import save_weights
 
 # Dense bf16 peak FLOP/s per GPU (vendor datasheets), for MFU; unknown devices log no MFU.
 PEAK_FLOPS = {"H100": 989e12, "H200": 989e12, "A100": 312e12, "L40S": 362e12, "A10G": 125e12, "4090": 165e12}
@@ -69,11 +68,11 @@ class SampleStories(L.Callback):
 
 
 class SaveFinalWeights(L.Callback):
-    """At the end of training, writes `model.safetensors` (weights only) into the run directory."""
+    """At the end of training, writes the module's final weights (`model.safetensors`) into the run directory."""
 
     def __init__(self, run_dir: Path):
-        self.path = run_dir / "model.safetensors"
+        self.run_dir = run_dir
 
     def on_train_end(self, trainer, pl_module):
         if trainer.is_global_zero:
-            save_weights(pl_module.model, self.path, tied=pl_module.cfg.model.tie_embeddings)
+            pl_module.save_final_weights(self.run_dir)

@@ -27,7 +27,9 @@ def parse_args(argv: list[str]) -> tuple[str | None, list[str]]:
     return config, rest
 
 
-def run_cli(main: Callable[[Config], object], argv: list[str] | None = None, usage: str = "") -> None:
+def run_cli(main: Callable[[Config], object], argv: list[str] | None = None, usage: str = "",
+            load: Callable[[str | None, list[str]], Config] = load_config) -> None:
+    """Parse `--config FILE` and overrides with `load` (a stage may merge in other configs), run `main`."""
     argv = sys.argv[1:] if argv is None else argv
     if argv and argv[0] in ("-h", "--help"):
         print(usage or "usage: --config FILE [--section.key=value ...]")
@@ -35,7 +37,7 @@ def run_cli(main: Callable[[Config], object], argv: list[str] | None = None, usa
     os.environ.setdefault("WANDB_MODE", "offline")
     try:
         config, overrides = parse_args(argv)
-        main(load_config(config, overrides))
+        main(load(config, overrides))
     except USER_ERRORS as err:
         print(f"error: {err}", file=sys.stderr)
         sys.exit(2)

@@ -11,15 +11,17 @@ A non-finite loss skips its step (counted as `train/bad_steps`); `train.max_bad_
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import lightning as L
 import torch
 import torch.nn.functional as F
-from torch import Tensor
+from torch import Tensor, nn
 
 from model.transformer import Transformer
 from train.config import Config
 from train.optim import build_optimizer
+from train.weights import save_weights
 
 IGNORE = -100
 
@@ -29,10 +31,10 @@ class TrainingHalted(RuntimeError):
 
 
 class LanguageModel(L.LightningModule):
-    def __init__(self, cfg: Config, token_bytes: list[int] | None = None):
+    def __init__(self, cfg: Config, token_bytes: list[int] | None = None, model: nn.Module | None = None):
         super().__init__()
         self.cfg = cfg
-        self.model = Transformer(cfg.model)
+        self.model = Transformer(cfg.model) if model is None else model  # fine-tuning passes loaded weights
         bytes_per_token = torch.tensor(token_bytes or [1] * cfg.model.vocab_size, dtype=torch.float32)
         self.register_buffer("token_bytes", bytes_per_token, persistent=False)
         self.bad_steps_in_a_row = 0
@@ -42,6 +44,11 @@ class LanguageModel(L.LightningModule):
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         checkpoint["tinystack"] = self.run_info
+
+    def save_final_weights(self, run_dir: Path) -> None:
+        """The run directory's weights at the end of training; a stage that shares something else (a LoRA
+        adapter) overrides this."""
+        save_weights(self.model, Path(run_dir) / "model.safetensors", tied=self.cfg.model.tie_embeddings)
 
     def configure_model(self) -> None:
         if self.cfg.train.compile:

@@ -25,6 +25,7 @@ from train.callbacks import SampleStories, SaveFinalWeights, Throughput
 from train.checkpoint import AtomicCheckpointIO, check_compatible, resolve_resume
 from train.config import Config, ConfigError, save_config
 from train.module import LanguageModel
+from train.moe_stats import ExpertShare
 from train.report import write_metrics_and_plot
 
 
@@ -114,6 +115,8 @@ def pretrain(cfg: Config, callbacks: list = ()) -> Path:
                                   t.val_batches, cfg.data.num_workers)
     module = LanguageModel(cfg, token_byte_lengths(tokenizer))
     samples = SampleStories(run_dir, tokenizer, t.num_samples, t.sample_tokens)
+    if cfg.model.ffn == "moe":
+        callbacks = [*callbacks, ExpertShare(run_dir, t.log_every)]
     trainer = fit(cfg, module, datamodule, run_dir, tokenizer, [samples, *callbacks])
     if trainer.is_global_zero:
         metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val/")}

@@ -2,7 +2,7 @@
 
 Hua et al. 2022, "Transformer Quality in Linear Time" (FLASH, arXiv:2202.10447), §2 and §3:
 
-    U = silu(X W_u),  V = silu(X W_v)                    (B, T, e),  e = expansion * D  (one fused uv_proj)
+    U = silu(X W_u),  V = silu(X W_v)                    (B, T, e),  e = hidden or expansion * D  (fused uv_proj)
     Z = silu(X W_z)                                      (B, T, s),  s = qk_dim
     Q = Z ⊙ gamma_q + beta_q,  K = Z ⊙ gamma_k + beta_k  (B, T, s), then RoPE on Q and K
     A = relu(Q K^T / sqrt(s))^2 / n ⊙ M                  scores=relu2 (M the causal mask)
@@ -48,9 +48,8 @@ class GAU(nn.Module):
             raise ValueError("model.gau.scores=softmax needs model.gau.form=quadratic: the chunked form's "
                              "linear attention across chunks has no softmax; use scores=relu2")
         self.form, self.scores, self.chunk_size = g.form, g.scores, g.chunk_size
-        self.e, self.s = g.expansion * cfg.d_model, g.qk_dim
+        self.e, self.s = g.hidden or g.expansion * cfg.d_model, g.qk_dim
         self.n = g.chunk_size if g.form == "chunked" else (cfg.max_seq_len or g.chunk_size)  # the fixed 1/n
-        self.init_std = cfg.init_std
         self.position = position
         self.uv_proj = nn.Linear(cfg.d_model, 2 * self.e, bias=False)
         self.z_proj = nn.Linear(cfg.d_model, self.s, bias=False)
@@ -58,10 +57,14 @@ class GAU(nn.Module):
         n_qk = 2 if g.form == "quadratic" else 4  # rows: queries first, then keys ([quad, lin] each if chunked)
         self.gamma = nn.Parameter(torch.empty(n_qk, self.s))
         self.beta = nn.Parameter(torch.empty(n_qk, self.s))
+        self.gamma._no_weight_decay = self.beta._no_weight_decay = True  # per-dim scales/offsets, like norm weights
         self.reset_special_parameters()
 
     def reset_special_parameters(self) -> None:
-        nn.init.normal_(self.gamma, std=self.init_std)  # the paper's init: scales N(0, 0.02), offsets 0
+        # Scales N(0, 1), offsets 0. The paper draws scales from N(0, 0.02), where its relative-position bias
+        # inside the relu^2 gives the first gradients; without that bias the scores are O(gamma^2) and their
+        # gradient O(gamma^3), and a copy task does not move off chance in 300 steps (N(0, 1) solves it).
+        nn.init.normal_(self.gamma, std=1.0)
         nn.init.zeros_(self.beta)
 
     def attention_flops_per_token(self, seq_len: int) -> int:

@@ -3,7 +3,7 @@
 Gu & Dao 2023, "Mamba: Linear-Time Sequence Modeling with Selective State Spaces" (arXiv:2312.00752),
 the block of Figure 3 with the selective SSM of Algorithm 2 (S6):
 
-    x, z   = in_proj(u)                              u (B, T, D) -> x, z (B, T, E), E = expand * D
+    x, z   = in_proj(u)                              u (B, T, D) -> x, z (B, T, E), E = d_inner or expand * D
     x      = SiLU(causal depthwise conv1d(x))        width d_conv, per channel
     dt, B, C = x_proj(x)                             (B, T, R), (B, T, N), (B, T, N), R = dt_rank
     dt     = softplus(dt_proj(dt))                   (B, T, E), the input-dependent step Delta
@@ -54,7 +54,7 @@ class Mamba(nn.Module):
         if m.backend not in BACKENDS:
             raise ValueError(f"model.mamba.backend={m.backend!r} is not one of {', '.join(BACKENDS)}")
         self.kernel = load_mamba_ssm_kernel() if m.backend == "mamba_ssm" else None
-        self.d_inner, self.d_state, self.d_conv = m.expand * cfg.d_model, m.d_state, m.d_conv
+        self.d_inner, self.d_state, self.d_conv = m.d_inner or m.expand * cfg.d_model, m.d_state, m.d_conv
         self.dt_rank = m.dt_rank or math.ceil(cfg.d_model / 16)
         self.chunk_size = m.chunk_size
         E, N, R = self.d_inner, self.d_state, self.dt_rank

@@ -25,8 +25,7 @@ def make(form="quadratic", scores="relu2", position="rope", chunk_size=CHUNK, se
     cfg = ModelConfig(d_model=32, max_seq_len=MAX_LEN, position=position,
                       gau=GAUConfig(expansion=2, qk_dim=16, scores=scores, form=form, chunk_size=chunk_size))
     m = GAU(cfg, POSITIONS[position](cfg.d_model)).eval()
-    with torch.no_grad():  # the paper's init (scales 0.02, offsets 0) makes scores ~0: use large ones to test
-        m.gamma.normal_(0.0, 1.0)
+    with torch.no_grad():  # non-zero offsets too, so the tests cover them
         m.beta.normal_(0.0, 0.5)
     return m
 
@@ -149,7 +148,7 @@ def test_tiny_transformer_decodes_and_generates(form):
     model = Transformer(cfg).eval()
     assert all(layer.ffn is None for layer in model.layers)  # GAU replaces attention + FFN
     gau = model.layers[0].mixer
-    assert gau.beta.abs().sum() == 0 and 0.01 < gau.gamma.std() < 0.03  # reset_special_parameters ran
+    assert gau.beta.abs().sum() == 0 and 0.5 < gau.gamma.std() < 1.5  # reset_special_parameters ran
     idx = torch.randint(0, 50, (2, 13))
     with torch.no_grad():
         full, _ = model(idx)

@@ -1,0 +1,154 @@
+"""Instruction data for supervised fine-tuning: prompt-masked, padded batches with a resumable order.
+
+Examples come from `roneneldan/TinyStoriesInstruct` (or a local copy: records whose fields include a
+``Story:`` line) parsed with `from_instruct_record`, or are derived deterministically from any plain
+TinyStories corpus with `derive_examples` (data/instruct.py). Held-out examples (validation loss and the
+prompts of `finetune/evaluate.py`) come from the validation stories only.
+
+One example, tokenized as generation will see it (prompt and story encoded separately):
+
+    full    = prompt_ids (P) + story_ids + [EOT]             truncated to seq_len + 1 tokens
+    inputs  = full[:-1]                                       (T,)  T <= seq_len
+    targets = full[1:] with targets[:P - 1] = -100            loss on story tokens (and the EOT) only
+
+so the loss is the completion loss  -sum_{t >= P} log p(x_t | x_<t) / #story tokens  (the prompt is
+context, never a target). A batch is right-padded to its longest example with EOT inputs and -100
+targets, so padding is never scored and, the attention being causal, never changes a real position.
+The training order is data/blocks.py's ResumableSampler: a pure function of (seed, epoch, position).
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import lightning as L
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from data.blocks import ResumableSampler
+from data.corpus import EOT, DataError, load_stories, split_stories
+from data.instruct import InstructExample, derive_examples, from_instruct_record
+
+IGNORE = -100
+INSTRUCT_HUB_ID = "roneneldan/TinyStoriesInstruct"
+_STORY_FIELD = re.compile(r"^Story:", re.MULTILINE)
+
+
+def is_instruct_records(texts: list[str]) -> bool:
+    """True when most of the first records carry a ``Story:`` field line (TinyStoriesInstruct format)."""
+    head = texts[:20]
+    return bool(head) and sum(_STORY_FIELD.search(t) is not None for t in head) * 2 > len(head)
+
+
+def _records(texts: list[str]) -> list[InstructExample]:
+    if not is_instruct_records(texts):  # a line-per-row source (the hub's .txt files): regroup by EOT
+        texts = split_stories("\n".join(texts))
+    out = []
+    for text in texts:
+        try:
+            out.append(from_instruct_record(text))
+        except ValueError:  # a record without a story (truncated file): nothing to learn from
+            continue
+    return out
+
+
+def instruct_examples(path: str, seed: int, val_fraction: float = 0.05, max_stories: int = 0
+                      ) -> dict[str, list[InstructExample]]:
+    """-> {"train": [...], "validation": [...]}: TinyStoriesInstruct records, or examples derived from stories
+    (story i of a split gets its own rng seeded by (seed, i), so the result is deterministic)."""
+    stories = load_stories(path, val_fraction, max_stories)
+    named = INSTRUCT_HUB_ID.split("/")[1].lower() in Path(path).name.lower()
+    if named or is_instruct_records(stories["train"]):
+        splits = {name: _records(texts) for name, texts in stories.items()}
+    else:
+        splits = {name: derive_examples(texts, seed) for name, texts in stories.items()}
+    for name, examples in splits.items():
+        if not examples:
+            raise DataError(f"no instruction examples in the {name} split of {path}")
+    return splits
+
+
+def tokenize_examples(tokenizer, examples: list[InstructExample], seq_len: int) -> list[tuple[list[int], int]]:
+    """-> [(full ids truncated to seq_len + 1, prompt length P)], dropping examples whose prompt leaves no
+    story token inside seq_len (nothing would be scored)."""
+    eot = tokenizer.token_to_id(EOT)
+    prompts = tokenizer.encode_batch([ex.prompt for ex in examples])
+    stories = tokenizer.encode_batch([ex.story for ex in examples])
+    out = []
+    for prompt, story in zip(prompts, stories):
+        if len(prompt.ids) > seq_len:
+            continue
+        out.append(((prompt.ids + story.ids + [eot])[: seq_len + 1], len(prompt.ids)))
+    return out
+
+
+def example_tensors(ids: list[int], n_prompt: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """One example -> inputs (T,), targets (T,) with the prompt's targets at -100."""
+    full = torch.tensor(ids, dtype=torch.long)
+    inputs, targets = full[:-1], full[1:].clone()
+    targets[: n_prompt - 1] = IGNORE  # targets[t] is token t + 1: a prompt token while t + 1 < P
+    return inputs, targets
+
+
+def pad_batch(items: list[tuple[torch.Tensor, torch.Tensor]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Right-pad to the longest example: inputs with `pad_id` (EOT), targets with -100 -> (B, T_max) each."""
+    length = max(len(x) for x, _ in items)
+    inputs = torch.full((len(items), length), pad_id, dtype=torch.long)
+    targets = torch.full((len(items), length), IGNORE, dtype=torch.long)
+    for row, (x, y) in enumerate(items):
+        inputs[row, : len(x)], targets[row, : len(y)] = x, y
+    return inputs, targets
+
+
+class SFTExamples(Dataset):
+    def __init__(self, tokenized: list[tuple[list[int], int]]):
+        self.tokenized = tokenized
+
+    def __len__(self) -> int:
+        return len(self.tokenized)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+        return example_tensors(*self.tokenized[i])
+
+
+class Collate:
+    """Picklable collate_fn (DataLoader workers) that pads with EOT."""
+
+    def __init__(self, pad_id: int):
+        self.pad_id = pad_id
+
+    def __call__(self, items):
+        return pad_batch(items, self.pad_id)
+
+
+class SFTDataModule(L.LightningDataModule):
+    """Seeded, resumable, rank-sharded order over training examples; a fixed held-out validation subset
+    (the first `val_batches * batch_size` validation examples, in order) for the completion loss."""
+
+    def __init__(self, tokenizer, examples: dict[str, list[InstructExample]], seq_len: int, batch_size: int,
+                 grad_accum: int, max_steps: int, seed: int, val_batches: int, num_workers: int = 0):
+        super().__init__()
+        self.train_set = SFTExamples(tokenize_examples(tokenizer, examples["train"], seq_len))
+        n_val = min(len(examples["validation"]), val_batches * batch_size)
+        self.val_set = SFTExamples(tokenize_examples(tokenizer, examples["validation"][:n_val], seq_len))
+        if len(self.train_set) < batch_size or len(self.val_set) < 1:
+            raise DataError(f"too few instruction examples fit data.seq_len={seq_len}: {len(self.train_set)} "
+                            f"training and {len(self.val_set)} validation (batch_size={batch_size}); use more "
+                            "stories or a larger data.seq_len")
+        self.collate = Collate(tokenizer.token_to_id(EOT))
+        self.batch_size, self.grad_accum, self.max_steps = batch_size, grad_accum, max_steps
+        self.seed, self.num_workers = seed, num_workers
+
+    def train_dataloader(self) -> DataLoader:
+        trainer = self.trainer
+        per_step = trainer.world_size * self.batch_size * self.grad_accum  # examples per optimizer step
+        sampler = ResumableSampler(len(self.train_set), self.seed, start=trainer.global_step * per_step,
+                                   total=self.max_steps * per_step, rank=trainer.global_rank,
+                                   world_size=trainer.world_size)
+        return DataLoader(self.train_set, batch_size=self.batch_size, sampler=sampler, drop_last=True,
+                          collate_fn=self.collate, num_workers=self.num_workers)
+
+    def val_dataloader(self) -> DataLoader:
+        return DataLoader(self.val_set, batch_size=self.batch_size, collate_fn=self.collate,
+                          num_workers=self.num_workers)

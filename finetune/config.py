@@ -1,0 +1,68 @@
+"""The fine-tuning config: the user's file and overrides on top of what the base run fixes.
+
+A fine-tuning YAML needs only `data.path`, `finetune.*` and `train.*`; the rest comes from the base run's
+config.yaml (`finetune.base`), because the weights and the tokenizer fix it:
+
+    values = merge({model: base.model, data: {vocab_size, seq_len: base.data}}, file, --overrides)
+
+so `model.*` and `data.vocab_size` follow the base run, and `data.seq_len` does unless the user sets it.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import yaml
+
+from finetune.lora import LoRAConfig
+from train.config import Config, ConfigError, LoRASection, load_config, merge, parse_overrides
+
+INHERITED_DATA = ("vocab_size", "seq_len")
+
+
+def _read_yaml(path: Path) -> dict:
+    if not path.is_file():
+        raise ConfigError(f"config file not found: {path}; see configs/finetune/ for examples")
+    try:
+        return yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{path}: not valid YAML ({str(err).splitlines()[0]})") from None
+
+
+def check_base(base: str) -> Path:
+    """The base run directory, or a ConfigError saying how to get one."""
+    if not base:
+        raise ConfigError("finetune.base is not set: give a pretrained run directory, e.g. --finetune.base runs/demo")
+    path = Path(base)
+    missing = [name for name in ("config.yaml", "tokenizer.json", "model.safetensors") if not (path / name).is_file()]
+    if missing:
+        raise ConfigError(f"finetune.base={base} is not a finished run directory (no {', '.join(missing)}); "
+                          "pretrain one first: python -m train --config configs/pretrain/demo.yaml --train.name=demo")
+    return path
+
+
+def finetune_config(path: str | Path | None = None, overrides: list[str] | dict | None = None) -> Config:
+    """Load a fine-tuning config (same CLI contract as train.config.load_config) merged over the base run."""
+    user = _read_yaml(Path(path)) if path is not None else {}
+    user = merge(user, overrides if isinstance(overrides, dict) else parse_overrides(list(overrides or [])))
+    if "model" in user:
+        raise ConfigError("model.* is set, but fine-tuning keeps the base run's model (its config.yaml); "
+                          "remove the model section from the fine-tuning config and overrides")
+    section = user.get("finetune") or {}
+    base = check_base(str(section.get("base", "")) if isinstance(section, dict) else "")
+    base_values = _read_yaml(base / "config.yaml")
+    data = base_values.get("data") or {}
+    inherited = {"model": base_values.get("model") or {}, "data": {k: data[k] for k in INHERITED_DATA if k in data}}
+    cfg = load_config(None, merge(inherited, user))
+    if not cfg.train.name:
+        cfg.train.name = Path(path).stem if path is not None else f"{base.name}-{cfg.finetune.method}"
+    return cfg
+
+
+def lora_config(section: LoRASection) -> LoRAConfig:
+    """The config section (plain data) -> finetune.lora.LoRAConfig; invalid values raise ConfigError."""
+    try:
+        return LoRAConfig(r=section.r, alpha=section.alpha, dropout=section.dropout,
+                          target_modules=section.target_modules, rslora=section.rslora)
+    except ValueError as err:
+        raise ConfigError(str(err)) from None

@@ -1,0 +1,59 @@
+"""`python -m finetune.merge --run runs/<lora run> --out DIR` (or `--run runs/<base> --adapter DIR --out DIR`).
+
+Folds a LoRA adapter into the base weights, W' = W + (alpha / r) B A for every adapted Linear (Hu et al. 2021,
+§4.1: no extra inference cost), and writes a plain, self-contained run directory
+
+    DIR/config.yaml  DIR/tokenizer.json  DIR/model.safetensors
+
+that `python -m train.generate --run DIR` samples from and `python -m train.export_hf` exports.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from finetune.load import resolve
+from finetune.lora import merge_lora
+from train.cli import USER_ERRORS
+from train.config import load_config, save_config
+from train.load import load_run
+from train.weights import CheckpointError, save_weights
+
+
+def merge_run(run: str | Path, out: str | Path, adapter: str | Path | None = None) -> Path:
+    weights_dir, adapter_dir = resolve(run, adapter)
+    if adapter_dir is None:
+        raise CheckpointError(f"{run} is not a LoRA run directory (no adapter/ without model.safetensors); "
+                              "pass a LoRA run or --adapter DIR")
+    out = Path(out)
+    if (out / "model.safetensors").exists():
+        raise CheckpointError(f"{out} already holds model.safetensors; choose another --out")
+    cfg, tokenizer, model = load_run(weights_dir, "cpu", adapter_dir)
+    merge_lora(model)
+    if (Path(run) / "config.yaml").is_file() and Path(run).resolve() != weights_dir.resolve():
+        cfg = load_config(Path(run) / "config.yaml")  # the LoRA run's: how the weights were made
+    cfg.finetune.base = cfg.finetune.base or str(weights_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    save_config(cfg, out / "config.yaml")
+    tokenizer.save(str(out / "tokenizer.json"))
+    save_weights(model, out / "model.safetensors", tied=cfg.model.tie_embeddings)
+    return out
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--run", required=True, help="a LoRA run directory, or the base run with --adapter")
+    parser.add_argument("--adapter", default=None, help="adapter directory (adapter_config.json + weights)")
+    parser.add_argument("--out", required=True, help="the merged run directory to write")
+    args = parser.parse_args(argv)
+    try:
+        print(f"merged: {merge_run(args.run, args.out, args.adapter)}")
+    except USER_ERRORS as err:
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()

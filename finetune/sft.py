@@ -1,0 +1,88 @@
+"""Supervised fine-tuning (SFT) of a pretrained run on story instructions: LoRA or all parameters.
+
+The loss is pretraining's next-token loss (train/module.py) with the prompt's targets at -100
+(data/sft.py), i.e. the completion loss  L = -(1/|S|) sum_{t in S} log p(x_t | x_<t)  over story tokens S.
+The Trainer, precision, checkpointing and resume are pretraining's: `train.run.fit`, no copied loop.
+
+    finetune.method=lora  LoRA (Hu et al. 2021, arXiv:2106.09685): W x + (alpha/r) B A x on the targeted
+                          Linears, W frozen, only A (r, in) and B (out, r) reach the optimizer; the run dir
+                          keeps the adapter (PEFT format) and a reference to the base run, not the weights
+    finetune.method=full  every parameter trains; the run dir is a plain run dir (model.safetensors)
+
+At the end both the base model and the fine-tuned one are evaluated on held-out prompts (finetune/evaluate.py),
+written to eval.md / eval.json in the run directory.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import lightning as L
+
+from data.sft import SFTDataModule, instruct_examples
+from data.tokenizer import token_byte_lengths
+from finetune.adapter import save_adapter
+from finetune.config import check_base, lora_config
+from finetune.evaluate import evaluate, write_report
+from finetune.load import ADAPTER_DIR
+from finetune.lora import LoRAConfig, apply_lora
+from train.callbacks import SampleStories
+from train.config import Config, ConfigError
+from train.load import load_run
+from train.module import LanguageModel
+from train.run import fit, make_run_dir
+
+
+class LoRALanguageModel(LanguageModel):
+    """LanguageModel over a model carrying LoRA adapters; its run directory gets the adapter, not weights."""
+
+    def __init__(self, cfg: Config, token_bytes: list[int], model, lora_cfg: LoRAConfig):
+        super().__init__(cfg, token_bytes, model)
+        self.lora_cfg = lora_cfg
+
+    def save_final_weights(self, run_dir: Path) -> None:
+        save_adapter(self.model, self.lora_cfg, Path(run_dir) / ADAPTER_DIR, self.cfg.finetune.base)
+
+
+def build_module(cfg: Config, tokenizer, model) -> LanguageModel:
+    """Wrap the loaded base `model` for training: LoRA adapters (in place) or every parameter trainable."""
+    token_bytes = token_byte_lengths(tokenizer)
+    if cfg.finetune.method == "full":
+        return LanguageModel(cfg, token_bytes, model.requires_grad_(True))
+    lora_cfg = lora_config(cfg.finetune.lora)
+    try:
+        apply_lora(model, lora_cfg)
+    except ValueError as err:  # a target pattern matching nothing, a tied target, ...
+        raise ConfigError(str(err)) from None
+    return LoRALanguageModel(cfg, token_bytes, model, lora_cfg)
+
+
+def finetune(cfg: Config, callbacks: list = ()) -> Path:
+    """Fine-tune cfg.finetune.base on cfg.data.path; returns the run directory."""
+    t, f = cfg.train, cfg.finetune
+    base = check_base(f.base)
+    L.seed_everything(t.seed, workers=True, verbose=False)
+    base_cfg, tokenizer, model = load_run(base)
+    if base_cfg.model != cfg.model:
+        raise ConfigError(f"model.* differs from the base run's {base}/config.yaml; fine-tuning keeps the base "
+                          "model: remove model.* from the fine-tuning config")
+    examples = instruct_examples(cfg.data.path, t.seed, cfg.data.val_fraction, cfg.data.max_stories)
+    datamodule = SFTDataModule(tokenizer, examples, cfg.data.seq_len, t.batch_size, t.grad_accum, t.max_steps,
+                               t.seed, t.val_batches, cfg.data.num_workers)
+    module = build_module(cfg, tokenizer, model)
+    run_dir = make_run_dir(cfg)
+    samples = SampleStories(run_dir, tokenizer, t.num_samples, t.sample_tokens, prompt=examples["validation"][0].prompt)
+    trainer = fit(cfg, module, datamodule, run_dir, tokenizer, [samples, *callbacks])
+    if trainer.is_global_zero:
+        trained = sum(p.numel() for p in module.model.parameters() if p.requires_grad)
+        val = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val/")}
+        print(f"run: {run_dir}  method={f.method}  trainable={trained:,}  "
+              + "  ".join(f"{k}={v:.4f}" for k, v in sorted(val.items())))
+        if f.eval_prompts > 0:
+            heldout = examples["validation"][: f.eval_prompts]
+            _, _, base_model = load_run(base, module.device.type)
+            results = {"base": evaluate(base_model, tokenizer, heldout, f.eval_tokens, cfg.data.seq_len),
+                       f"{f.method} fine-tuned": evaluate(module.model, tokenizer, heldout, f.eval_tokens,
+                                                          cfg.data.seq_len)}
+            print(write_report(run_dir, results))
+    return run_dir
