@@ -130,8 +130,8 @@ class SFTDataModule(L.LightningDataModule):
                  grad_accum: int, max_steps: int, seed: int, val_batches: int, num_workers: int = 0):
         super().__init__()
         self.train_set = SFTExamples(tokenize_examples(tokenizer, examples["train"], seq_len))
-        n_val = min(len(examples["validation"]), val_batches * batch_size)
-        self.val_set = SFTExamples(tokenize_examples(tokenizer, examples["validation"][:n_val], seq_len))
+        held_out = tokenize_examples(tokenizer, examples["validation"], seq_len)
+        self.val_set = SFTExamples(held_out[: val_batches * batch_size])
         if len(self.train_set) < batch_size or len(self.val_set) < 1:
             raise DataError(f"too few instruction examples fit data.seq_len={seq_len}: {len(self.train_set)} "
                             f"training and {len(self.val_set)} validation (batch_size={batch_size}); use more "

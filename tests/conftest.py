@@ -71,3 +71,20 @@ def tiny_train_overrides(corpus: Path, out_dir: Path, **extra) -> dict:
             node = node.setdefault(part, {})
         node[rest[-1]] = value
     return values
+
+
+@pytest.fixture(scope="session")
+def tiny_sft_run(tiny_corpus, tmp_path_factory) -> tuple[Path, Path]:
+    """(base run, LoRA SFT run on it): seconds-long runs on the synthetic corpus, shared by the alignment tests."""
+    from finetune.config import finetune_config
+    from finetune.sft import finetune
+    from train.config import load_config
+    from train.run import pretrain
+
+    out = tmp_path_factory.mktemp("sft")
+    base = pretrain(load_config(None, tiny_train_overrides(tiny_corpus, out, **{"train.num_samples": 0})))
+    values = tiny_train_overrides(tiny_corpus, out, **{"train.name": "sft", "train.lr": 1e-2, "train.num_samples": 0})
+    del values["model"], values["data"]["vocab_size"]
+    values["data"]["seq_len"] = 96  # derived prompts are ~30 tokens with this vocabulary
+    values["finetune"] = {"base": str(base), "method": "lora", "eval_prompts": 0}
+    return base, finetune(finetune_config(None, values))

@@ -83,7 +83,7 @@ def test_truncation_and_padding_never_scored(tiny_corpus, tokenizer):
     inputs, targets = pad_batch(items, pad_id=0)
     for row, (x, y) in enumerate(items):
         assert (targets[row, len(y):] == IGNORE).all() and (inputs[row, len(x):] == 0).all()
-        assert int((targets[row] != IGNORE).sum()) == 4 + row  # story tokens only
+        assert int((targets[row] != IGNORE).sum()) == 3 + row  # story tokens only
     assert tokenize_examples(tokenizer, examples[:4], seq_len=10) == []  # prompt longer than seq_len: dropped
 
 
@@ -91,7 +91,7 @@ def test_datamodule_order_is_seeded_and_batches_are_padded(tiny_corpus, tokenize
     examples = instruct_examples(str(tiny_corpus), seed=0)
 
     def batches(seed):
-        dm = SFTDataModule(tokenizer, examples, 64, batch_size=4, grad_accum=1, max_steps=3, seed=seed, val_batches=1)
+        dm = SFTDataModule(tokenizer, examples, 96, batch_size=4, grad_accum=1, max_steps=3, seed=seed, val_batches=1)
         dm.trainer = type("T", (), {"world_size": 1, "global_step": 0, "global_rank": 0})()
         return list(dm.train_dataloader())
 

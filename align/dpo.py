@@ -1,0 +1,153 @@
+"""`python -m align.dpo --config configs/align/dpo.yaml [--section.key=value ...]`: Direct Preference Optimization.
+
+Rafailov et al. 2023, "Direct Preference Optimization: Your Language Model is Secretly a Reward Model"
+(arXiv:2305.18290), eq. 7: for a prompt x with a chosen completion y_w and a rejected one y_l,
+
+    L = -log sigma(beta [(log pi(y_w|x) - log ref(y_w|x)) - (log pi(y_l|x) - log ref(y_l|x))])
+
+with log pi(y|x) = sum_{t in y} log pi(y_t | x, y_<t) over the completion tokens only (align/losses.py, also
+the ipo/hinge variants of `align.loss_type`). pi_ref is the SFT model (align/policy.py: the LoRA policy with
+its adapter off, or a frozen copy). One forward scores both halves: a batch is the B chosen then the B
+rejected sequences, tokenized and prompt-masked as in SFT (data/sft.py), padded together -> (2B, T).
+
+Logged like TRL's DPOTrainer, on training and held-out pairs (`train/...`, `val/...`):
+rewards/chosen = beta (log pi(y_w) - log ref(y_w)) (mean), rewards/rejected, rewards/margins (their
+difference), rewards/accuracies (share with chosen > rejected), logps/chosen, logps/rejected.
+The loop is pretraining's: `train.run.fit` (Trainer, precision, checkpoints, resume); only the loss differs.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import lightning as L
+import torch
+from torch import Tensor
+from torch.utils.data import Dataset
+
+from align.losses import dpo_loss, sequence_logprobs
+from align.make_pairs import load_pairs, offline_pairs
+from align.policy import PolicyModel, align_config, start_policy
+from data.corpus import EOT, DataError
+from data.instruct import InstructExample
+from data.sft import IGNORE, SFTDataModule, example_tensors, instruct_examples, pad_batch, tokenize_examples
+from data.tokenizer import token_byte_lengths
+from train.cli import run_cli
+from train.config import Config
+from train.run import fit, make_run_dir
+
+
+class PairDataset(Dataset):
+    """(prompt, chosen, rejected) -> ((inputs, targets) chosen, (inputs, targets) rejected), prompt-masked."""
+
+    def __init__(self, tokenizer, pairs: list[dict], seq_len: int):
+        def encode(key):  # drops exactly the pairs whose prompt leaves no room: the same for both halves
+            return tokenize_examples(tokenizer, [InstructExample(p["prompt"], p[key]) for p in pairs], seq_len)
+
+        self.items = list(zip(encode("chosen"), encode("rejected")))
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, i: int):
+        chosen, rejected = self.items[i]
+        return example_tensors(*chosen), example_tensors(*rejected)
+
+
+class PairCollate:
+    """B pairs -> inputs, targets (2B, T): the chosen sequences, then the rejected ones (EOT / -100 padded)."""
+
+    def __init__(self, pad_id: int):
+        self.pad_id = pad_id
+
+    def __call__(self, items):
+        return pad_batch([c for c, _ in items] + [r for _, r in items], self.pad_id)
+
+
+class PairDataModule(SFTDataModule):
+    """SFT's seeded, resumable order and held-out batches (data/sft.py), over preference pairs."""
+
+    def __init__(self, tokenizer, pairs: dict[str, list[dict]], seq_len: int, batch_size: int, grad_accum: int,
+                 max_steps: int, seed: int, val_batches: int, num_workers: int = 0):
+        L.LightningDataModule.__init__(self)
+        self.train_set = PairDataset(tokenizer, pairs["train"], seq_len)
+        self.val_set = PairDataset(tokenizer, pairs["validation"][: val_batches * batch_size], seq_len)
+        if len(self.train_set) < batch_size:
+            raise DataError(f"only {len(self.train_set)} preference pairs fit data.seq_len={seq_len} "
+                            f"(train.batch_size={batch_size}); make more pairs or raise data.seq_len")
+        self.collate = PairCollate(tokenizer.token_to_id(EOT))
+        self.batch_size, self.grad_accum, self.max_steps = batch_size, grad_accum, max_steps
+        self.seed, self.num_workers = seed, num_workers
+
+
+class DPOModel(PolicyModel):
+    """The DPO loss over (2B, T) batches of chosen-then-rejected sequences."""
+
+    def dpo(self, batch) -> tuple[Tensor, dict[str, Tensor]]:
+        inputs, targets = batch
+        mask = targets != IGNORE  # (2B, T) completion tokens
+        logits, _ = self.model(inputs)  # (2B, T, V)
+        policy = sequence_logprobs(logits, targets, mask)  # (2B,)
+        with torch.no_grad(), self.reference_model() as reference:
+            ref = sequence_logprobs(reference(inputs)[0], targets, mask)  # (2B,)
+        policy_chosen, policy_rejected = policy.chunk(2)  # (B,) each
+        a = self.cfg.align
+        losses, chosen, rejected = dpo_loss(policy_chosen, policy_rejected, *ref.chunk(2), a.beta, a.loss_type,
+                                            a.label_smoothing)
+        loss = losses.mean()
+        return loss, {"loss": loss.detach(), "rewards/chosen": chosen.mean(), "rewards/rejected": rejected.mean(),
+                      "rewards/margins": (chosen - rejected).mean(),
+                      "rewards/accuracies": (chosen > rejected).float().mean(),
+                      "logps/chosen": policy_chosen.detach().mean(), "logps/rejected": policy_rejected.detach().mean()}
+
+    def loss(self, batch) -> tuple[Tensor, dict[str, Tensor]]:
+        loss, logs = self.dpo(batch)
+        return loss, {f"train/{k}": v for k, v in logs.items()}
+
+    def on_validation_epoch_start(self) -> None:
+        pass
+
+    def validation_step(self, batch, batch_idx) -> None:
+        _, logs = self.dpo(batch)
+        self.log_dict({f"val/{k}": v for k, v in logs.items()}, batch_size=batch[0].shape[0] // 2)
+
+    def on_validation_epoch_end(self) -> None:
+        pass
+
+
+def preference_pairs(cfg: Config) -> dict[str, list[dict]]:
+    """align.pairs (JSONL or dataset), or offline pairs made from the training stories; a held-out tenth
+    (at most val_batches * batch_size pairs) for validation."""
+    if cfg.align.pairs:
+        pairs = load_pairs(cfg.align.pairs)
+    else:
+        examples = instruct_examples(cfg.data.path, cfg.train.seed, cfg.data.val_fraction, cfg.data.max_stories)
+        pairs = offline_pairs(examples["train"], cfg.align.rewards, cfg.train.seed)
+    n_val = min(len(pairs) // 10, cfg.train.val_batches * cfg.train.batch_size)
+    return {"train": pairs[: len(pairs) - n_val], "validation": pairs[len(pairs) - n_val:]}
+
+
+def train_dpo(cfg: Config, callbacks: list = ()) -> Path:
+    """DPO from the SFT run cfg.finetune.base; returns the run directory."""
+    t = cfg.train
+    L.seed_everything(t.seed, workers=True, verbose=False)
+    run_dir = make_run_dir(cfg)
+    tokenizer, model, lora_cfg = start_policy(cfg, run_dir)
+    pairs = preference_pairs(cfg)
+    datamodule = PairDataModule(tokenizer, pairs, cfg.data.seq_len, t.batch_size, t.grad_accum, t.max_steps,
+                                t.seed, t.val_batches, cfg.data.num_workers)
+    module = DPOModel(cfg, token_byte_lengths(tokenizer), model, lora_cfg)
+    trainer = fit(cfg, module, datamodule, run_dir, tokenizer, callbacks, monitor_val=len(datamodule.val_set) > 0)
+    if trainer.is_global_zero:
+        logs = {k: float(v) for k, v in trainer.callback_metrics.items() if "rewards/" in k or k.endswith("/loss")}
+        print(f"run: {run_dir}  pairs={len(datamodule.train_set)}  "
+              + "  ".join(f"{k}={v:.4f}" for k, v in sorted(logs.items())))
+    return run_dir
+
+
+def main(cfg: Config) -> None:
+    train_dpo(cfg)
+
+
+if __name__ == "__main__":
+    run_cli(main, usage=__doc__, load=align_config)

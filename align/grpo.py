@@ -1,0 +1,223 @@
+"""`python -m align.grpo --config configs/align/grpo.yaml [--section.key=value ...]`: online RL with verifiable rewards.
+
+Group Relative Policy Optimization (Shao et al. 2024, "DeepSeekMath", arXiv:2402.03300, §4.1, eq. 3): for each
+prompt q, G completions o_1..o_G are sampled from pi_old, each gets a programmatic reward r_i (align/rewards.py:
+word inclusion, dialogue, length, repetition, finished; weighted by `align.rewards`), and
+
+    A_i   = (r_i - mean(r)) / std(r)                                  group-relative advantage (no critic)
+    rho_t = pi_theta(o_t | q, o_<t) / pi_old(o_t | q, o_<t)
+    L     = -mean_t [min(rho_t A_i, clip(rho_t, 1 - eps, 1 + eps_high) A_i) - beta KL_t(pi_theta || pi_ref)]
+
+(losses in align/losses.py; KL by the k3 estimator; `align.level` picks per-token or per-sequence averaging,
+DAPO/Dr. GRPO; Kimi k1.5 (arXiv:2501.12599) likewise drops the value model for relative rewards over samples).
+
+Sampling: a prompt's G completions decode as one batch of G copies of the prompt with the model's KV cache
+(equal lengths, no padding). A step takes `align.prompts_per_step` prompts -> N = P * G sequences, padded on the
+right (causal: padding never changes a real position) -> inputs/labels (N, T); mask (N, T) marks completion
+tokens up to and including the first EOT. `align.num_iterations` = mu optimizer steps reuse one batch of samples
+(TRL's buffered generations): pi_old's log-probs are computed once, at sampling time; with mu = 1 pi_old =
+pi_theta, so old_logp = logp.detach() (ratio 1, the gradient is the plain policy gradient).
+
+The module overrides `training_step` only; Trainer, precision, gradient clipping and accumulation, checkpoints
+are pretraining's (`train.run.fit`). Logged per step: reward mean / std (within groups) and each reward,
+KL, clip fraction, completion length (tokens) and policy entropy (nats/token).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import lightning as L
+import torch
+from torch import Tensor
+from torch.utils.data import DataLoader, Dataset, Sampler
+
+from align.losses import aggregate, grpo_advantages, grpo_loss, token_logprobs
+from align.policy import PolicyModel, align_config, start_policy
+from align.rewards import combined_reward
+from data.blocks import ResumableSampler
+from data.instruct import parse_header
+from data.sft import instruct_examples
+from data.tokenizer import eot_id, token_byte_lengths
+from train.cli import run_cli
+from train.config import Config, ConfigError
+from train.run import fit, make_run_dir
+
+
+class PromptBatches(Sampler[list[int]]):
+    """Prompt indices per micro-batch: micro-batch a of optimizer step s gets draw d = (s // mu) * accum + a
+    (each draw serves mu steps), i.e. positions d*P .. d*P + P - 1 of data/blocks.py's seeded order. A pure
+    function of (seed, step): a resumed run starts at its step without saved sampler state."""
+
+    def __init__(self, n: int, per_batch: int, accum: int, iterations: int, seed: int, start_step: int,
+                 max_steps: int, rank: int = 0, world_size: int = 1):
+        self.n, self.per_batch, self.accum, self.iterations, self.seed = n, per_batch, accum, iterations, seed
+        self.steps, self.rank, self.world_size = range(start_step, max_steps), rank, world_size
+
+    def __len__(self) -> int:
+        return len(self.steps) * self.accum
+
+    def __iter__(self):
+        for step in self.steps:
+            for a in range(self.accum):
+                draw = ((step // self.iterations) * self.accum + a) * self.world_size + self.rank
+                yield list(ResumableSampler(self.n, self.seed, draw * self.per_batch, (draw + 1) * self.per_batch))
+
+
+class Prompts(Dataset):
+    def __init__(self, ids: list[list[int]]):
+        self.ids = ids
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def __getitem__(self, i: int) -> Tensor:
+        return torch.tensor(self.ids[i], dtype=torch.long)
+
+
+class PromptCollate:
+    """P prompts -> ids (P, L_max) right-padded with `pad_id`, lengths (P,)."""
+
+    def __init__(self, pad_id: int):
+        self.pad_id = pad_id
+
+    def __call__(self, items: list[Tensor]) -> tuple[Tensor, Tensor]:
+        ids = torch.full((len(items), max(len(x) for x in items)), self.pad_id, dtype=torch.long)
+        for row, x in enumerate(items):
+            ids[row, : len(x)] = x
+        return ids, torch.tensor([len(x) for x in items])
+
+
+class PromptDataModule(L.LightningDataModule):
+    def __init__(self, tokenizer, prompts: list[str], seq_len: int, prompts_per_step: int, grad_accum: int,
+                 num_iterations: int, max_steps: int, seed: int):
+        super().__init__()
+        encoded = [e.ids for e in tokenizer.encode_batch(prompts)]
+        self.prompts = Prompts([ids for ids in encoded if len(ids) <= seq_len])
+        self.collate = PromptCollate(eot_id(tokenizer))
+        self.args = (prompts_per_step, grad_accum, num_iterations, seed)
+        self.max_steps = max_steps
+
+    def train_dataloader(self) -> DataLoader:
+        trainer = self.trainer
+        sampler = PromptBatches(len(self.prompts), *self.args, trainer.global_step, self.max_steps,
+                                trainer.global_rank, trainer.world_size)
+        return DataLoader(self.prompts, batch_sampler=sampler, collate_fn=self.collate)
+
+
+@dataclass
+class Rollout:
+    """One batch of samples: N = P * G sequences (prompt + completion), as the loss needs them."""
+
+    inputs: Tensor  # (N, T) token ids (EOT-padded)
+    labels: Tensor  # (N, T) next tokens
+    mask: Tensor  # (N, T) 1 on completion tokens (to the first EOT, inclusive)
+    advantages: Tensor  # (N,)
+    old_logp: Tensor | None  # (N, T) pi_old at sampling time; None when num_iterations == 1
+    ref_logp: Tensor | None  # (N, T) pi_ref; None when beta == 0
+    stats: dict[str, float]  # reward statistics of the batch
+
+
+class GRPOModel(PolicyModel):
+    """Samples G completions per prompt, scores them and takes clipped policy-gradient steps."""
+
+    def __init__(self, cfg: Config, tokenizer, model, lora_cfg=None):
+        super().__init__(cfg, token_byte_lengths(tokenizer), model, lora_cfg)
+        self.tokenizer, self.eot = tokenizer, eot_id(tokenizer)
+        self.buffer: dict[int, Rollout] = {}  # micro-batch slot -> samples reused for num_iterations steps
+
+    def logprobs(self, model, inputs: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:
+        """-> token log-probs (N, T) at the sampling temperature (as TRL), and the logits (N, T, V)."""
+        logits, _ = model(inputs)  # (N, T, V)
+        return token_logprobs(logits / max(self.cfg.align.temperature, 1e-6), labels), logits
+
+    @torch.no_grad()
+    def rollout(self, prompt_ids: Tensor, lengths: Tensor, slot: int) -> Rollout:
+        a, t = self.cfg.align, self.cfg.train
+        seed = t.seed * 1_000_003 + (self.global_step * self.trainer.world_size + self.global_rank) * 97 + slot
+        generator = torch.Generator(device=self.device).manual_seed(seed)
+        was_training = self.model.training
+        self.model.eval()
+        sequences, starts, rewards, parts = [], [], [], []
+        for row, n in zip(prompt_ids, lengths.tolist()):
+            prompt = row[:n]  # (n,)
+            info = parse_header(self.tokenizer.decode(prompt.tolist()))
+            out = self.model.generate(prompt.expand(a.group_size, n), a.max_new_tokens, temperature=a.temperature,
+                                      eos_id=self.eot, generator=generator)  # (G, n + m)
+            for completion in out[:, n:].tolist():
+                end = completion.index(self.eot) + 1 if self.eot in completion else len(completion)
+                text = self.tokenizer.decode(completion[: end - (completion[end - 1] == self.eot)])
+                total, per = combined_reward(info, text, a.rewards)
+                sequences.append(prompt.tolist() + completion[:end])
+                starts.append(n)
+                rewards.append(total)
+                parts.append(per)
+        self.model.train(was_training)
+        full = torch.full((len(sequences), max(map(len, sequences))), self.eot, dtype=torch.long)  # (N, T + 1)
+        mask = torch.zeros(full.shape[0], full.shape[1] - 1)  # (N, T)
+        for i, (seq, n) in enumerate(zip(sequences, starts)):
+            full[i, : len(seq)] = torch.tensor(seq)
+            mask[i, n - 1: len(seq) - 1] = 1  # labels[t] = seq[t + 1]: completion tokens from t = n - 1
+        full, mask = full.to(self.device), mask.to(self.device)
+        inputs, labels = full[:, :-1], full[:, 1:]  # (N, T) each
+        r = torch.tensor(rewards, device=self.device)  # (N,)
+        old = self.logprobs(self.model, inputs, labels)[0] if a.num_iterations > 1 else None
+        ref = None
+        if a.beta:
+            with self.reference_model() as reference:
+                ref = self.logprobs(reference, inputs, labels)[0]
+        stats = {"reward": r.mean().item(), "reward_std": r.view(-1, a.group_size).std(-1).mean().item(),
+                 "completion_length": mask.sum(-1).mean().item()}
+        stats.update({f"rewards/{k}": sum(p[k] for p in parts) / len(parts) for k in a.rewards})
+        return Rollout(inputs, labels, mask, grpo_advantages(r, a.group_size, a.scale), old, ref, stats)
+
+    def training_step(self, batch, batch_idx):
+        a = self.cfg.align
+        slot = batch_idx % self.cfg.train.grad_accum
+        if self.global_step % a.num_iterations == 0 or slot not in self.buffer:
+            self.buffer[slot] = self.rollout(*batch, slot)
+        r = self.buffer[slot]
+        logp, logits = self.logprobs(self.model, r.inputs, r.labels)  # (N, T), (N, T, V)
+        old = logp.detach() if r.old_logp is None else r.old_logp
+        loss, stats = grpo_loss(logp, old, r.ref_logp, r.advantages, r.mask, a.beta, a.epsilon,
+                                a.epsilon_high or None, a.level)
+        if not torch.isfinite(loss):
+            return self.skip_bad_step(loss)
+        self.bad_steps_in_a_row = 0
+        with torch.no_grad():
+            logq = torch.log_softmax(logits.float(), -1)  # (N, T, V)
+            entropy = aggregate(-(logq.exp() * logq).sum(-1), r.mask)
+        logs = {"loss": loss.detach(), "kl": stats["kl"], "clip_fraction": stats["clip_fraction"],
+                "entropy": entropy, **r.stats, "lr": torch.tensor(self.optimizers().param_groups[0]["lr"])}
+        self.log_dict({f"train/{k}": v for k, v in logs.items()}, batch_size=r.inputs.shape[0])
+        self.log("reward", r.stats["reward"], prog_bar=True, logger=False)
+        return loss
+
+
+def train_grpo(cfg: Config, callbacks: list = ()) -> Path:
+    """GRPO from the SFT run cfg.finetune.base on prompts of the training stories; returns the run directory."""
+    t, a = cfg.train, cfg.align
+    if a.group_size < 2 or a.num_iterations < 1 or a.prompts_per_step < 1:
+        raise ConfigError(f"align.group_size must be >= 2 (got {a.group_size}), align.num_iterations and "
+                          f"align.prompts_per_step >= 1 (got {a.num_iterations}, {a.prompts_per_step})")
+    L.seed_everything(t.seed, workers=True, verbose=False)
+    run_dir = make_run_dir(cfg)
+    tokenizer, model, lora_cfg = start_policy(cfg, run_dir)
+    examples = instruct_examples(cfg.data.path, t.seed, cfg.data.val_fraction, cfg.data.max_stories)["train"]
+    datamodule = PromptDataModule(tokenizer, [ex.prompt for ex in examples], cfg.data.seq_len, a.prompts_per_step,
+                                  t.grad_accum, a.num_iterations, t.max_steps, t.seed)
+    module = GRPOModel(cfg, tokenizer, model, lora_cfg)
+    trainer = fit(cfg, module, datamodule, run_dir, tokenizer, callbacks, monitor_val=False)
+    if trainer.is_global_zero:
+        logs = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("train/")}
+        print(f"run: {run_dir}  " + "  ".join(f"{k}={v:.4f}" for k, v in sorted(logs.items()) if "/lr" not in k))
+    return run_dir
+
+
+def main(cfg: Config) -> None:
+    train_grpo(cfg)
+
+
+if __name__ == "__main__":
+    run_cli(main, usage=__doc__, load=align_config)

@@ -1,0 +1,148 @@
+"""`python -m align.make_pairs --run runs/<sft> --kind offline|on_policy --out pairs.jsonl`: DPO preference pairs.
+
+Written in TRL's standard preference format, one JSON object per line (`DPOTrainer` reads it as is):
+
+    {"prompt": "Words: ...\\nStory:\\n", "chosen": "<completion>", "rejected": "<completion>"}
+
+offline    from the instruction data alone (data/sft.py): chosen = the story the header was derived from, which
+           meets it by construction; rejected = the lowest-scoring of `candidates` other stories drawn at random
+           (typically one whose words do not match the header), kept only if it scores below the chosen one.
+on_policy  K completions per prompt sampled from the SFT model (K copies of the prompt decode as one batch with
+           the KV cache), scored by the combined reward (align/rewards.py); chosen = best, rejected = worst,
+           prompts whose K scores tie are skipped: a tie states no preference. On-policy pairs keep DPO's data
+           where the policy puts its mass (Tajwar et al. 2024, arXiv:2404.14367; Xu et al. 2024, arXiv:2404.10719).
+
+`load_pairs` reads such a JSONL file, or any Hugging Face dataset with prompt/chosen/rejected columns
+(`datasets.load_dataset`: a hub id, or a local folder of .jsonl/.parquet files).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import sys
+from pathlib import Path
+
+import yaml
+
+from align.rewards import combined_reward
+from data.corpus import DataError
+from data.instruct import InstructExample, parse_header
+from train.config import AlignConfig
+
+COLUMNS = ("prompt", "chosen", "rejected")
+
+
+def score(prompt: str, completion: str, weights: dict[str, float]) -> float:
+    """Combined reward of a completion for the header in `prompt`."""
+    return combined_reward(parse_header(prompt), completion, weights)[0]
+
+
+def offline_pairs(examples: list[InstructExample], weights: dict[str, float], seed: int = 0,
+                  candidates: int = 4) -> list[dict]:
+    """chosen = each example's own story; rejected = the worst of `candidates` random other stories."""
+    rng = random.Random(seed)
+    pairs = []
+    for i, ex in enumerate(examples):
+        others = [examples[j].story for j in rng.sample(range(len(examples)), min(candidates + 1, len(examples)))
+                  if j != i][:candidates]
+        if not others:
+            continue
+        rejected = min(others, key=lambda story: score(ex.prompt, story, weights))
+        if score(ex.prompt, rejected, weights) < score(ex.prompt, ex.story, weights):
+            pairs.append({"prompt": ex.prompt, "chosen": ex.story, "rejected": rejected})
+    return pairs
+
+
+def on_policy_pairs(model, tokenizer, prompts: list[str], weights: dict[str, float], k: int = 4,
+                    max_new_tokens: int = 160, temperature: float = 1.0, seed: int = 0,
+                    batch_size: int = 64) -> list[dict]:
+    """Best vs worst of k sampled completions per prompt; ties skipped."""
+    from finetune.evaluate import generate_stories
+
+    if k < 2:
+        raise ValueError(f"on-policy pairs need k >= 2 samples per prompt, got {k}")
+    repeated = [p for p in prompts for _ in range(k)]  # k copies in a row: equal lengths, one decode batch
+    samples = generate_stories(model, tokenizer, repeated, max_new_tokens, batch_size, temperature, seed)
+    pairs = []
+    for i, prompt in enumerate(prompts):
+        group = samples[i * k:(i + 1) * k]
+        scores = [score(prompt, s, weights) for s in group]
+        best, worst = max(range(k), key=scores.__getitem__), min(range(k), key=scores.__getitem__)
+        if scores[best] > scores[worst]:
+            pairs.append({"prompt": prompt, "chosen": group[best], "rejected": group[worst]})
+    return pairs
+
+
+def save_pairs(pairs: list[dict], path: str | Path) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w") as f:
+        for pair in pairs:
+            f.write(json.dumps({c: pair[c] for c in COLUMNS}, ensure_ascii=False) + "\n")
+    return path
+
+
+def load_pairs(source: str | Path, split: str = "train") -> list[dict]:
+    """prompt/chosen/rejected rows from a JSONL file, or a Hugging Face dataset (hub id or local folder)."""
+    path = Path(source)
+    if path.is_file() and path.suffix in (".jsonl", ".json"):
+        with path.open() as f:
+            rows = [json.loads(line) for line in f if line.strip()]
+    else:
+        from datasets import load_dataset
+
+        try:
+            rows = list(load_dataset(str(source), split=split))
+        except Exception as err:  # no network, unknown id, missing split: the fix is the same
+            raise DataError(f"could not load preference pairs from {source!r} ({type(err).__name__}: {err}); "
+                            "give a JSONL file written by python -m align.make_pairs, or a dataset with "
+                            "prompt/chosen/rejected columns") from None
+    bad = next((i for i, row in enumerate(rows) if not all(isinstance(row.get(c), str) for c in COLUMNS)), None)
+    if bad is not None:
+        raise DataError(f"{source}: row {bad} lacks string fields {list(COLUMNS)} (TRL's standard preference "
+                        f"format); got keys {sorted(rows[bad])}")
+    if not rows:
+        raise DataError(f"{source}: no preference pairs")
+    return [{c: row[c] for c in COLUMNS} for row in rows]
+
+
+def main(argv: list[str] | None = None) -> None:
+    from data.sft import instruct_examples
+    from finetune.load import load_finetuned
+    from train.cli import USER_ERRORS
+    from train.config import load_config
+
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--run", required=True, help="the SFT run (plain or LoRA run directory)")
+    parser.add_argument("--kind", choices=["offline", "on_policy"], default="offline")
+    parser.add_argument("--out", required=True, help="JSONL file to write")
+    parser.add_argument("--n", type=int, default=2000, help="prompts (training stories) to use")
+    parser.add_argument("--k", type=int, default=4, help="on_policy: samples per prompt")
+    parser.add_argument("--max_new_tokens", type=int, default=160)
+    parser.add_argument("--temperature", type=float, default=1.0)
+    parser.add_argument("--candidates", type=int, default=4, help="offline: random stories tried as rejected")
+    parser.add_argument("--rewards", default=None, help="reward weights as YAML, e.g. '{word_inclusion: 2}'")
+    parser.add_argument("--data", default=None, help="corpus (default: the run's data.path)")
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args(argv)
+    weights = yaml.safe_load(args.rewards) if args.rewards else AlignConfig().rewards
+    try:
+        cfg = load_config(Path(args.run) / "config.yaml")
+        examples = instruct_examples(args.data or cfg.data.path, cfg.train.seed, cfg.data.val_fraction)["train"]
+        examples = examples[: args.n]
+        if args.kind == "offline":
+            pairs = offline_pairs(examples, weights, args.seed, args.candidates)
+        else:
+            _, tokenizer, model = load_finetuned(args.run)
+            pairs = on_policy_pairs(model, tokenizer, [ex.prompt for ex in examples], weights, args.k,
+                                    args.max_new_tokens, args.temperature, args.seed)
+    except USER_ERRORS as err:
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(2)
+    print(f"{len(pairs)} {args.kind} pairs from {len(examples)} prompts -> {save_pairs(pairs, args.out)}")
+
+
+if __name__ == "__main__":
+    main()

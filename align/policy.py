@@ -1,0 +1,106 @@
+"""What DPO and GRPO share: the config, the starting policy, its reference model and the run directory.
+
+Alignment starts from a fine-tuned (SFT) run, `finetune.base`: a plain run directory or a LoRA run directory
+(adapter on a base, finetune/load.py). The reference model pi_ref is that SFT model, frozen:
+
+    finetune.method=lora  the SFT adapter (if any) is merged into its base, W_sft = W + s B_sft A_sft, and a new
+                          adapter trains on top: pi_theta = W_sft + s B A.  pi_ref is the same model with the
+                          adapter switched off (finetune.lora.adapters_disabled): no second copy in memory.
+                          The run directory is a LoRA run directory (adapter/ + config.yaml); the adapter's
+                          base is the SFT run itself when it is plain, else the merged SFT weights written to
+                          <run>/reference/ (finetune.merge), which config.yaml's finetune.base then names.
+    finetune.method=full  every parameter trains; pi_ref is a frozen copy (2x the weights in memory); the run
+                          directory is a plain one (model.safetensors).
+
+Either way `finetune.load.load_finetuned(run)`, `align.evaluate` and `train.generate` read the result.
+"""
+
+from __future__ import annotations
+
+import copy
+from contextlib import contextmanager
+from pathlib import Path
+
+from finetune.adapter import save_adapter
+from finetune.config import _read_yaml, finetune_config, lora_config
+from finetune.load import ADAPTER_DIR, resolve
+from finetune.lora import LoRAConfig, adapters_disabled, apply_lora, merge_lora
+from finetune.merge import merge_run
+from train.config import Config, ConfigError, merge, parse_overrides
+from train.load import load_run
+from train.module import LanguageModel
+
+REFERENCE_DIR = "reference"
+
+
+def align_config(path: str | Path | None = None, overrides: list[str] | dict | None = None) -> Config:
+    """finetune.config.finetune_config, where finetune.base (the SFT run) may also be a LoRA run directory:
+    model.* and the tokenizer's sizes are inherited from the weights under it."""
+    user = _read_yaml(Path(path)) if path is not None else {}
+    user = merge(user, overrides if isinstance(overrides, dict) else parse_overrides(list(overrides or [])))
+    start = str((user.get("finetune") or {}).get("base", "")) if isinstance(user.get("finetune"), dict) else ""
+    if start and (Path(start) / "config.yaml").is_file():
+        weights_dir, _ = resolve(start)  # a LoRA run -> its base run (CheckpointError if missing)
+        user = merge(user, {"finetune": {"base": str(weights_dir)}})
+    if path is not None and not (user.get("train") or {}).get("name"):
+        user = merge(user, {"train": {"name": Path(path).stem}})
+    cfg = finetune_config(None, user)
+    cfg.finetune.base = start or cfg.finetune.base
+    return cfg
+
+
+def start_policy(cfg: Config, run_dir: Path) -> tuple[object, object, LoRAConfig | None]:
+    """Load the SFT run as one plain model and prepare it for alignment -> (tokenizer, model, lora_cfg or None).
+
+    For LoRA on a LoRA SFT run, writes (or, on resume, reuses) <run_dir>/reference and sets cfg.finetune.base
+    to it, so the saved run directory names the weights its adapter applies to."""
+    weights_dir, adapter_dir = resolve(cfg.finetune.base)
+    if cfg.finetune.method == "lora" and adapter_dir is not None:
+        reference = run_dir / REFERENCE_DIR
+        if not (reference / "model.safetensors").is_file():
+            merge_run(cfg.finetune.base, reference)
+        weights_dir, adapter_dir = reference, None
+        cfg.finetune.base = str(reference)
+    _, tokenizer, model = load_run(weights_dir, "cpu", adapter_dir)
+    if adapter_dir is not None:
+        merge_lora(model)  # full fine-tuning of a LoRA SFT run: start from W_sft
+    model.train()
+    if cfg.finetune.method == "full":
+        return tokenizer, model.requires_grad_(True), None
+    lora_cfg = lora_config(cfg.finetune.lora)
+    try:
+        apply_lora(model, lora_cfg)
+    except ValueError as err:
+        raise ConfigError(str(err)) from None
+    return tokenizer, model, lora_cfg
+
+
+class PolicyModel(LanguageModel):
+    """LanguageModel with a frozen reference policy; DPO and GRPO subclass it and override the loss or the step."""
+
+    def __init__(self, cfg: Config, token_bytes: list[int], model, lora_cfg: LoRAConfig | None):
+        super().__init__(cfg, token_bytes, model)
+        self.lora_cfg = lora_cfg
+        # full fine-tuning keeps a frozen copy; LoRA turns its adapter off instead (no copy)
+        self.reference = None if lora_cfg else copy.deepcopy(model).requires_grad_(False).eval()
+
+    @contextmanager
+    def reference_model(self):
+        """The reference policy in eval mode: the policy with its adapter off (LoRA), or the frozen copy."""
+        if self.reference is not None:
+            self.reference.eval()
+            yield self.reference
+            return
+        was_training = self.model.training
+        self.model.eval()
+        try:
+            with adapters_disabled(self.model) as reference:
+                yield reference
+        finally:
+            self.model.train(was_training)
+
+    def save_final_weights(self, run_dir: Path) -> None:
+        if self.lora_cfg is None:
+            super().save_final_weights(run_dir)
+        else:
+            save_adapter(self.model, self.lora_cfg, Path(run_dir) / ADAPTER_DIR, self.cfg.finetune.base)

@@ -1,0 +1,71 @@
+"""Preference pairs: offline and on-policy construction, TRL-format JSONL, loading (JSONL and a datasets folder)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from align.make_pairs import COLUMNS, load_pairs, main, offline_pairs, on_policy_pairs, save_pairs, score
+from data.corpus import DataError
+from data.sft import instruct_examples
+from finetune.load import load_finetuned
+
+WEIGHTS = {"word_inclusion": 2.0, "dialogue": 0.5, "finished": 0.25}
+
+
+@pytest.fixture(scope="module")
+def examples(tiny_corpus):
+    return instruct_examples(str(tiny_corpus), seed=0)["train"][:60]
+
+
+def test_offline_pairs_prefer_the_story_that_meets_the_header(examples):
+    pairs = offline_pairs(examples, WEIGHTS, seed=0)
+    assert len(pairs) > len(examples) // 2
+    by_prompt = {ex.prompt: ex.story for ex in examples}
+    for pair in pairs:
+        assert pair["chosen"] == by_prompt[pair["prompt"]] and pair["rejected"] != pair["chosen"]
+        assert score(pair["prompt"], pair["chosen"], WEIGHTS) > score(pair["prompt"], pair["rejected"], WEIGHTS)
+    assert offline_pairs(examples, WEIGHTS, seed=0) == pairs  # deterministic given the seed
+
+
+def test_jsonl_round_trip_and_datasets_folder(examples, tmp_path):
+    pairs = offline_pairs(examples, WEIGHTS, seed=1)
+    path = save_pairs(pairs, tmp_path / "pairs" / "train.jsonl")
+    rows = [json.loads(line) for line in path.read_text().splitlines()]
+    assert len(rows) == len(pairs) and all(list(row) == list(COLUMNS) for row in rows)
+    assert all(isinstance(row[c], str) for row in rows for c in COLUMNS)
+    assert load_pairs(path) == pairs
+    assert load_pairs(tmp_path / "pairs") == pairs  # datasets.load_dataset on a local folder (the hub's code path)
+
+
+def test_bad_pairs_raise_data_errors(tmp_path):
+    path = tmp_path / "bad.jsonl"
+    path.write_text(json.dumps({"prompt": "p", "chosen": "c"}) + "\n")
+    with pytest.raises(DataError, match="lacks string fields"):
+        load_pairs(path)
+    with pytest.raises(DataError, match="could not load preference pairs"):
+        load_pairs(tmp_path / "missing-folder")
+
+
+def test_on_policy_pairs_best_vs_worst_and_ties_skipped(tiny_sft_run, examples):
+    _, tokenizer, model = load_finetuned(tiny_sft_run[1])
+    prompts = [ex.prompt for ex in examples[:6]]
+    pairs = on_policy_pairs(model, tokenizer, prompts, WEIGHTS, k=4, max_new_tokens=12, seed=0)
+    assert {p["prompt"] for p in pairs} <= set(prompts)
+    for pair in pairs:
+        assert score(pair["prompt"], pair["chosen"], WEIGHTS) > score(pair["prompt"], pair["rejected"], WEIGHTS)
+    no_dialogue = [ex.prompt for ex in examples if "Dialogue" not in ex.features][:3]
+    assert on_policy_pairs(model, tokenizer, no_dialogue, {"dialogue": 1.0}, k=3, max_new_tokens=4) == []  # all tie
+
+
+def test_make_pairs_command_writes_jsonl(tiny_sft_run, tmp_path, capsys):
+    out = tmp_path / "on_policy.jsonl"
+    main(["--run", str(tiny_sft_run[1]), "--kind", "on_policy", "--n", "4", "--k", "3", "--max_new_tokens", "8",
+          "--out", str(out)])
+    assert "on_policy pairs from 4 prompts" in capsys.readouterr().out
+    main(["--run", str(tiny_sft_run[1]), "--n", "30", "--out", str(tmp_path / "offline.jsonl")])
+    assert len(load_pairs(tmp_path / "offline.jsonl")) > 10
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--run", str(tmp_path), "--out", str(out)])
+    assert exit_info.value.code == 2
