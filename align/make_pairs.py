@@ -111,6 +111,7 @@ def load_pairs(source: str | Path, split: str = "train") -> list[dict]:
 def main(argv: list[str] | None = None) -> None:
     from data.sft import instruct_examples
     from finetune.load import load_finetuned
+    from finetune.lora import merge_lora
     from train.cli import USER_ERRORS
     from train.config import load_config
 
@@ -136,6 +137,7 @@ def main(argv: list[str] | None = None) -> None:
             pairs = offline_pairs(examples, weights, args.seed, args.candidates)
         else:
             _, tokenizer, model = load_finetuned(args.run)
+            merge_lora(model)  # same function, no adapter matmuls while sampling
             pairs = on_policy_pairs(model, tokenizer, [ex.prompt for ex in examples], weights, args.k,
                                     args.max_new_tokens, args.temperature, args.seed)
     except USER_ERRORS as err:

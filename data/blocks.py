@@ -36,9 +36,13 @@ class ResumableSampler(Sampler[int]):
     def __init__(self, n_blocks: int, seed: int, start: int, total: int, rank: int = 0, world_size: int = 1):
         self.n, self.seed = n_blocks, seed
         self.positions = range(start + rank, total, world_size)  # global sample positions of this rank
+        self.run_length = len(range(rank, total, world_size))  # this rank's samples over the whole run
 
     def __len__(self) -> int:
-        return len(self.positions)
+        # The whole run's length, not what is left: a resumed Lightning loop restores how many batches of the
+        # epoch were done and ends the epoch after len // batch_size batches in all; with the remaining length
+        # it would end early and start the (resumed) order again.
+        return self.run_length
 
     def __iter__(self):
         epoch, perm = -1, None

@@ -22,6 +22,7 @@ import json
 import sys
 import time
 from collections import defaultdict
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -49,10 +50,30 @@ def completion_loss(model, tokenizer, examples: list[InstructExample], seq_len: 
 
 
 @torch.no_grad()
+@contextmanager
+def cpu_threads(n: int, device: torch.device):
+    """torch.set_num_threads(n) inside the block on CPU (n = 0 or a GPU: unchanged)."""
+    before = torch.get_num_threads()
+    if n and device.type == "cpu":
+        torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
 def generate_stories(model, tokenizer, prompts: list[str], max_new_tokens: int, batch_size: int = 32,
-                     temperature: float = 0.0, seed: int = 0) -> list[str]:
-    """One completion per prompt (text after the prompt, up to EOT), decoding equal-length prompts together."""
+                     temperature: float = 0.0, seed: int = 0, threads: int = 1) -> list[str]:
+    """One completion per prompt (text after the prompt, up to EOT), decoding equal-length prompts together.
+
+    Decoding runs tiny per-token ops; on CPU one thread is as fast as two on an idle machine and ~4x faster on a
+    busy one, where OpenMP threads wait for each other (measured: 16 prompts x 40 tokens, 10.5 s vs 43 s)."""
     device = next(model.parameters()).device
+    with cpu_threads(threads, device):
+        return _generate(model, tokenizer, prompts, max_new_tokens, batch_size, temperature, seed, device)
+
+
+def _generate(model, tokenizer, prompts, max_new_tokens, batch_size, temperature, seed, device) -> list[str]:
     eot = eot_id(tokenizer)
     encoded = [tokenizer.encode(p).ids for p in prompts]
     groups: dict[int, list[int]] = defaultdict(list)
@@ -84,7 +105,7 @@ def evaluate(model, tokenizer, examples: list[InstructExample], max_new_tokens: 
     scores = [word_inclusion({"words": ex.words}, story) for ex, story in zip(examples, stories)]
     return {"completion_loss": loss, "word_inclusion": sum(scores) / len(scores),
             "all_words": sum(s == 1.0 for s in scores) / len(scores), "prompts": len(examples),
-            "max_new_tokens": max_new_tokens, "seconds": time.perf_counter() - start,
+            "max_new_tokens": max_new_tokens, "temperature": temperature, "seconds": time.perf_counter() - start,
             "example": {"prompt": examples[0].prompt, "story": stories[0]}}
 
 
@@ -105,11 +126,12 @@ def write_report(out_dir: str | Path, results: dict[str, dict]) -> str:
     first = next(iter(results.values()))["example"]
     examples = "\n\n".join(f"**{name}:**\n\n> " + r["example"]["story"].replace("\n", "\n> ")
                            for name, r in results.items())
-    tokens = next(iter(results.values()))["max_new_tokens"]
+    r = next(iter(results.values()))
+    decoding = f"sampling at temperature {r['temperature']}" if r["temperature"] else "greedy decoding"
     (out_dir / "eval.md").write_text(
-        f"# Instruction following on held-out prompts\n\nGreedy decoding, at most {tokens} new tokens; word "
-        f"inclusion is align.rewards.word_inclusion.\n\n{table}\n\n## Example\n\n```\n{first['prompt']}```\n\n"
-        f"{examples}\n")
+        f"# Instruction following on held-out prompts\n\n{decoding.capitalize()}, at most {r['max_new_tokens']} new "
+        f"tokens; word inclusion is align.rewards.word_inclusion.\n\n{table}\n\n## Example\n\n```\n"
+        f"{first['prompt']}```\n\n{examples}\n")
     (out_dir / "eval.json").write_text(json.dumps(results, indent=2) + "\n")
     return table
 

@@ -47,6 +47,7 @@ class LoRALanguageModel(LanguageModel):
 def build_module(cfg: Config, tokenizer, model) -> LanguageModel:
     """Wrap the loaded base `model` for training: LoRA adapters (in place) or every parameter trainable."""
     token_bytes = token_byte_lengths(tokenizer)
+    model.train()  # load_run returns it in eval mode; Lightning keeps a module's mode
     if cfg.finetune.method == "full":
         return LanguageModel(cfg, token_bytes, model.requires_grad_(True))
     lora_cfg = lora_config(cfg.finetune.lora)

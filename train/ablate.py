@@ -15,7 +15,7 @@ An ablation file names a base config and the variants to compare; every variant 
 Values merge in this order: base < overrides < command-line overrides < variant < the sweep's own keys
 (train.seed, train.name = <variant>-s<seed>, train.out_dir = the sweep folder, train.resume = auto). A
 command-line key that a variant also sets is an error (it would erase the difference). Sweep keys can be
-overridden too: `--seeds=[0] --match=none --threads=2`.
+overridden too: `--seeds=[0] --match=none --threads=2 --name=mixer-big`.
 
 Fair comparison: every variant shares the token budget and the data (train.max_steps, batch_size,
 grad_accum, data.seq_len, data.path, data.max_stories), checked up front. `match: params` resizes one width
@@ -44,11 +44,11 @@ import yaml
 
 from train.cli import USER_ERRORS, parse_args
 from train.config import Config, ConfigError, load_config, merge, parse_overrides, to_dict
+from train.param_match import count_params, get, match_params
 
 SWEEP_KEYS = ("base", "name", "overrides", "seeds", "match", "threads", "variants")
 SHARED = ("train.max_steps", "train.batch_size", "train.grad_accum", "data.seq_len", "data.path", "data.max_stories")
 OWNED = ("train.seed", "train.name", "train.out_dir", "train.resume")  # set by the sweep, per run
-TOLERANCE = 0.02
 
 
 def nest(values: dict) -> dict:
@@ -74,19 +74,8 @@ def flat(values: dict, prefix: str = "") -> dict:
     return out
 
 
-def get(cfg, dotted: str):
-    for part in dotted.split("."):
-        cfg = getattr(cfg, part)
-    return cfg
-
-
-def put(cfg, dotted: str, value) -> None:
-    *parents, leaf = dotted.split(".")
-    setattr(get(cfg, ".".join(parents)) if parents else cfg, leaf, value)
-
-
 def load_sweep(path: str | None, argv: list[str]) -> tuple[dict, dict]:
-    """The ablation file with command-line sweep keys applied, and the command-line config overrides."""
+    """The ablation file (validated, with command-line sweep keys applied) and the command-line config overrides."""
     if path is None or not Path(path).is_file():
         raise ConfigError(f"ablation file not found: {path}; see configs/ablations/ for examples")
     try:
@@ -95,6 +84,10 @@ def load_sweep(path: str | None, argv: list[str]) -> tuple[dict, dict]:
         raise ConfigError(f"{path}: not valid YAML ({str(err).splitlines()[0]})") from None
     cli = parse_overrides(argv)
     sweep.update({k: cli.pop(k) for k in list(cli) if k in SWEEP_KEYS and k not in ("base", "variants")})
+    for key, value in cli.items():
+        if not isinstance(value, dict):
+            raise ConfigError(f"unknown override --{key}; sweep keys: seeds, match, threads, name; config keys look "
+                              "like --section.key=value")
     unknown = sorted(set(sweep) - set(SWEEP_KEYS))
     if unknown:
         raise ConfigError(f"{path}: unknown key(s) {', '.join(unknown)}; valid keys: {', '.join(SWEEP_KEYS)}")
@@ -111,7 +104,8 @@ def load_sweep(path: str | None, argv: list[str]) -> tuple[dict, dict]:
     for name, values in variants.items():
         if not re.fullmatch(r"[A-Za-z0-9_.+-]+", str(name)) or not isinstance(values or {}, dict):
             raise ConfigError(f"variant {name!r}: names use letters, digits, _ . + -, and map to overrides")
-    if sweep.get("match", "none") not in ("params", "none"):
+    sweep["match"] = sweep.get("match") or "none"
+    if sweep["match"] not in ("params", "none"):
         raise ConfigError(f"match: invalid choice {sweep['match']!r}; valid choices: params, none")
     return sweep, cli
 
@@ -124,9 +118,10 @@ def build_configs(sweep: dict, cli: dict) -> dict[str, dict[int, Config]]:
     configs: dict[str, dict[int, Config]] = {}
     for name, values in sweep["variants"].items():
         variant = nest(values or {})
-        clash = sorted(set(flat(variant)) & (set(flat(cli)) | set(OWNED)))
-        if clash:
-            raise ConfigError(f"variant {name!r} sets {', '.join(clash)}, which the command line or the sweep sets")
+        for keys, why in ((flat(cli), "set on the command line for every variant"), (OWNED, "set by the sweep")):
+            clash = sorted(set(flat(variant)).intersection(keys))
+            if clash:
+                raise ConfigError(f"variant {name!r} sets {', '.join(clash)}, which is {why}")
         try:
             cfg = load_config(sweep["base"], merge(common, variant))
         except ConfigError as err:
@@ -143,64 +138,6 @@ def build_configs(sweep: dict, cli: dict) -> dict[str, dict[int, Config]]:
             if get(runs[sweep["seeds"][0]], key) != get(first, key):
                 raise ConfigError(f"variant {name!r} changes {key}; variants must share the token budget and data")
     return configs
-
-
-def count_params(cfg: Config) -> tuple[int, int]:
-    """(total, non-embedding) parameters of cfg's model, built on the meta device (no memory, no init cost)."""
-    import torch
-
-    from model.transformer import Transformer
-
-    m = copy.deepcopy(cfg.model)
-    m.vocab_size, m.max_seq_len = m.vocab_size or cfg.data.vocab_size, m.max_seq_len or cfg.data.seq_len
-    with torch.device("meta"):
-        model = Transformer(m)
-    return model.num_params(), model.num_params(non_embedding=True)
-
-
-def width_knob(cfg: Config) -> str:
-    mixers = cfg.model.layer_mixers()
-    if any(cfg.model.layer_ffn(m) != "none" for m in mixers):
-        return "model.d_ff"
-    for mixer, knob in (("gau", "model.gau.hidden"), ("mamba", "model.mamba.d_inner")):
-        if mixer in mixers:
-            return knob
-    raise ConfigError("match: params needs a width knob (an FFN, a GAU or a Mamba layer); this variant has none")
-
-
-def match_params(configs: dict[str, dict[int, Config]]) -> dict[str, str]:
-    """Resize every non-reference variant (all its seeds) to the reference's non-embedding parameter count.
-    Returns variant -> 'knob=value' (empty for the reference)."""
-    names = list(configs)
-    target = count_params(next(iter(configs[names[0]].values())))[1]
-    widths = {names[0]: ""}
-    for name in names[1:]:
-        cfg = copy.deepcopy(next(iter(configs[name].values())))
-        try:
-            knob = width_knob(cfg)
-        except ConfigError as err:
-            raise ConfigError(f"variant {name!r}: {err}") from None
-
-        def params(width: int) -> int:
-            put(cfg, knob, width)
-            return count_params(cfg)[1]
-
-        hi = 64
-        while params(hi) < target and hi < 1 << 22:
-            hi *= 2
-        lo = 1  # the smallest width reaching the target is in (lo, hi]
-        while hi - lo > 1:
-            mid = (lo + hi) // 2
-            lo, hi = (mid, hi) if params(mid) < target else (lo, mid)
-        best = min((lo, hi), key=lambda w: abs(params(w) - target))
-        got = params(best)
-        if abs(got - target) > TOLERANCE * target:
-            raise ConfigError(f"variant {name!r}: {knob}={best} gives {got:,} non-embedding parameters, not within "
-                              f"{TOLERANCE:.0%} of the reference's {target:,}")
-        for run in configs[name].values():
-            put(run, knob, best)
-        widths[name] = f"{knob.removeprefix('model.')}={best}"
-    return widths
 
 
 def check_existing(cfg: Config) -> Path:
@@ -220,7 +157,7 @@ def check_existing(cfg: Config) -> Path:
     return run_dir
 
 
-def run_sweep(sweep: dict, configs: dict[str, dict[int, Config]], widths: dict[str, str]) -> Path:
+def run_sweep(sweep: dict, configs: dict[str, dict[int, Config]], widths: dict[str, str]) -> str:
     from train.ablate_report import RunResult, write_results
     from train.run import pretrain  # Lightning loads only once every config is valid
 

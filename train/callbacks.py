@@ -8,6 +8,8 @@ from pathlib import Path
 import lightning as L
 import torch
 
+from train.distributed import full_state_dict, is_sharded
+from train.faults import preempted_step
 from train.generate import sample_stories
 
 # Dense bf16 peak FLOP/s per GPU (vendor datasheets), for MFU; unknown devices log no MFU.
@@ -56,8 +58,8 @@ class SampleStories(L.Callback):
         self.prompt = prompt
 
     def on_validation_end(self, trainer, pl_module):
-        if trainer.sanity_checking or not trainer.is_global_zero or self.n == 0:
-            return
+        if trainer.sanity_checking or not trainer.is_global_zero or self.n == 0 or is_sharded(trainer):
+            return  # a sharded model cannot decode on rank 0 alone (`python -m train.generate` after the run can)
         model = pl_module.model
         was_training = model.training
         model.eval()
@@ -68,11 +70,19 @@ class SampleStories(L.Callback):
 
 
 class SaveFinalWeights(L.Callback):
-    """At the end of training, writes the module's final weights (`model.safetensors`) into the run directory."""
+    """At the end of training, writes the module's final weights (`model.safetensors`) into the run directory:
+    a full state dict under FSDP too; nothing when the run was pre-empted."""
 
     def __init__(self, run_dir: Path):
         self.run_dir = run_dir
 
     def on_train_end(self, trainer, pl_module):
-        if trainer.is_global_zero:
+        if preempted_step(trainer) is not None:
+            return  # an unfinished run: its state is in checkpoints/last.ckpt
+        if is_sharded(trainer):  # FSDP: every rank takes part in gathering the full state dict
+            state = full_state_dict(trainer, pl_module)
+            if trainer.is_global_zero:
+                pl_module.save_final_weights(self.run_dir, state={k.removeprefix("model."): v for k, v in state.items()
+                                                                  if k.startswith("model.")})
+        elif trainer.is_global_zero:
             pl_module.save_final_weights(self.run_dir)

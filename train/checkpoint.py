@@ -26,8 +26,12 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-        torch.save(checkpoint, tmp)
-        os.replace(tmp, path)
+        try:
+            torch.save(checkpoint, tmp)
+            os.replace(tmp, path)
+        except BaseException:  # a failed write (disk full, an exception) leaves the previous file in place
+            tmp.unlink(missing_ok=True)
+            raise
 
 
 def read_checkpoint(path: Path) -> dict:

@@ -1,5 +1,7 @@
 """Command-line plumbing shared by every entry point: `--config FILE` plus dotted overrides, and user
-errors (bad config, data or checkpoint) printed as one line with exit code 2 instead of a traceback."""
+errors (bad config, data or checkpoint) printed as one line with exit code 2 instead of a traceback.
+A run halted by non-finite losses (`TrainingHalted`) prints one line and exits with code 1; a run pre-empted
+by SIGTERM prints how to resume and exits with code 0 (`train/faults.py`)."""
 
 from __future__ import annotations
 
@@ -9,6 +11,7 @@ from collections.abc import Callable
 
 from data.corpus import DataError
 from train.config import Config, ConfigError, load_config
+from train.distributed import launch_rank
 from train.weights import CheckpointError
 
 USER_ERRORS = (ConfigError, DataError, CheckpointError)
@@ -41,3 +44,10 @@ def run_cli(main: Callable[[Config], object], argv: list[str] | None = None, usa
     except USER_ERRORS as err:
         print(f"error: {err}", file=sys.stderr)
         sys.exit(2)
+    except Exception as err:
+        module = sys.modules.get("train.module")  # not imported: the error cannot be a TrainingHalted
+        if module is None or not isinstance(err, module.TrainingHalted):
+            raise
+        if launch_rank() == 0:  # every rank halts together; one line is enough
+            print(f"error: training halted: {err}", file=sys.stderr)
+        sys.exit(1)

@@ -5,7 +5,8 @@ way), so pretraining and supervised fine-tuning use this module unchanged. Align
 and override `training_step` only.
 
 Bits per byte (comparable across tokenizers): bpb = sum_t CE_t / (ln 2 * sum_t bytes(target_t)).
-A non-finite loss skips its step (counted as `train/bad_steps`); `train.max_bad_steps` in a row stop the run.
+A non-finite loss (on any rank) skips its step on every rank (counted as `train/bad_steps`); `train.max_bad_steps`
+in a row stop the run with `TrainingHalted`, naming the step and the last good checkpoint.
 """
 
 from __future__ import annotations
@@ -20,7 +21,8 @@ from torch import Tensor, nn
 
 from model.transformer import Transformer
 from train.config import Config
-from train.optim import build_optimizer
+from train.faults import last_good_checkpoint
+from train.optim import build_optimizer, remember_shapes
 from train.weights import save_weights
 
 IGNORE = -100
@@ -45,12 +47,14 @@ class LanguageModel(L.LightningModule):
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         checkpoint["tinystack"] = self.run_info
 
-    def save_final_weights(self, run_dir: Path) -> None:
-        """The run directory's weights at the end of training; a stage that shares something else (a LoRA
-        adapter) overrides this."""
-        save_weights(self.model, Path(run_dir) / "model.safetensors", tied=self.cfg.model.tie_embeddings)
+    def save_final_weights(self, run_dir: Path, state: dict | None = None) -> None:
+        """The run directory's weights at the end of training (`state`: the model's full state dict under FSDP);
+        a stage that shares something else (a LoRA adapter) overrides this."""
+        save_weights(self.model, Path(run_dir) / "model.safetensors", tied=self.cfg.model.tie_embeddings,
+                     state=state)
 
     def configure_model(self) -> None:
+        remember_shapes(self.model)  # before FSDP flattens the parameters (weight decay goes by shape)
         if self.cfg.train.compile:
             self.model.compile()
 
@@ -69,23 +73,29 @@ class LanguageModel(L.LightningModule):
 
     def training_step(self, batch, batch_idx):
         loss, logs = self.loss(batch)
-        if not torch.isfinite(loss):
+        if not self.finite_on_all_ranks(loss):
             return self.skip_bad_step(loss)
         self.bad_steps_in_a_row = 0
         logs["train/lr"] = torch.tensor(self.optimizers().param_groups[0]["lr"])
-        self.log_dict(logs, prog_bar=False)
+        self.log_dict(logs, prog_bar=False, sync_dist=True)  # the mean over ranks: the global batch's loss
         self.log("loss", logs["train/loss"], prog_bar=True, logger=False)
         return loss
+
+    def finite_on_all_ranks(self, loss: Tensor) -> bool:
+        """Whether every rank's loss is finite: ranks must skip a step together, or DDP's all-reduce hangs."""
+        return self.trainer.strategy.reduce_boolean_decision(bool(torch.isfinite(loss)), all=True)
 
     def skip_bad_step(self, loss: Tensor):
         self.bad_steps_in_a_row += 1
         self.bad_steps_total += 1
         self.log("train/bad_steps", float(self.bad_steps_total))
         if self.bad_steps_in_a_row >= self.cfg.train.max_bad_steps:
+            good = last_good_checkpoint(self.trainer)
             raise TrainingHalted(
                 f"loss was {loss.item()} for {self.bad_steps_in_a_row} steps in a row (last at step "
-                f"{self.global_step}); resume from the last good checkpoint with --train.resume=auto, "
-                "perhaps with a lower --train.lr")
+                f"{self.global_step}); last good checkpoint: {good or 'none saved yet'}; "
+                + ("resume from it with --train.resume=auto" if good else "restart")
+                + ", perhaps with a lower --train.lr")
         return None  # Lightning skips backward and the optimizer step
 
     def on_validation_epoch_start(self) -> None:

@@ -16,13 +16,22 @@ import torch
 from torch import nn
 
 
+def remember_shapes(model: nn.Module) -> None:
+    """Note each parameter's rank: FSDP (use_orig_params) turns parameters into 1-D shards before the optimizer
+    is built, and `param_groups` decides on decay by rank."""
+    for p in model.parameters():
+        if not hasattr(p, "_orig_ndim"):  # a second call (validate after fit) may see the shards
+            p._orig_ndim = p.ndim
+
+
 def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
     embeddings = {id(m.weight) for m in model.modules() if isinstance(m, nn.Embedding)}
     decay, no_decay = [], []
     for p in model.parameters():
         if not p.requires_grad:
             continue
-        decayed = p.ndim >= 2 and id(p) not in embeddings and not getattr(p, "_no_weight_decay", False)
+        matrix = getattr(p, "_orig_ndim", p.ndim) >= 2
+        decayed = matrix and id(p) not in embeddings and not getattr(p, "_no_weight_decay", False)
         (decay if decayed else no_decay).append(p)
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 

@@ -24,22 +24,30 @@ from data.tokens import content_hash, prepare_tokens
 from train.callbacks import SampleStories, SaveFinalWeights, Throughput
 from train.checkpoint import AtomicCheckpointIO, check_compatible, resolve_resume
 from train.config import Config, ConfigError, save_config
+from train.distributed import build_strategy, shared_run_dir
+from train.faults import Preempted, PreemptionCheckpoint, preempted_step, preemption_message
 from train.module import LanguageModel
 from train.moe_stats import ExpertShare
 from train.report import write_metrics_and_plot
 
 
 def make_run_dir(cfg: Config) -> Path:
-    """out_dir/name; a fresh run never overwrites an existing one (name-1, name-2, ...)."""
+    """out_dir/name; a fresh run never overwrites an existing one (name-1, name-2, ...). Every rank of a
+    multi-process run gets rank 0's choice (`train/distributed.py`)."""
     base = Path(cfg.train.out_dir) / (cfg.train.name or "run")
     if cfg.train.resume is not False and cfg.train.resume not in ("true", "auto", True):
         return Path(cfg.train.resume).resolve().parent.parent  # a checkpoint path: runs/<name>/checkpoints/x
-    if cfg.train.resume is not False or not base.exists():
+    if cfg.train.resume is not False:
         return base
-    i = 1
-    while base.with_name(f"{base.name}-{i}").exists():
-        i += 1
-    return base.with_name(f"{base.name}-{i}")
+
+    def fresh() -> Path:
+        i, path = 0, base
+        while path.exists():
+            i += 1
+            path = base.with_name(f"{base.name}-{i}")
+        return path
+
+    return shared_run_dir(fresh, base)
 
 
 def prepare_data(cfg: Config, tokenizer=None):
@@ -74,12 +82,14 @@ def build_trainer(cfg: Config, run_dir: Path, callbacks: list, monitor_val: bool
                                   auto_insert_metric_name=False, every_n_train_steps=t.ckpt_every,
                                   save_top_k=-1, save_last=True)
     return L.Trainer(
-        accelerator=t.accelerator, devices=t.devices, num_nodes=t.num_nodes, strategy=t.strategy,
+        accelerator=t.accelerator, devices=t.devices, num_nodes=t.num_nodes,
+        strategy=build_strategy(t.strategy, t.accelerator),
         precision=t.precision, max_steps=t.max_steps, max_epochs=-1, accumulate_grad_batches=t.grad_accum,
         gradient_clip_val=t.grad_clip or None, val_check_interval=t.val_every * t.grad_accum if monitor_val else None,
         check_val_every_n_epoch=None, limit_val_batches=t.val_batches if monitor_val else 0,
         num_sanity_val_steps=0, logger=loggers or False, log_every_n_steps=t.log_every,
-        callbacks=[checkpoints, Throughput(t.log_every), *callbacks], plugins=[AtomicCheckpointIO()],
+        callbacks=[checkpoints, PreemptionCheckpoint(run_dir / "checkpoints"), Throughput(t.log_every), *callbacks],
+        plugins=[AtomicCheckpointIO()],
         enable_progress_bar=t.progress_bar, enable_model_summary=False, use_distributed_sampler=False,
         default_root_dir=str(run_dir),
     )
@@ -99,6 +109,12 @@ def fit(cfg: Config, module: L.LightningModule, datamodule: L.LightningDataModul
         save_config(cfg, run_dir / "config.yaml")
         tokenizer.save(str(run_dir / "tokenizer.json"))
     trainer.fit(module, datamodule=datamodule, ckpt_path=str(ckpt) if ckpt else None)
+    if preempted_step(trainer) is not None:  # SIGTERM: last.ckpt is saved; no final validation or weights
+        message = preemption_message(trainer)
+        if trainer.is_global_zero:
+            write_metrics_and_plot(run_dir)
+            print(message)
+        raise Preempted(message)
     if monitor_val and cfg.train.max_steps % cfg.train.val_every:
         trainer.validate(module, datamodule=datamodule, verbose=False)
     if trainer.is_global_zero:

@@ -17,8 +17,9 @@ class CheckpointError(ValueError):
     """A checkpoint that is missing, corrupt, or made for another model; the CLI exits with code 2."""
 
 
-def save_weights(model: nn.Module, path: str | Path, tied: bool = True) -> None:
-    state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+def save_weights(model: nn.Module, path: str | Path, tied: bool = True, state: dict | None = None) -> None:
+    """`state`: the model's full state dict when `model` itself is sharded (FSDP gathers it)."""
+    state = {k: v.detach().contiguous().cpu() for k, v in (model.state_dict() if state is None else state).items()}
     if tied:
         state.pop("lm_head.weight", None)
     save_file(state, str(path))

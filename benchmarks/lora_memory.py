@@ -1,0 +1,181 @@
+"""LoRA vs full fine-tuning on the same model and batch: trainable parameters, peak memory, step time.
+
+    python benchmarks/lora_memory.py                      # CPU: demo (T128 B16) and 110m (T128 B2)
+    python benchmarks/lora_memory.py --device cuda        # CUDA: demo (T128 B16) and 110m (T1024 B8), bf16 autocast
+
+A step is forward + cross-entropy + backward + AdamW step on a fixed random batch (B, T). LoRA (Hu et al.
+2021) is r=8, alpha=16 on q/k/v/o and gate/up/down of every layer (finetune.lora.apply_lora): per adapted
+Linear r (d_in + d_out) trainable numbers instead of d_in d_out. Shapes: demo = configs/pretrain/demo.yaml
+(d192 L4 H6 kv2, vocab 4096); 110m = llama2.c's 110M (d768 L12 H12, vocab 32000, tied head).
+
+Memory.
+  CUDA: torch.cuda.max_memory_allocated() over the timed steps (weights, grads, AdamW state, activations and
+        the temporaries of backward; the allocator's own view, nothing else on the GPU is counted).
+  CPU:  process RSS and tracemalloc do not see torch's allocator well, so the peak is estimated as
+            resident = params + grads (trainable) + AdamW exp_avg, exp_avg_sq (2 x trainable)
+            peak ~= resident + activations saved for backward
+        where the activations are measured exactly with torch.autograd.graph.saved_tensors_hooks during one
+        forward: every tensor autograd keeps, deduplicated by storage, parameters excluded. It leaves out the
+        short-lived temporaries of backward, so it is a lower bound of the true peak (the CUDA numbers include them).
+Step time: the median over the timed steps after warm-up.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import platform
+import statistics
+import sys
+import time
+from contextlib import nullcontext
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script from any directory
+
+from finetune.lora import LoRAConfig, apply_lora  # noqa: E402
+from model.config import ModelConfig  # noqa: E402
+from model.transformer import Transformer  # noqa: E402
+
+SHAPES = {"demo": (192, 4, 6, 2, 4096), "110m": (768, 12, 12, 12, 32000)}  # d, L, H, H_kv, V
+BATCH = {("demo", "cpu"): (16, 128), ("demo", "cuda"): (16, 128),  # (B, T) per shape and device
+         ("110m", "cpu"): (2, 128), ("110m", "cuda"): (8, 1024)}
+TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+MiB = 2**20
+
+
+def build(shape: str, method: str, seq: int, device: str) -> tuple[Transformer, torch.optim.Optimizer]:
+    d, n_layers, n_heads, n_kv, vocab = SHAPES[shape]
+    torch.manual_seed(0)
+    model = Transformer(ModelConfig(vocab_size=vocab, d_model=d, n_layers=n_layers, n_heads=n_heads,
+                                    n_kv_heads=n_kv, max_seq_len=seq)).to(device)
+    if method == "lora":
+        apply_lora(model, LoRAConfig(r=8, alpha=16, target_modules=TARGETS))
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    return model, torch.optim.AdamW(trainable, lr=1e-4, fused=device == "cuda")
+
+
+def loss_of(model, x, y, autocast) -> torch.Tensor:
+    with autocast:
+        logits, _ = model(x)  # (B, T, V)
+    return F.cross_entropy(logits.float().flatten(0, 1), y.flatten())
+
+
+def saved_activation_bytes(model, x, y, autocast) -> int:
+    """Bytes of the tensors autograd saves for backward in one forward (unique storages, no parameters)."""
+    params = {p.untyped_storage().data_ptr() for p in model.parameters()}
+    seen: dict[int, int] = {}
+
+    def pack(t: torch.Tensor):
+        storage = t.untyped_storage()
+        if storage.data_ptr() not in params:
+            seen[storage.data_ptr()] = storage.nbytes()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        loss = loss_of(model, x, y, autocast)
+    loss.backward()
+    model.zero_grad(set_to_none=True)
+    return sum(seen.values())
+
+
+def measure(shape: str, method: str, args) -> dict:
+    device, cuda = args.device, args.device == "cuda"
+    batch, seq = args.batch or BATCH[shape, device][0], args.seq or BATCH[shape, device][1]
+    if cuda:
+        gc.collect()
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats()
+    model, optimizer = build(shape, method, seq, device)
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if cuda else nullcontext()
+    g = torch.Generator().manual_seed(0)
+    x = torch.randint(0, model.cfg.vocab_size, (batch, seq), generator=g).to(device)
+    y = torch.randint(0, model.cfg.vocab_size, (batch, seq), generator=g).to(device)
+    times = []
+    for i in range(args.warmup + args.steps):
+        if cuda:
+            torch.cuda.synchronize()
+        start = time.perf_counter()
+        loss_of(model, x, y, autocast).backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        if cuda:
+            torch.cuda.synchronize()
+        if i >= args.warmup:
+            times.append(time.perf_counter() - start)
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    n_params, n_train = sum(p.numel() for p in model.parameters()), sum(p.numel() for p in trainable)
+    param_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
+    grad_bytes = sum(p.numel() * p.element_size() for p in trainable)
+    state_bytes = sum(t.numel() * t.element_size() for s in optimizer.state.values() for t in s.values()
+                      if torch.is_tensor(t) and t.dim() > 0)
+    row = {"shape": shape, "method": method, "batch": batch, "seq": seq, "params": n_params, "trainable": n_train,
+           "trainable_pct": 100 * n_train / n_params, "step_s": statistics.median(times),
+           "param_MiB": param_bytes / MiB, "grad_MiB": grad_bytes / MiB, "adam_state_MiB": state_bytes / MiB}
+    if cuda:
+        row["peak_MiB"] = torch.cuda.max_memory_allocated() / MiB
+    else:
+        row["activations_MiB"] = saved_activation_bytes(model, x, y, autocast) / MiB
+        row["peak_MiB"] = (param_bytes + grad_bytes + state_bytes) / MiB + row["activations_MiB"]
+    del model, optimizer
+    return row
+
+
+def markdown(rows: list[dict], device: str, meta: dict) -> str:
+    method = ("CUDA torch.cuda.max_memory_allocated" if device == "cuda"
+              else "CPU estimate: params + grads + AdamW state + saved activations (saved_tensors_hooks)")
+    lines = [f"# LoRA (r=8, attention + FFN) vs full fine-tuning: {device}", "",
+             f"Peak memory: {method}. {meta['device_name']}, torch {meta['torch']}.", "",
+             "| shape | method | B x T | params | trainable | trainable % | grads MiB | AdamW MiB | activations MiB "
+             "| peak MiB | step s |", "| --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    for r in rows:
+        act = f"{r['activations_MiB']:.1f}" if "activations_MiB" in r else "-"
+        lines.append(f"| {r['shape']} | {r['method']} | {r['batch']} x {r['seq']} | {r['params']:,} | "
+                     f"{r['trainable']:,} | {r['trainable_pct']:.2f} | {r['grad_MiB']:.1f} | {r['adam_state_MiB']:.1f} "
+                     f"| {act} | {r['peak_MiB']:.1f} | {r['step_s']:.3f} |")
+    for shape in dict.fromkeys(r["shape"] for r in rows):
+        full, lora = (next(r for r in rows if r["shape"] == shape and r["method"] == m) for m in ("full", "lora"))
+        ratio = full["trainable"] / lora["trainable"]
+        lines.append(f"\n{shape}: LoRA trains {ratio:.0f}x fewer parameters; peak memory x"
+                     f"{lora['peak_MiB'] / full['peak_MiB']:.2f}, step time x{lora['step_s'] / full['step_s']:.2f} "
+                     "of full fine-tuning.")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv=None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", choices=["cpu", "cuda"])
+    p.add_argument("--shapes", default="demo,110m", help="comma list of " + ",".join(SHAPES))
+    p.add_argument("--batch", type=int, default=None, help="override the per-shape batch size")
+    p.add_argument("--seq", type=int, default=None, help="override the per-shape sequence length")
+    p.add_argument("--steps", type=int, default=3, help="timed steps per method")
+    p.add_argument("--warmup", type=int, default=1)
+    p.add_argument("--threads", type=int, default=0, help="torch.set_num_threads (0 = default)")
+    p.add_argument("--out", default=None, help="writes <out>.json and <out>.md (default results/lora_memory_<dev>)")
+    args = p.parse_args(argv)
+    if args.device == "cuda" and not torch.cuda.is_available():
+        p.error("--device cuda but no CUDA GPU is visible")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    rows = []
+    for shape in args.shapes.split(","):
+        if shape not in SHAPES:
+            p.error(f"unknown shape {shape!r}; valid: {', '.join(SHAPES)}")
+        for method in ("full", "lora"):
+            rows.append(measure(shape, method, args))
+            print(json.dumps(rows[-1]), flush=True)
+    meta = {"device": args.device, "torch": torch.__version__, "threads": torch.get_num_threads(),
+            "device_name": torch.cuda.get_device_name() if args.device == "cuda" else platform.processor() or "CPU"}
+    out = Path(args.out or Path(__file__).parent / "results" / f"lora_memory_{args.device}")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.with_suffix(".json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=2) + "\n")
+    out.with_suffix(".md").write_text(markdown(rows, args.device, meta))
+    print(markdown(rows, args.device, meta))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,79 @@
+"""The ablation runner: a 2-variant x 2-seed sweep end to end, parameter matching, and errors up front."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import pytest
+import yaml
+from conftest import tiny_train_overrides
+
+from train.ablate import build_configs, load_sweep, main
+from train.param_match import count_params, match_params
+
+
+def write_sweep(tmp_path: Path, corpus: Path, variants: dict, **top) -> Path:
+    base = tiny_train_overrides(corpus, tmp_path, **{"train.max_steps": 2, "train.val_every": 1,
+                                                     "train.val_batches": 1, "train.num_samples": 0})
+    (tmp_path / "base.yaml").write_text(yaml.safe_dump(base))
+    sweep = {"base": "base.yaml", "seeds": [0, 1], "variants": variants, **top}
+    path = tmp_path / "sweep.yaml"
+    path.write_text(yaml.safe_dump(sweep, sort_keys=False))
+    return path
+
+
+def test_sweep_writes_results_for_every_variant(tiny_corpus, tmp_path, capsys):
+    variants = {"softmax": {"model.mixer": "softmax"}, "linear": {"model.mixer": "linear"}}
+    path = write_sweep(tmp_path, tiny_corpus, variants)
+    main(["--config", str(path)])
+    sweep_dir = tmp_path / "ablate-sweep"
+    assert sorted(p.name for p in sweep_dir.glob("*-s*")) == ["linear-s0", "linear-s1", "softmax-s0", "softmax-s1"]
+    with (sweep_dir / "results.csv").open() as f:
+        rows = list(csv.DictReader(f))
+    assert [r["variant"] for r in rows] == ["softmax", "linear"]
+    for row in rows:
+        assert row["seeds"] == "2" and float(row["val_loss_mean"]) > 0 and float(row["val_loss_std"]) > 0
+        assert float(row["tokens_per_s"]) > 0 and int(row["params"]) > 0
+    assert (sweep_dir / "val_loss.png").stat().st_size > 0
+    table = (sweep_dir / "results.md").read_text()
+    assert "| softmax |" in table and "| linear |" in table and table in capsys.readouterr().out
+    main(["--config", str(path)])  # a second call reuses the finished runs
+    assert len(list(sweep_dir.glob("*-s*"))) == 4
+    with pytest.raises(SystemExit) as exc:  # ... but never mixes them with runs of another config
+        main(["--config", str(path), "--train.lr=0.01"])
+    assert exc.value.code == 2 and "different config (train.lr" in capsys.readouterr().err
+
+
+def test_match_params_lands_within_two_percent(tiny_corpus, tmp_path):
+    variants = {"swiglu": {"model.ffn": "swiglu"}, "gelu": {"model.ffn": "gelu"},
+                "gau": {"model.mixer": "gau", "model.ffn": "none"},
+                "mamba": {"model.mixer": "mamba", "model.ffn": "none"},
+                "moe": {"model.ffn": "moe"}, "hybrid": {"model.mixer": ["mamba", "softmax"]}}
+    configs = build_configs(*load_sweep(str(write_sweep(tmp_path, tiny_corpus, variants)), []))
+    before = {name: count_params(runs[0])[1] for name, runs in configs.items()}
+    widths = match_params(configs)
+    target = before["swiglu"]
+    assert widths["gau"].startswith("gau.hidden=") and widths["mamba"].startswith("mamba.d_inner=")
+    assert widths["gelu"].startswith("d_ff=") and widths["swiglu"] == ""
+    for name, runs in configs.items():
+        assert abs(before[name] - target) > 0.02 * target or name in ("swiglu", "gelu")
+        for run in runs.values():
+            assert count_params(run)[1] == pytest.approx(target, rel=0.02), name
+
+
+@pytest.mark.parametrize("variant, cli, message", [
+    ({"model.mixr": "linear"}, [], "model.mixr"),
+    ({"model.mixer": "sofmax"}, [], "valid choices"),
+    ({"train.max_steps": 3}, [], "token budget"),
+    ({"model.mixer": "linear"}, ["--model.mixer=gau"], "command line"),
+    ({"train.seed": 3}, [], "set by the sweep"),
+])
+def test_bad_variant_exits_2_before_training(tiny_corpus, tmp_path, capsys, variant, cli, message):
+    path = write_sweep(tmp_path, tiny_corpus, {"reference": {}, "bad": variant})
+    with pytest.raises(SystemExit) as exc:
+        main(["--config", str(path), *cli])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error:") and message in err and "'bad'" in err
+    assert not (tmp_path / "ablate-sweep").exists()

@@ -1,0 +1,131 @@
+"""Multi-process training: a real 2-process DDP run on CPU (gloo) matches a 1-process run with the same global
+batch, its ranks share the data without overlap and agree on the run directory, only rank 0 writes; the
+run-directory handoff for Lightning-launched and externally launched (torchrun/srun) ranks; strategy choices.
+An FSDP run needs CUDA (Lightning and torch's FSDP refuse CPU): that test runs where a GPU is present."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from collections import Counter
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import tiny_train_overrides
+from safetensors.torch import load_file
+from test_pretrain import train_losses
+from train_script import Hooks, as_argv
+
+from train.config import ConfigError, load_config
+from train.distributed import LAUNCH_FILE, RUN_DIR_ENV, build_strategy, shared_run_dir
+from train.run import make_run_dir, pretrain
+
+ROOT = Path(__file__).resolve().parents[2]
+SCRIPT = Path(__file__).with_name("train_script.py")
+RUN_FILES = {"config.yaml", "tokenizer.json", "model.safetensors", "metrics.csv", "loss.png", "samples.md",
+             "checkpoints", "logs"}
+
+
+def batches(out: Path, rank: int) -> dict[int, list[str]]:
+    """step -> hashes of the samples `rank` trained on at that step (written by train_script.Hooks)."""
+    rows = [line.split() for line in (out / f".rank{rank}.batches").read_text().splitlines()]
+    return {int(step): hashes for step, *hashes in rows}
+
+
+@pytest.mark.slow
+def test_two_process_ddp_matches_one_process(tiny_corpus, tmp_path):
+    one, two = tmp_path / "one", tmp_path / "two"
+    single = pretrain(load_config(None, tiny_train_overrides(tiny_corpus, one, **{"train.accelerator": "cpu"})),
+                      [Hooks(0.0)])
+    (two / "tiny").mkdir(parents=True)  # a fresh run must become tiny-1 on both ranks
+    args = as_argv(tiny_train_overrides(tiny_corpus, two, **{"train.batch_size": 2, "train.devices": 2,
+                                                             "train.strategy": "ddp", "train.accelerator": "cpu"}))
+    env = {**os.environ, "WANDB_MODE": "disabled"}
+    env.pop(RUN_DIR_ENV, None)
+    proc = subprocess.run([sys.executable, str(SCRIPT), *args], cwd=ROOT, env=env, capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    run_dir = two / "tiny-1"
+    assert (two / ".rank0").read_text() == (two / ".rank1").read_text() == str(run_dir)
+    assert {p.name for p in run_dir.iterdir()} == RUN_FILES  # one set of files, written by rank 0
+    assert sorted(p.name for p in two.iterdir() if not p.name.startswith(".")) == ["cache", "tiny", "tiny-1"]
+    assert not any((two / "tiny").iterdir())
+    # the same global batches: rank 0 and rank 1 together saw exactly the 1-process run's samples, no overlap
+    rank0, rank1, full = batches(two, 0), batches(two, 1), batches(one, 0)
+    assert sorted(rank0) == sorted(rank1) == sorted(full) == list(range(1, 9))  # global_step after each batch
+    for step in full:
+        assert Counter(rank0[step] + rank1[step]) == Counter(full[step])
+        assert not set(rank0[step]) & set(rank1[step])
+    expected, got = train_losses(single), train_losses(run_dir)  # logged with sync_dist: the global batch's mean
+    assert sorted(got) == sorted(expected) == list(range(8))
+    for step in expected:
+        assert got[step] == pytest.approx(expected[step], abs=1e-5), step
+    w1, w2 = load_file(single / "model.safetensors"), load_file(run_dir / "model.safetensors")
+    for name in w1:
+        torch.testing.assert_close(w2[name], w1[name], atol=1e-5, rtol=1e-4)
+
+
+def fresh_config(out: Path):
+    return load_config(None, {"train": {"out_dir": str(out), "name": "tiny"}})
+
+
+def test_workers_launched_by_lightning_use_rank_0s_run_dir(tmp_path, monkeypatch):
+    for name in ("RANK", "LOCAL_RANK", "NODE_RANK", "WORLD_SIZE", "SLURM_NTASKS", "TORCHELASTIC_RUN_ID", RUN_DIR_ENV):
+        monkeypatch.delenv(name, raising=False)
+    (tmp_path / "tiny").mkdir()
+    chosen = make_run_dir(fresh_config(tmp_path))  # rank 0, before trainer.fit launches the workers
+    assert chosen == tmp_path / "tiny-1" and os.environ[RUN_DIR_ENV] == str(chosen)
+    chosen.mkdir()  # rank 0 writes it before launching; a worker deciding for itself would pick tiny-2
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    assert make_run_dir(fresh_config(tmp_path)) == chosen
+    monkeypatch.setenv("LOCAL_RANK", "0")  # a later run in rank 0's process chooses again
+    assert make_run_dir(fresh_config(tmp_path)) == tmp_path / "tiny-2"
+
+
+def test_externally_launched_ranks_find_rank_0s_run_dir(tmp_path, monkeypatch):
+    for name in ("LOCAL_RANK", "NODE_RANK", "SLURM_NTASKS", RUN_DIR_ENV):
+        monkeypatch.delenv(name, raising=False)
+    env = {"WORLD_SIZE": "2", "TORCHELASTIC_RUN_ID": "job7", "MASTER_ADDR": "node0", "MASTER_PORT": "29500"}
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    (tmp_path / "tiny").mkdir()  # an older run
+    monkeypatch.setenv("RANK", "1")
+    with pytest.raises(ConfigError, match="did not create the run directory"):
+        shared_run_dir(lambda: tmp_path / "unused", tmp_path / "tiny", timeout=0.3)  # rank 0 has not chosen yet
+    monkeypatch.setenv("RANK", "0")
+    chosen = make_run_dir(fresh_config(tmp_path))
+    assert chosen == tmp_path / "tiny-1" and (chosen / LAUNCH_FILE).is_file()
+    monkeypatch.setenv("RANK", "1")
+    monkeypatch.delenv(RUN_DIR_ENV)  # torchrun started every rank itself: nothing inherited
+    assert make_run_dir(fresh_config(tmp_path)) == chosen
+    monkeypatch.setenv("MASTER_PORT", "29501")  # another launch does not take this one's directory
+    with pytest.raises(ConfigError):
+        shared_run_dir(lambda: tmp_path / "unused", tmp_path / "tiny", timeout=0.3)
+
+
+def test_strategy_choices():
+    assert build_strategy("ddp", "cpu") == "ddp" and build_strategy("auto") == "auto"
+    with pytest.raises(ConfigError, match="fsdp needs CUDA"):
+        build_strategy("fsdp", "cpu")
+    try:
+        import deepspeed  # noqa: F401
+    except ImportError:
+        with pytest.raises(ConfigError, match="needs the deepspeed package"):
+            build_strategy("deepspeed")
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="FSDP needs CUDA")
+def test_fsdp_saves_full_weights_and_checkpoints(tiny_corpus, tmp_path):
+    from lightning.pytorch.strategies import FSDPStrategy
+
+    from train.load import load_run
+
+    assert isinstance(build_strategy("fsdp", "gpu"), FSDPStrategy)
+    run_dir = pretrain(load_config(None, tiny_train_overrides(tiny_corpus, tmp_path, **{
+        "train.strategy": "fsdp", "train.accelerator": "gpu", "train.devices": 1})))
+    _, _, model = load_run(run_dir, "cpu")  # full weights, loadable on one device
+    ckpt = torch.load(run_dir / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
+    assert {k.removeprefix("model.") for k in ckpt["state_dict"]} >= set(model.state_dict()) - {"lm_head.weight"}

@@ -1,0 +1,106 @@
+"""The memory estimate (`python -m train.estimate`): parameter counts match the real model, the activation
+formulas match the tensors autograd actually keeps (measured on CPU with saved-tensor hooks), sharding
+divides the model state, and the CLI prints its table."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from model.config import GAUConfig, LinearAttentionConfig, MambaConfig, ModelConfig, MoEConfig
+from model.transformer import Transformer
+from train.config import load_config
+from train.estimate import count_params, estimate, head_bytes, layer_bytes, main, parse_size
+
+MODELS = {
+    "softmax": dict(mixer="softmax", ffn="swiglu"),
+    "gqa-gelu": dict(mixer="softmax", ffn="gelu", n_kv_heads=1),
+    "moe": dict(mixer="softmax", ffn="moe", moe=MoEConfig(num_experts=4, top_k=2, shared_expert=True)),
+    "linear": dict(mixer="linear", ffn="swiglu", linear=LinearAttentionConfig(chunk_size=16)),  # T > chunk
+    "gau": dict(mixer="gau", ffn="auto"),
+    "gau-chunked": dict(mixer="gau", ffn="auto", gau=GAUConfig(form="chunked", chunk_size=16, qk_dim=32)),
+    "mamba-hybrid": dict(mixer=["mamba", "softmax"], ffn="swiglu", mamba=MambaConfig(d_state=8, chunk_size=8)),
+    "untied-sinusoidal": dict(tie_embeddings=False, position="sinusoidal"),
+}
+
+
+def config(**kw) -> ModelConfig:
+    return ModelConfig(vocab_size=200, d_model=64, n_layers=2, n_heads=4, max_seq_len=32, **kw)
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_param_count_matches_the_model(name):
+    cfg = config(**MODELS[name])
+    model = Transformer(cfg)
+    counted = count_params(cfg)
+    assert counted["total"] == sum(p.numel() for p in model.parameters())
+    assert counted["block"] == max(sum(p.numel() for p in layer.parameters()) for layer in model.layers)
+
+
+def saved_bytes(model: Transformer, batch: int, seq_len: int, precision: str) -> int:
+    """Bytes of the (distinct, non-parameter) tensors autograd keeps for backward in one training forward."""
+    storages: dict[int, int] = {}
+    params = {p.untyped_storage().data_ptr() for p in model.parameters()}
+
+    def pack(t):
+        storage = t.untyped_storage()
+        if storage.data_ptr() not in params:
+            storages[storage.data_ptr()] = storage.nbytes()
+        return t
+
+    idx = torch.randint(0, model.cfg.vocab_size, (batch, seq_len), generator=torch.Generator().manual_seed(0))
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision.endswith("mixed")):
+            logits, _ = model(idx)
+            F.cross_entropy(logits.float().flatten(0, 1), idx.flatten())
+    return sum(storages.values())
+
+
+MEASURED = [(name, precision) for name in ["softmax", "gqa-gelu", "moe", "linear", "gau", "gau-chunked", "mamba-hybrid"]
+            for precision in ["32", "bf16-mixed", "bf16-true"]
+            if (name, precision) not in {("moe", "bf16-true"), ("mamba-hybrid", "bf16-true")}]  # slow bf16 CPU kernels
+
+
+@pytest.mark.parametrize(("name", "precision"), MEASURED)
+def test_activation_estimate_matches_a_measured_forward(name, precision):
+    torch.manual_seed(0)
+    cfg = config(**MODELS[name])
+    model = Transformer(cfg).to(torch.bfloat16 if precision == "bf16-true" else torch.float32)
+    T = cfg.max_seq_len
+    # one sample's worth = the difference between batch 2 and batch 1 (drops per-step constants: weight casts)
+    measured = saved_bytes(model, 2, T, precision) - saved_bytes(model, 1, T, precision)
+    layers = sum(layer_bytes(cfg, m, cfg.layer_ffn(m), T, precision) for m in cfg.layer_mixers())
+    estimated = T * (layers + head_bytes(cfg, precision)[0])
+    assert estimated == pytest.approx(measured, rel=0.1), (estimated / measured)
+
+
+def test_sharding_divides_the_model_state(tiny_corpus):
+    cfg = load_config(None, {"model": {"d_model": 256, "n_layers": 4, "n_heads": 4},
+                             "data": {"vocab_size": 1000, "seq_len": 128}, "train": {"precision": "bf16-mixed"}})
+    single = estimate(cfg, world=1)
+    cfg.train.strategy = "fsdp"
+    sharded = estimate(cfg, world=8)
+    P = single["params"]["total"]
+    assert single["static"] == pytest.approx((4 + 4 + 8 + 2) * P)  # fp32 weights, grads, AdamW + bf16 copies
+    gathered = 2 * (sharded["params"]["root"] + 2 * sharded["params"]["block"])
+    assert sharded["static"] == pytest.approx(16 * P / 8 + gathered)
+    assert sharded["activations_per_sample"] == single["activations_per_sample"]  # FSDP does not shard activations
+
+
+def test_cli_prints_the_table_and_the_largest_batch(capsys):
+    main(["--config", "configs/pretrain/fsdp_110m.yaml", "--memory", "80GiB", "--devices", "4"])
+    out = capsys.readouterr().out
+    assert "strategy fsdp, 4 device(s)" in out and "FSDP gathered units" in out
+    assert "AdamW m, v" in out and "activations (B=32, T=1024)" in out
+    largest = int(out.rsplit("the largest that fits: ", 1)[1].split()[0])
+    assert 32 <= largest < 1000
+    main(["--config", "configs/pretrain/fsdp_110m.yaml", "--memory", "8GiB", "--train.strategy=ddp"])
+    assert "does NOT fit" in capsys.readouterr().out
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--config", "configs/pretrain/fsdp_110m.yaml", "--memory", "lots"])
+    assert exit_info.value.code == 2 and "--memory 'lots'" in capsys.readouterr().err
+
+
+def test_parse_size():
+    assert parse_size("80GiB") == 80 * 2**30 and parse_size("24GB") == 24 * 10**9 and parse_size("512mib") == 2**29

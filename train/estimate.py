@@ -1,0 +1,220 @@
+"""`python -m train.estimate --config FILE [--memory 80GiB] [--devices N] [--section.key=value ...]`: memory per
+device before a run, and the largest micro-batch that fits.
+
+Parameters are counted on a model built on the meta device (nothing allocated). P = parameters, W = devices x
+nodes, B = train.batch_size (per device), T = data.seq_len, V = vocabulary, s = bytes of the compute dtype (2
+for bf16/16, 4 for 32), r = bytes of the residual stream (fp32 unless bf16-true).
+
+Model state per device (AdamW keeps two states, m and v, in the parameters' dtype):
+    32, *-mixed (Lightning keeps fp32 weights: they are the master copy)   weights 4P, grads 4P, AdamW 8P
+    *-mixed adds the autocast cache: a bf16 copy of every weight, held from forward to backward        2P
+    bf16-true: weights 2P, grads 2P, AdamW 4P, no fp32 master copy (cheapest, least accurate)
+    ddp (W > 1): + the gradient buckets DDP all-reduces from, as large as the gradients
+    fsdp (FULL_SHARD): weights, grads and AdamW / W, + the gathered units in use: the root (embeddings, head,
+        final norm; kept gathered) and two blocks (the current one and the prefetched next) in s bytes
+    deepspeed (ZeRO-2): grads and AdamW / W (+ an fp32 master / W under mixed precision, weights in s bytes),
+        + 2 communication buckets of 2e8 elements
+
+Activations: what autograd keeps for backward, per token, counted tensor by tensor for our blocks (the
+approach of Korthikanti et al. 2022, "Reducing Activation Recomputation in Large Transformer Models", their
+34 s b h per layer, redone for pre-norm RMSNorm, SwiGLU, GQA, RoPE and no dropout). Attention runs through
+SDPA/flash, which keeps q, k, v, the output and a log-sum-exp, never the T x T scores. Per layer, in bytes:
+    RMSNorm                    (4 + r) D          its input and the fp32 normalised x
+    projection inputs          s D, or under autocast s D per projection (each casts its own copy)
+    softmax attention          norm + inputs(3) + s (2 D + 2 D_kv) + 4 H           D_kv = n_kv_heads * head_dim
+    swiglu / gelu              norm + inputs(2 | 1) + s (4 F | 2 F)                F = FFN hidden width
+    moe                        norm + 4 D + 8 E + k (3 s D [+ 4 D mixed] + expert)  k = top_k, E = experts
+    linear (chunk C)           norm + inputs(3) + s D + 4 (7 D + 4 D_kv + H C + H_kv d^2 / C)
+    gau (e, s_qk)              norm + inputs(2) + s (6 e + 4 s_qk) + 2 s T (relu2 scores), chunked:
+                               + 4 (2 s_qk + e) + 8 C + 4 s_qk e / C instead of the T term
+    mamba (E_in, N)            norm + inputs(1) + 6 s E_in + 20 E_in + 24 N  (torch scan; fp32 inside)
+    head                       norm + inputs(1) + 4 V kept (fp32 log-softmax), + (s + 4) V transient (logits,
+                               their fp32 copy or gradient) at the loss
+These match a CPU measurement of the saved tensors within 10% (tests/train/test_estimate.py).
+Peak = model state + B T (sum of layers + head) + a fixed overhead (--overhead, CUDA context and allocator
+slack). Not modelled: fragmentation, activation checkpointing (not used here), torch.compile's fusions (less).
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import math
+import re
+import sys
+
+import torch
+
+from train.cli import run_cli
+from train.config import Config, ConfigError
+
+UNITS = {"": 1, "b": 1, "k": 1e3, "kb": 1e3, "m": 1e6, "mb": 1e6, "g": 1e9, "gb": 1e9, "t": 1e12, "tb": 1e12,
+         "kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40}
+GiB = 2**30
+ZERO_BUCKETS = 2 * 2e8  # Lightning's DeepSpeed defaults: allgather and reduce buckets of 2e8 elements
+
+
+def parse_size(text: str) -> int:
+    """'80GiB' / '80GB' / '24g' / '512MiB' -> bytes."""
+    match = re.fullmatch(r"\s*([\d.]+)\s*([a-zA-Z]*)\s*", text)
+    if not match or match.group(2).lower() not in UNITS:
+        raise ConfigError(f"--memory {text!r}: expected a size like 80GiB, 24GB or 512MiB")
+    return int(float(match.group(1)) * UNITS[match.group(2).lower()])
+
+
+def model_config(cfg: Config):
+    m = copy.deepcopy(cfg.model)
+    m.vocab_size = m.vocab_size or cfg.data.vocab_size
+    m.max_seq_len = m.max_seq_len or cfg.data.seq_len
+    return m
+
+
+def count_params(m) -> dict[str, int]:
+    """Total parameters (tied counted once), the largest block, and the rest (embeddings, head, final norm)."""
+    from model.transformer import Transformer
+
+    with torch.device("meta"):
+        model = Transformer(m)
+    total = sum(p.numel() for p in model.parameters())
+    blocks = [sum(p.numel() for p in layer.parameters()) for layer in model.layers]
+    return {"total": total, "block": max(blocks), "root": total - sum(blocks)}
+
+
+def layer_bytes(m, mixer: str, ffn: str, seq_len: int, precision: str) -> float:
+    """Activation bytes kept for backward per token by one block (see the module docstring)."""
+    s = 4 if precision == "32" else 2
+    r = 2 if precision == "bf16-true" else 4
+    mixed = precision.endswith("mixed")
+    D, H, d = m.d_model, m.n_heads, m.head_dim
+    Dkv, Hk = m.kv_heads * d, m.kv_heads
+    norm = (4 + r) * D
+
+    def inputs(n):
+        return (n if mixed else 1) * s * D
+
+    if mixer == "softmax":
+        total = norm + inputs(3) + s * (2 * D + 2 * Dkv) + 4 * H
+    elif mixer == "linear":
+        C = min(m.linear.chunk_size, seq_len)
+        total = norm + inputs(3) + s * D + 4 * (7 * D + 4 * Dkv + H * C + Hk * d * d / C)
+    elif mixer == "gau":
+        g = m.gau
+        e, sq = g.hidden or g.expansion * D, g.qk_dim
+        total = norm + inputs(2) + s * (6 * e + 4 * sq)
+        if g.form == "chunked":
+            C = min(g.chunk_size, seq_len)
+            total += 4 * (2 * sq + e) + 8 * C + 4 * sq * e / C
+        elif g.scores == "relu2":
+            total += 2 * s * seq_len
+    elif mixer == "mamba":
+        E = m.mamba.d_inner or m.mamba.expand * D
+        total = norm + inputs(1) + 6 * s * E + 20 * E + 24 * m.mamba.d_state
+    else:
+        raise ConfigError(f"train.estimate: no activation formula for model.mixer={mixer!r}")
+    if ffn in ("swiglu", "gelu"):
+        n, inner = (2, 4) if ffn == "swiglu" else (1, 2)
+        total += norm + inputs(n) + inner * s * m.ffn_hidden(ffn)
+    elif ffn == "moe":
+        e = m.moe
+        n, inner = (2, 4) if e.expert == "swiglu" else (1, 2)
+        expert = inner * s * m.ffn_hidden(e.expert)
+        total += norm + 4 * D + 8 * e.num_experts + e.top_k * ((3 * s + (4 if mixed else 0)) * D + expert)
+        if e.shared_expert:
+            total += inputs(n) + expert
+    return total
+
+
+def head_bytes(m, precision: str) -> tuple[float, float]:
+    """(kept, transient) bytes per token of the final norm, output head and loss."""
+    s = 4 if precision == "32" else 2
+    r = 2 if precision == "bf16-true" else 4
+    return (4 + r) * m.d_model + s * m.d_model + 4 * m.vocab_size, (s + 4) * m.vocab_size
+
+
+def estimate(cfg: Config, world: int) -> dict:
+    """Rows (name, bytes per device, bytes on one unsharded device) and what the micro-batch costs."""
+    m, t = model_config(cfg), cfg.train
+    params = count_params(m)
+    P, prec = params["total"], t.precision
+    strategy = "ddp" if t.strategy == "auto" and world > 1 else t.strategy
+    w = 2 if prec == "bf16-true" else 4  # stored weights, gradients and AdamW states
+    s = 4 if prec == "32" else 2
+    shard = world if strategy in ("fsdp", "deepspeed") else 1
+    rows = []
+    if strategy == "deepspeed" and prec != "32":
+        rows += [(f"weights ({'bf16' if s == 2 else 'fp32'}, replicated)", s * P, s * P),
+                 ("fp32 master weights (ZeRO-sharded)", 4 * P / shard, 4 * P),
+                 ("gradients (ZeRO-sharded)", s * P / shard, s * P)]
+    else:
+        rows += [(f"weights ({'bf16' if w == 2 else 'fp32'})", w * P / (shard if strategy == "fsdp" else 1), w * P),
+                 (f"gradients ({'bf16' if w == 2 else 'fp32'})", w * P / shard, w * P)]
+    rows.append(("AdamW m, v", 2 * w * P / shard, 2 * w * P))
+    if prec.endswith("mixed") and strategy != "fsdp":
+        rows.append(("autocast bf16 weight copies", 2 * P, 2 * P))
+    if strategy == "ddp" and world > 1:
+        rows.append(("DDP gradient buckets", w * P, 0))
+    if strategy == "fsdp":
+        rows.append(("FSDP gathered units (root + 2 blocks)", s * (params["root"] + 2 * params["block"]), 0))
+    if strategy == "deepspeed":
+        rows.append(("ZeRO communication buckets", s * ZERO_BUCKETS, 0))
+    T = cfg.data.seq_len
+    kept, transient = head_bytes(m, prec)
+    per_sample = T * (sum(layer_bytes(m, mx, m.layer_ffn(mx), T, prec) for mx in m.layer_mixers()) + kept)
+    return {"params": params, "rows": rows, "strategy": strategy, "world": world,
+            "activations_per_sample": per_sample, "logits_per_sample": T * transient,
+            "static": sum(r[1] for r in rows)}
+
+
+def largest_batch(est: dict, memory: float, overhead: float) -> int:
+    free = memory - overhead - est["static"]
+    return max(0, math.floor(free / (est["activations_per_sample"] + est["logits_per_sample"])))
+
+
+def fmt(n: float) -> str:
+    return f"{n / GiB:10.2f} GiB" if n >= GiB / 10 else f"{n / 2**20:10.1f} MiB"
+
+
+def report(cfg: Config, memory: float | None, overhead: float, world: int) -> str:
+    est, B = estimate(cfg, world), cfg.train.batch_size
+    p = est["params"]
+    rows = [*est["rows"],
+            (f"activations (B={B}, T={cfg.data.seq_len})", B * est["activations_per_sample"], 0),
+            ("logits + loss (transient)", B * est["logits_per_sample"], 0),
+            ("CUDA context, allocator slack", overhead, 0)]
+    total = sum(r[1] for r in rows)
+    lines = [f"parameters: {p['total'] / 1e6:,.2f}M (largest block {p['block'] / 1e6:,.2f}M, embeddings/head/norm "
+             f"{p['root'] / 1e6:,.2f}M)",
+             f"precision {cfg.train.precision}, strategy {est['strategy']}, {world} device(s), micro-batch {B}, "
+             f"seq_len {cfg.data.seq_len}", "",
+             f"{'':42s}{'per device':>14s}{'unsharded':>14s}", "-" * 70]
+    lines += [f"{name:42s}{fmt(value)}{fmt(full) if full else '':>14s}" for name, value, full in rows]
+    lines += ["-" * 70, f"{'total':42s}{fmt(total)}"]
+    if memory:
+        fits = largest_batch(est, memory, overhead)
+        verdict = "fits" if total <= memory else "does NOT fit"
+        lines.append(f"micro-batch {B} {verdict} in {memory / GiB:.1f} GiB; the largest that fits: {fits}"
+                     + ("" if fits else " (the model state alone is too large: try fsdp or more devices)"))
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(add_help=False)
+    parser.add_argument("--memory", default=None, help="device memory, e.g. 80GiB")
+    parser.add_argument("--devices", type=int, default=None, help="devices per node (overrides train.devices)")
+    parser.add_argument("--overhead", default="1GiB", help="CUDA context and allocator slack (default 1GiB)")
+    args, rest = parser.parse_known_args(sys.argv[1:] if argv is None else argv)
+    if args.devices is not None:
+        rest.append(f"--train.devices={args.devices}")
+
+    def show(cfg: Config) -> None:
+        devices = cfg.train.devices
+        if devices == "auto" or devices == -1:
+            devices = max(1, torch.cuda.device_count())
+        memory = parse_size(args.memory) if args.memory else None
+        print(report(cfg, memory, parse_size(args.overhead), int(devices) * cfg.train.num_nodes))
+
+    run_cli(show, rest, usage=__doc__)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,88 @@
+"""Parameter matching for ablations: resize one width knob so a model has a target parameter count.
+
+`match_params` gives every variant of a sweep the non-embedding parameter count of the first (reference)
+variant, within 2%: the knob is `model.d_ff` when the variant has an FFN, else `model.gau.hidden` (GAU
+layers), else `model.mamba.d_inner` (Mamba layers). Counts come from building the model on the meta device
+(no memory, no init cost); the count grows with the integer width, so a binary search finds it.
+"""
+
+from __future__ import annotations
+
+import copy
+
+from train.config import Config, ConfigError
+
+TOLERANCE = 0.02
+
+
+def get(cfg, dotted: str):
+    for part in dotted.split("."):
+        cfg = getattr(cfg, part)
+    return cfg
+
+
+def put(cfg, dotted: str, value) -> None:
+    *parents, leaf = dotted.split(".")
+    setattr(get(cfg, ".".join(parents)) if parents else cfg, leaf, value)
+
+
+def count_params(cfg: Config) -> tuple[int, int]:
+    """(total, non-embedding) parameters of cfg's model, built on the meta device (no memory, no init cost)."""
+    import torch
+
+    from model.transformer import Transformer
+
+    m = copy.deepcopy(cfg.model)
+    m.vocab_size, m.max_seq_len = m.vocab_size or cfg.data.vocab_size, m.max_seq_len or cfg.data.seq_len
+    with torch.device("meta"):
+        model = Transformer(m)
+    return model.num_params(), model.num_params(non_embedding=True)
+
+
+def width_knob(cfg: Config) -> str:
+    mixers = cfg.model.layer_mixers()
+    if any(cfg.model.layer_ffn(m) != "none" for m in mixers):
+        return "model.d_ff"
+    for mixer, knob in (("gau", "model.gau.hidden"), ("mamba", "model.mamba.d_inner")):
+        if mixer in mixers:
+            return knob
+    raise ConfigError("match: params needs a width knob (an FFN, a GAU or a Mamba layer); this variant has none")
+
+
+def solve_width(cfg: Config, knob: str, target: int) -> tuple[int, int]:
+    """The integer width of `knob` whose non-embedding parameter count is closest to target (binary search on
+    the smallest width reaching it, then that or the one below); returns (width, count). Changes cfg."""
+    def params(width: int) -> int:
+        put(cfg, knob, width)
+        return count_params(cfg)[1]
+
+    lo, hi = 1, 64  # the smallest width reaching the target is in (lo, hi]
+    while params(hi) < target and hi < 1 << 22:
+        lo, hi = hi, hi * 2
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        lo, hi = (mid, hi) if params(mid) < target else (lo, mid)
+    best = min((lo, hi), key=lambda w: abs(params(w) - target))
+    return best, params(best)
+
+
+def match_params(configs: dict[str, dict[int, Config]]) -> dict[str, str]:
+    """Resize every non-reference variant (all its seeds) to the reference's non-embedding parameter count.
+    Returns variant -> 'knob=width' (empty for the reference)."""
+    names = list(configs)
+    target = count_params(next(iter(configs[names[0]].values())))[1]
+    widths = {names[0]: ""}
+    for name in names[1:]:
+        cfg = copy.deepcopy(next(iter(configs[name].values())))
+        try:
+            knob = width_knob(cfg)
+        except ConfigError as err:
+            raise ConfigError(f"variant {name!r}: {err}") from None
+        best, got = solve_width(cfg, knob, target)
+        if abs(got - target) > TOLERANCE * target:
+            raise ConfigError(f"variant {name!r}: {knob}={best} gives {got:,} non-embedding parameters, not within "
+                              f"{TOLERANCE:.0%} of the reference's {target:,}")
+        for run in configs[name].values():
+            put(run, knob, best)
+        widths[name] = f"{knob.removeprefix('model.')}={best}"
+    return widths
