@@ -21,13 +21,15 @@ Fair comparison: every variant shares the token budget and the data (train.max_s
 grad_accum, data.seq_len, data.path, data.max_stories), checked up front. `match: params` resizes one width
 knob per variant so its non-embedding parameter count is within 2% of the reference variant's (the tied
 embedding is the same for all, so the totals match too): `model.d_ff` when the variant has an FFN, else
-`model.gau.hidden` (GAU), else `model.mamba.d_inner` (Mamba); the count comes from building the model on the
-meta device, and the integer knob is found by binary search.
+`model.gau.hidden` (GAU), else `model.mamba.d_inner` (Mamba), replacing any value the variant sets; see
+train/param_match.py.
 
 Every variant's config is built and validated (and its parameters matched) before anything trains, so a typo
 fails in a second with exit code 2. Re-running a sweep reuses finished runs and resumes interrupted ones
-whose config.yaml matches; a run folder from a different config is an error. Results in the sweep folder:
-results.csv, results.md (printed at the end) and val_loss.png (see train/ablate_report.py).
+whose config.yaml matches (each finished run leaves `ablate.json`: wall time, parameters); a run folder from a
+different config is an error. A run halted by non-finite losses is reported with NaN losses and the sweep
+goes on; SIGTERM stops the sweep after the run's checkpoint (run it again to resume). Results in the sweep
+folder: results.csv, results.md (printed at the end) and val_loss.png (see train/ablate_report.py).
 """
 
 from __future__ import annotations
@@ -159,6 +161,7 @@ def check_existing(cfg: Config) -> Path:
 
 def run_sweep(sweep: dict, configs: dict[str, dict[int, Config]], widths: dict[str, str]) -> str:
     from train.ablate_report import RunResult, write_results
+    from train.module import TrainingHalted
     from train.run import pretrain  # Lightning loads only once every config is valid
 
     run_dirs = {(v, s): check_existing(cfg) for v, runs in configs.items() for s, cfg in runs.items()}
@@ -169,10 +172,16 @@ def run_sweep(sweep: dict, configs: dict[str, dict[int, Config]], widths: dict[s
             info_file = run_dir / "ablate.json"
             if not info_file.is_file():
                 print(f"[{i * len(configs) + j + 1}/{n}] {cfg.train.name} {widths[name]}", flush=True)
-                t0 = time.perf_counter()
-                pretrain(cfg)
+                t0, halted = time.perf_counter(), None
+                try:
+                    pretrain(cfg)
+                except TrainingHalted as err:  # a diverged variant is a result too: NaN in the table
+                    halted = str(err)
+                    print(f"warning: {cfg.train.name} halted: {err}", file=sys.stderr)
                 total, non_emb = count_params(cfg)
-                info = {"wall_s": time.perf_counter() - t0, "params": total, "non_embedding_params": non_emb}
+                info = {"wall_s": time.perf_counter() - t0, "params": total, "non_embedding_params": non_emb,
+                        "halted": halted}
+                run_dir.mkdir(parents=True, exist_ok=True)
                 info_file.write_text(json.dumps(info))
             results.append(RunResult.read(name, seed, run_dir, widths[name]))
     print(f"sweep trained in {time.perf_counter() - start:.0f} s")

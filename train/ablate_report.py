@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import csv
 import json
+import math
 import statistics
 from dataclasses import dataclass
 from pathlib import Path
@@ -42,13 +43,16 @@ class RunResult:
         steps, losses = series(rows, "val/loss")
         _, bpb = series(rows, "val/bpb")
         _, tok_s = series(rows, "perf/tokens_per_s")
-        nan = float("nan")
+        nan = math.nan
+        finished = losses and not info.get("halted")  # a halted run's last validation is not its result
         return cls(variant, seed, width, info["params"], info["non_embedding_params"],
-                   losses[-1] if losses else nan, bpb[-1] if bpb else nan,
+                   losses[-1] if finished else nan, bpb[-1] if finished else nan,
                    statistics.median(tok_s) if tok_s else nan, info["wall_s"], dict(zip(steps, losses)))
 
 
 def _mean_std(values: list[float]) -> tuple[float, float]:
+    if any(math.isnan(v) for v in values):  # a halted seed: no result (statistics.stdev rejects NaN)
+        return math.nan, math.nan
     return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0
 
 

@@ -208,8 +208,10 @@ def main(argv: list[str] | None = None) -> None:
 
     def show(cfg: Config) -> None:
         devices = cfg.train.devices
-        if devices == "auto" or devices == -1:
+        if devices in ("auto", -1):
             devices = max(1, torch.cuda.device_count())
+        elif isinstance(devices, str):  # "0,1,3": device indices
+            devices = len([d for d in devices.split(",") if d.strip()])
         memory = parse_size(args.memory) if args.memory else None
         print(report(cfg, memory, parse_size(args.overhead), int(devices) * cfg.train.num_nodes))
 

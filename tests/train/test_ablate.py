@@ -1,15 +1,18 @@
-"""The ablation runner: a 2-variant x 2-seed sweep end to end, parameter matching, and errors up front."""
+"""The ablation runner: a sweep end to end (2 variants x 2 seeds, plus one that halts), parameter matching, errors."""
 
 from __future__ import annotations
 
 import csv
+import math
 from pathlib import Path
 
 import pytest
 import yaml
 from conftest import tiny_train_overrides
 
+import train.run
 from train.ablate import build_configs, load_sweep, main
+from train.module import TrainingHalted
 from train.param_match import count_params, match_params
 
 
@@ -23,23 +26,33 @@ def write_sweep(tmp_path: Path, corpus: Path, variants: dict, **top) -> Path:
     return path
 
 
-def test_sweep_writes_results_for_every_variant(tiny_corpus, tmp_path, capsys):
-    variants = {"softmax": {"model.mixer": "softmax"}, "linear": {"model.mixer": "linear"}}
+def test_sweep_writes_results_for_every_variant(tiny_corpus, tmp_path, capsys, monkeypatch):
+    variants = {"softmax": {"model.mixer": "softmax"}, "linear": {"model.mixer": "linear"},
+                "diverged": {"model.dropout": 0.5}}
     path = write_sweep(tmp_path, tiny_corpus, variants)
+
+    def pretrain(cfg, real=train.run.pretrain):  # "diverged" halts on NaN losses without training
+        if cfg.train.name.startswith("diverged"):
+            raise TrainingHalted("loss was nan for 5 steps in a row")
+        return real(cfg)
+
+    monkeypatch.setattr(train.run, "pretrain", pretrain)
     main(["--config", str(path)])
     sweep_dir = tmp_path / "ablate-sweep"
-    assert sorted(p.name for p in sweep_dir.glob("*-s*")) == ["linear-s0", "linear-s1", "softmax-s0", "softmax-s1"]
+    assert sorted(p.name for p in sweep_dir.glob("[ls]*-s*")) == ["linear-s0", "linear-s1", "softmax-s0", "softmax-s1"]
     with (sweep_dir / "results.csv").open() as f:
         rows = list(csv.DictReader(f))
-    assert [r["variant"] for r in rows] == ["softmax", "linear"]
-    for row in rows:
+    assert [r["variant"] for r in rows] == ["softmax", "linear", "diverged"]
+    out, err = capsys.readouterr()
+    assert math.isnan(float(rows[2]["val_loss_mean"])) and "diverged-s0 halted" in err
+    for row in rows[:2]:
         assert row["seeds"] == "2" and float(row["val_loss_mean"]) > 0 and float(row["val_loss_std"]) > 0
         assert float(row["tokens_per_s"]) > 0 and int(row["params"]) > 0
     assert (sweep_dir / "val_loss.png").stat().st_size > 0
     table = (sweep_dir / "results.md").read_text()
-    assert "| softmax |" in table and "| linear |" in table and table in capsys.readouterr().out
+    assert "| softmax |" in table and "| linear |" in table and table in out
     main(["--config", str(path)])  # a second call reuses the finished runs
-    assert len(list(sweep_dir.glob("*-s*"))) == 4
+    assert len(list(sweep_dir.glob("*-s*"))) == 6
     with pytest.raises(SystemExit) as exc:  # ... but never mixes them with runs of another config
         main(["--config", str(path), "--train.lr=0.01"])
     assert exc.value.code == 2 and "different config (train.lr" in capsys.readouterr().err

@@ -37,11 +37,11 @@ def batches(out: Path, rank: int) -> dict[int, list[str]]:
 @pytest.mark.slow
 def test_two_process_ddp_matches_one_process(tiny_corpus, tmp_path):
     one, two = tmp_path / "one", tmp_path / "two"
-    single = pretrain(load_config(None, tiny_train_overrides(tiny_corpus, one, **{"train.accelerator": "cpu"})),
-                      [Hooks(0.0)])
+    common = {"train.accelerator": "cpu", "train.val_every": 8}
+    single = pretrain(load_config(None, tiny_train_overrides(tiny_corpus, one, **common)), [Hooks(0.0)])
     (two / "tiny").mkdir(parents=True)  # a fresh run must become tiny-1 on both ranks
-    args = as_argv(tiny_train_overrides(tiny_corpus, two, **{"train.batch_size": 2, "train.devices": 2,
-                                                             "train.strategy": "ddp", "train.accelerator": "cpu"}))
+    args = as_argv(tiny_train_overrides(tiny_corpus, two, **common, **{"train.batch_size": 2, "train.devices": 2,
+                                                                       "train.strategy": "ddp"}))
     env = {**os.environ, "WANDB_MODE": "disabled"}
     env.pop(RUN_DIR_ENV, None)
     proc = subprocess.run([sys.executable, str(SCRIPT), *args], cwd=ROOT, env=env, capture_output=True, text=True,
