@@ -57,7 +57,7 @@ class TrainConfig:
     resume: bool | str = False  # false | true (this run's last checkpoint) | auto | a checkpoint path
     val_every: int = 200  # validate every N optimizer steps (and at the end)
     val_batches: int = 20  # micro-batches per validation
-    ckpt_every: int = 500  # checkpoint every N optimizer steps (and at the end)
+    ckpt_every: int = 500  # checkpoint every N optimizer steps; last.ckpt also at the end
     log_every: int = 10  # log training metrics every N steps
     num_samples: int = 2  # stories sampled at each validation
     sample_tokens: int = 96  # max new tokens per sampled story

@@ -115,6 +115,8 @@ def fit(cfg: Config, module: L.LightningModule, datamodule: L.LightningDataModul
             write_metrics_and_plot(run_dir)
             print(message)
         raise Preempted(message)
+    if trainer.global_step % cfg.train.ckpt_every:  # the final step is always checkpointed
+        trainer.save_checkpoint(run_dir / "checkpoints" / "last.ckpt")
     if monitor_val and cfg.train.max_steps % cfg.train.val_every:
         trainer.validate(module, datamodule=datamodule, verbose=False)
     if trainer.is_global_zero:
