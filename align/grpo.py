@@ -12,11 +12,14 @@ word inclusion, dialogue, length, repetition, finished; weighted by `align.rewar
 DAPO/Dr. GRPO; Kimi k1.5 (arXiv:2501.12599) likewise drops the value model for relative rewards over samples).
 
 Sampling: a prompt's G completions decode as one batch of G copies of the prompt with the model's KV cache
-(equal lengths, no padding). A step takes `align.prompts_per_step` prompts -> N = P * G sequences, padded on the
-right (causal: padding never changes a real position) -> inputs/labels (N, T); mask (N, T) marks completion
-tokens up to and including the first EOT. `align.num_iterations` = mu optimizer steps reuse one batch of samples
-(TRL's buffered generations): pi_old's log-probs are computed once, at sampling time; with mu = 1 pi_old =
-pi_theta, so old_logp = logp.detach() (ratio 1, the gradient is the plain policy gradient).
+(equal lengths, no padding). A step takes `align.prompts_per_step` = P prompts of one token length (the prompt
+order is chunked by length), so all N = P * G sequences decode as one batch: P times fewer decoding steps, which
+dominate on CPU. For the loss they are padded on the right (causal: padding never changes a real position) ->
+inputs/labels (N, T); mask (N, T) marks completion tokens up to and including the first EOT.
+
+`align.num_iterations` = mu optimizer steps reuse one batch of samples (TRL's buffered generations): pi_old's
+log-probs are computed once, at sampling time; with mu = 1 pi_old = pi_theta, so old_logp = logp.detach()
+(ratio 1, the gradient is the plain policy gradient).
 
 The module overrides `training_step` only; Trainer, precision, gradient clipping and accumulation, checkpoints
 are pretraining's (`train.run.fit`). Logged per step: reward mean / std (within groups) and each reward,
@@ -25,6 +28,9 @@ KL, clip fraction, completion length (tokens) and policy entropy (nats/token).
 
 from __future__ import annotations
 
+import copy
+import random
+from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -33,26 +39,42 @@ import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from align.losses import aggregate, grpo_advantages, grpo_loss, token_logprobs
+from align.losses import grpo_advantages, grpo_loss, token_logprobs
 from align.policy import PolicyModel, align_config, start_policy
 from align.rewards import combined_reward
 from data.blocks import ResumableSampler
+from data.corpus import DataError
 from data.instruct import parse_header
 from data.sft import instruct_examples
 from data.tokenizer import eot_id, token_byte_lengths
+from finetune.lora import merge_lora
 from train.cli import run_cli
 from train.config import Config, ConfigError
 from train.run import fit, make_run_dir
 
 
-class PromptBatches(Sampler[list[int]]):
-    """Prompt indices per micro-batch: micro-batch a of optimizer step s gets draw d = (s // mu) * accum + a
-    (each draw serves mu steps), i.e. positions d*P .. d*P + P - 1 of data/blocks.py's seeded order. A pure
-    function of (seed, step): a resumed run starts at its step without saved sampler state."""
+def length_chunks(lengths: list[int], size: int, seed: int) -> list[list[int]]:
+    """Prompt indices grouped by token length into chunks of `size` (a length's remainder is left out), each
+    chunk shuffled by `seed`: the P * G sequences of one chunk decode as one batch, with no padding."""
+    rng, by_length = random.Random(seed), defaultdict(list)
+    for i, n in enumerate(lengths):
+        by_length[n].append(i)
+    chunks = []
+    for n in sorted(by_length):
+        members = by_length[n]
+        rng.shuffle(members)
+        chunks += [members[k:k + size] for k in range(0, len(members) - size + 1, size)]
+    return chunks
 
-    def __init__(self, n: int, per_batch: int, accum: int, iterations: int, seed: int, start_step: int,
+
+class PromptBatches(Sampler[list[int]]):
+    """The chunk of prompts for each micro-batch: micro-batch a of optimizer step s gets draw
+    d = (s // mu) * accum + a (each draw serves mu steps), chunk number d of data/blocks.py's seeded order.
+    A pure function of (seed, step): a resumed run starts at its step without saved sampler state."""
+
+    def __init__(self, chunks: list[list[int]], accum: int, iterations: int, seed: int, start_step: int,
                  max_steps: int, rank: int = 0, world_size: int = 1):
-        self.n, self.per_batch, self.accum, self.iterations, self.seed = n, per_batch, accum, iterations, seed
+        self.chunks, self.accum, self.iterations, self.seed = chunks, accum, iterations, seed
         self.steps, self.rank, self.world_size = range(start_step, max_steps), rank, world_size
 
     def __len__(self) -> int:
@@ -62,7 +84,8 @@ class PromptBatches(Sampler[list[int]]):
         for step in self.steps:
             for a in range(self.accum):
                 draw = ((step // self.iterations) * self.accum + a) * self.world_size + self.rank
-                yield list(ResumableSampler(self.n, self.seed, draw * self.per_batch, (draw + 1) * self.per_batch))
+                (chunk,) = ResumableSampler(len(self.chunks), self.seed, draw, draw + 1)
+                yield self.chunks[chunk]
 
 
 class Prompts(Dataset):
@@ -95,13 +118,17 @@ class PromptDataModule(L.LightningDataModule):
         super().__init__()
         encoded = [e.ids for e in tokenizer.encode_batch(prompts)]
         self.prompts = Prompts([ids for ids in encoded if len(ids) <= seq_len])
+        self.chunks = length_chunks([len(ids) for ids in self.prompts.ids], prompts_per_step, seed)
+        if not self.chunks:
+            raise DataError(f"no {prompts_per_step} training prompts share a token length (of {len(self.prompts)} "
+                            "prompts within data.seq_len); lower align.prompts_per_step or use more stories")
         self.collate = PromptCollate(eot_id(tokenizer))
-        self.args = (prompts_per_step, grad_accum, num_iterations, seed)
+        self.args = (grad_accum, num_iterations, seed)
         self.max_steps = max_steps
 
     def train_dataloader(self) -> DataLoader:
         trainer = self.trainer
-        sampler = PromptBatches(len(self.prompts), *self.args, trainer.global_step, self.max_steps,
+        sampler = PromptBatches(self.chunks, *self.args, trainer.global_step, self.max_steps,
                                 trainer.global_rank, trainer.world_size)
         return DataLoader(self.prompts, batch_sampler=sampler, collate_fn=self.collate)
 
@@ -132,24 +159,33 @@ class GRPOModel(PolicyModel):
         logits, _ = model(inputs)  # (N, T, V)
         return token_logprobs(logits / max(self.cfg.align.temperature, 1e-6), labels), logits
 
+    def sampler(self):
+        """The policy for decoding: with LoRA, a snapshot with the adapter merged (W + s B A: no adapter matmuls
+        per token, as TRL syncs merged weights to its vLLM sampler); the trained model is left untouched."""
+        return self.model if self.lora_cfg is None else merge_lora(copy.deepcopy(self.model))
+
     @torch.no_grad()
     def rollout(self, prompt_ids: Tensor, lengths: Tensor, slot: int) -> Rollout:
-        a, t = self.cfg.align, self.cfg.train
+        a, t, G = self.cfg.align, self.cfg.train, self.cfg.align.group_size
         seed = t.seed * 1_000_003 + (self.global_step * self.trainer.world_size + self.global_rank) * 97 + slot
         generator = torch.Generator(device=self.device).manual_seed(seed)
         was_training = self.model.training
-        self.model.eval()
+        sampler = self.sampler().eval()
+        rows_by_length = defaultdict(list)  # prompts of one length decode together (a chunk: all of them)
+        for row, n in enumerate(lengths.tolist()):
+            rows_by_length[n].append(row)
         sequences, starts, rewards, parts = [], [], [], []
-        for row, n in zip(prompt_ids, lengths.tolist()):
-            prompt = row[:n]  # (n,)
-            info = parse_header(self.tokenizer.decode(prompt.tolist()))
-            out = self.model.generate(prompt.expand(a.group_size, n), a.max_new_tokens, temperature=a.temperature,
-                                      eos_id=self.eot, generator=generator)  # (G, n + m)
-            for completion in out[:, n:].tolist():
+        for n, rows in rows_by_length.items():
+            prompts = prompt_ids[rows, :n].tolist()
+            infos = [parse_header(self.tokenizer.decode(ids)) for ids in prompts]
+            idx = prompt_ids[rows, :n].repeat_interleave(G, dim=0)  # (len(rows) * G, n): G copies per prompt
+            out = sampler.generate(idx, a.max_new_tokens, temperature=a.temperature, eos_id=self.eot,
+                                   generator=generator)  # (len(rows) * G, n + m)
+            for i, completion in enumerate(out[:, n:].tolist()):
                 end = completion.index(self.eot) + 1 if self.eot in completion else len(completion)
                 text = self.tokenizer.decode(completion[: end - (completion[end - 1] == self.eot)])
-                total, per = combined_reward(info, text, a.rewards)
-                sequences.append(prompt.tolist() + completion[:end])
+                total, per = combined_reward(infos[i // G], text, a.rewards)
+                sequences.append(prompts[i // G] + completion[:end])
                 starts.append(n)
                 rewards.append(total)
                 parts.append(per)
@@ -167,10 +203,10 @@ class GRPOModel(PolicyModel):
         if a.beta:
             with self.reference_model() as reference:
                 ref = self.logprobs(reference, inputs, labels)[0]
-        stats = {"reward": r.mean().item(), "reward_std": r.view(-1, a.group_size).std(-1).mean().item(),
+        stats = {"reward": r.mean().item(), "reward_std": r.view(-1, G).std(-1).mean().item(),
                  "completion_length": mask.sum(-1).mean().item()}
         stats.update({f"rewards/{k}": sum(p[k] for p in parts) / len(parts) for k in a.rewards})
-        return Rollout(inputs, labels, mask, grpo_advantages(r, a.group_size, a.scale), old, ref, stats)
+        return Rollout(inputs, labels, mask, grpo_advantages(r, G, a.scale), old, ref, stats)
 
     def training_step(self, batch, batch_idx):
         a = self.cfg.align
@@ -186,8 +222,8 @@ class GRPOModel(PolicyModel):
             return self.skip_bad_step(loss)
         self.bad_steps_in_a_row = 0
         with torch.no_grad():
-            logq = torch.log_softmax(logits.float(), -1)  # (N, T, V)
-            entropy = aggregate(-(logq.exp() * logq).sum(-1), r.mask)
+            logq = torch.log_softmax(logits[r.mask.bool()].float(), -1)  # (completion tokens, V)
+            entropy = -(logq.exp() * logq).sum(-1).mean()
         logs = {"loss": loss.detach(), "kl": stats["kl"], "clip_fraction": stats["clip_fraction"],
                 "entropy": entropy, **r.stats, "lr": torch.tensor(self.optimizers().param_groups[0]["lr"])}
         self.log_dict({f"train/{k}": v for k, v in logs.items()}, batch_size=r.inputs.shape[0])

@@ -15,10 +15,16 @@ so the loss is the completion loss  -sum_{t >= P} log p(x_t | x_<t) / #story tok
 context, never a target). A batch is right-padded to its longest example with EOT inputs and -100
 targets, so padding is never scored and, the attention being causal, never changes a real position.
 The training order is data/blocks.py's ResumableSampler: a pure function of (seed, epoch, position).
+
+Derived examples are fitted to the context (`derive_fitted`): a story longer than seq_len - P tokens is cut
+to its longest prefix of whole sentences that fits, and its header is derived from that prefix, so every
+required word is in the scored tokens (plain truncation at seq_len=128 would drop ~half of them, teaching
+the model to ignore the words) and the story still ends with a finished sentence and EOT.
 """
 
 from __future__ import annotations
 
+import random
 import re
 from pathlib import Path
 
@@ -28,7 +34,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from data.blocks import ResumableSampler
 from data.corpus import EOT, DataError, load_stories, split_stories
-from data.instruct import InstructExample, derive_examples, from_instruct_record
+from data.instruct import InstructExample, derive_examples, from_instruct_record, make_instruction, sentences
 
 IGNORE = -100
 INSTRUCT_HUB_ID = "roneneldan/TinyStoriesInstruct"
@@ -53,14 +59,56 @@ def _records(texts: list[str]) -> list[InstructExample]:
     return out
 
 
-def instruct_examples(path: str, seed: int, val_fraction: float = 0.05, max_stories: int = 0
-                      ) -> dict[str, list[InstructExample]]:
+def _sentence_ends(story: str) -> list[int]:
+    """Character offsets where the story's sentences (data.instruct.sentences) end."""
+    ends, pos = [], 0
+    for sentence in sentences(story):
+        start = story.find(sentence, pos)
+        if start < 0:
+            break
+        pos = start + len(sentence)
+        ends.append(pos)
+    return ends
+
+
+def derive_fitted(stories: list[str], seed: int, tokenizer, seq_len: int) -> list[InstructExample]:
+    """derive_examples, except that a story cut by seq_len is first shortened to its longest prefix of whole
+    sentences that fits after its prompt (P + S <= seq_len), and the header is derived from that prefix with
+    the same rng seed; so the required words and the random sentence always lie in the scored story tokens.
+    (Cut at seq_len=128, only ~50% of the required words of TinyStories would be inside the target.)"""
+    seeds = [i for i, story in enumerate(stories) if story.strip()]  # derive_examples' rng index per example
+    examples = derive_examples(stories, seed)
+    todo = list(range(len(examples)))
+    for _ in range(4):  # a shorter story may draw a longer header: re-check the ones just shortened
+        prompts = tokenizer.encode_batch([examples[j].prompt for j in todo])
+        encoded = tokenizer.encode_batch([examples[j].story for j in todo])
+        shortened = []
+        for j, prompt, story in zip(todo, prompts, encoded):
+            budget = seq_len - len(prompt.ids)  # story tokens that fit (its EOT is the extra target)
+            if len(story.ids) <= budget or budget <= 0:
+                continue
+            limit = story.offsets[budget - 1][1]  # characters covered by the first `budget` tokens
+            end = max((e for e in _sentence_ends(examples[j].story) if e <= limit), default=0)
+            if end:  # else even the first sentence is too long: plain truncation
+                examples[j] = make_instruction(examples[j].story[:end], random.Random(f"{seed}:{seeds[j]}"))
+                shortened.append(j)
+        todo = shortened
+        if not todo:
+            break
+    return examples
+
+
+def instruct_examples(path: str, seed: int, val_fraction: float = 0.05, max_stories: int = 0, tokenizer=None,
+                      seq_len: int = 0) -> dict[str, list[InstructExample]]:
     """-> {"train": [...], "validation": [...]}: TinyStoriesInstruct records, or examples derived from stories
-    (story i of a split gets its own rng seeded by (seed, i), so the result is deterministic)."""
+    (story i of a split gets its own rng seeded by (seed, i), so the result is deterministic; with a tokenizer
+    and seq_len, long stories are shortened to fit: `derive_fitted`)."""
     stories = load_stories(path, val_fraction, max_stories)
     named = INSTRUCT_HUB_ID.split("/")[1].lower() in Path(path).name.lower()
     if named or is_instruct_records(stories["train"]):
         splits = {name: _records(texts) for name, texts in stories.items()}
+    elif tokenizer is not None and seq_len:
+        splits = {name: derive_fitted(texts, seed, tokenizer, seq_len) for name, texts in stories.items()}
     else:
         splits = {name: derive_examples(texts, seed) for name, texts in stories.items()}
     for name, examples in splits.items():

@@ -152,6 +152,7 @@ def models_to_compare(run: str | Path, adapter: str | Path | None) -> dict[str, 
 
 def main(argv: list[str] | None = None) -> None:
     from data.sft import instruct_examples
+    from data.tokenizer import load_tokenizer
     from train.cli import USER_ERRORS
     from train.config import load_config
     from train.load import load_run, pick_device
@@ -173,8 +174,10 @@ def main(argv: list[str] | None = None) -> None:
         config = Path(args.run) / "config.yaml"
         cfg = load_config(config) if config.is_file() else None  # checked by load_run below otherwise
         models = models_to_compare(args.run, args.adapter)
-        cfg = cfg or load_config(next(iter(models.values()))[0] / "config.yaml")
-        examples = instruct_examples(args.data or cfg.data.path, cfg.train.seed, cfg.data.val_fraction)
+        first = next(iter(models.values()))[0]
+        cfg = cfg or load_config(first / "config.yaml")
+        examples = instruct_examples(args.data or cfg.data.path, cfg.train.seed, cfg.data.val_fraction, 0,
+                                     load_tokenizer(first / "tokenizer.json"), cfg.data.seq_len)
         heldout = examples["validation"][: args.n]
         results = {}
         for name, (run, adapter_dir) in models.items():

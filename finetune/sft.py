@@ -67,7 +67,8 @@ def finetune(cfg: Config, callbacks: list = ()) -> Path:
     if base_cfg.model != cfg.model:
         raise ConfigError(f"model.* differs from the base run's {base}/config.yaml; fine-tuning keeps the base "
                           "model: remove model.* from the fine-tuning config")
-    examples = instruct_examples(cfg.data.path, t.seed, cfg.data.val_fraction, cfg.data.max_stories)
+    examples = instruct_examples(cfg.data.path, t.seed, cfg.data.val_fraction, cfg.data.max_stories, tokenizer,
+                                 cfg.data.seq_len)
     datamodule = SFTDataModule(tokenizer, examples, cfg.data.seq_len, t.batch_size, t.grad_accum, t.max_steps,
                                t.seed, t.val_batches, cfg.data.num_workers)
     module = build_module(cfg, tokenizer, model)

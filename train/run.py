@@ -15,7 +15,7 @@ from pathlib import Path
 
 import lightning as L
 import torch
-from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.callbacks import ModelCheckpoint, TQDMProgressBar
 from lightning.pytorch.loggers import CSVLogger
 
 from data.datamodule import PackedDataModule
@@ -88,7 +88,8 @@ def build_trainer(cfg: Config, run_dir: Path, callbacks: list, monitor_val: bool
         gradient_clip_val=t.grad_clip or None, val_check_interval=t.val_every * t.grad_accum if monitor_val else None,
         check_val_every_n_epoch=None, limit_val_batches=t.val_batches if monitor_val else 0,
         num_sanity_val_steps=0, logger=loggers or False, log_every_n_steps=t.log_every,
-        callbacks=[checkpoints, PreemptionCheckpoint(run_dir / "checkpoints"), Throughput(t.log_every), *callbacks],
+        callbacks=[checkpoints, PreemptionCheckpoint(run_dir / "checkpoints"), Throughput(t.log_every), *callbacks,
+                   *([TQDMProgressBar(refresh_rate=t.log_every)] if t.progress_bar else [])],
         plugins=[AtomicCheckpointIO()],
         enable_progress_bar=t.progress_bar, enable_model_summary=False, use_distributed_sampler=False,
         default_root_dir=str(run_dir),

@@ -13,7 +13,7 @@ from safetensors.torch import load_file
 
 from align.evaluate import main as evaluate_main
 from align.evaluate import parse_run
-from align.grpo import GRPOModel, PromptBatches, main, train_grpo
+from align.grpo import GRPOModel, PromptBatches, length_chunks, main, train_grpo
 from align.policy import REFERENCE_DIR, align_config
 from finetune.load import load_finetuned
 from finetune.lora import adapters_disabled, lora_parameters, merge_lora
@@ -94,13 +94,19 @@ def test_policy_trains_and_reference_stays_the_sft_model(grpo_run, tiny_sft_run)
     model.eval()
     with torch.no_grad(), adapters_disabled(model):
         torch.testing.assert_close(model(idx)[0], sft(idx)[0], atol=1e-5, rtol=1e-5)
+    with torch.no_grad():  # decoding uses a merged snapshot of the policy
+        torch.testing.assert_close(spy.module.sampler()(idx)[0], model(idx)[0], atol=1e-5, rtol=1e-5)
 
 
-def test_prompt_batches_repeat_each_draw_and_resume():
-    full = list(PromptBatches(50, 3, accum=2, iterations=2, seed=0, start_step=0, max_steps=6))
+def test_prompt_chunks_share_a_length_and_batches_repeat_each_draw_and_resume():
+    lengths = [i % 5 for i in range(100)] + [7, 7]
+    chunks = length_chunks(lengths, 3, seed=0)
+    assert len(chunks) == 5 * 6 and all(len({lengths[i] for i in c}) == 1 for c in chunks)  # 7: too few, left out
+    assert len({i for c in chunks for i in c}) == 90 and chunks == length_chunks(lengths, 3, seed=0)
+    full = list(PromptBatches(chunks, accum=2, iterations=2, seed=0, start_step=0, max_steps=6))
     assert len(full) == 12 and all(len(b) == 3 for b in full)
     assert full[0:2] == full[2:4] and full[0] != full[1] and full[4:6] != full[0:2]  # step 1 reuses step 0's
-    assert list(PromptBatches(50, 3, 2, 2, 0, start_step=3, max_steps=6)) == full[6:]  # resume at step 3
+    assert list(PromptBatches(chunks, 2, 2, 0, start_step=3, max_steps=6)) == full[6:]  # resume at step 3
 
 
 def test_full_method_and_single_iteration(tiny_corpus, tiny_sft_run, tmp_path):

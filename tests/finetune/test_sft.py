@@ -4,6 +4,7 @@ fine-tuning runs, adapter files, generate --adapter, merging, evaluation and com
 from __future__ import annotations
 
 import json
+import re
 
 import lightning as L
 import pytest
@@ -11,6 +12,7 @@ import torch
 from conftest import tiny_train_overrides
 from safetensors.torch import load_file
 
+from align.rewards import word_inclusion
 from data.corpus import EOT
 from data.instruct import format_header
 from data.sft import IGNORE, SFTDataModule, example_tensors, instruct_examples, pad_batch, tokenize_examples
@@ -85,6 +87,18 @@ def test_truncation_and_padding_never_scored(tiny_corpus, tokenizer):
         assert (targets[row, len(y):] == IGNORE).all() and (inputs[row, len(x):] == 0).all()
         assert int((targets[row] != IGNORE).sum()) == 3 + row  # story tokens only
     assert tokenize_examples(tokenizer, examples[:4], seq_len=10) == []  # prompt longer than seq_len: dropped
+
+
+def test_derived_examples_are_fitted_to_seq_len(tiny_corpus, tokenizer):
+    seq_len = 110
+    plain = instruct_examples(str(tiny_corpus), seed=0)["train"][:20]
+    fitted = instruct_examples(str(tiny_corpus), seed=0, tokenizer=tokenizer, seq_len=seq_len)["train"][:20]
+    assert fitted != plain and fitted == instruct_examples(str(tiny_corpus), 0, 0, 0, tokenizer, seq_len)["train"][:20]
+    for ex, orig in zip(fitted, plain):
+        assert orig.story.startswith(ex.story) and re.search(r"[.!?][\"”]?$", ex.story)
+        assert word_inclusion({"words": ex.words}, ex.story) == 1.0 and ex.sentence in ex.story
+        if ex != orig:
+            assert len(tokenizer.encode(ex.prompt).ids) + len(tokenizer.encode(ex.story).ids) <= seq_len
 
 
 def test_datamodule_order_is_seeded_and_batches_are_padded(tiny_corpus, tokenizer):
