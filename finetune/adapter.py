@@ -10,6 +10,7 @@ our adapters, and lets `load_adapter` read PEFT's, as long as the module paths a
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import torch
@@ -20,7 +21,8 @@ from finetune.lora import ALL_LINEAR, LoRAConfig, apply_lora, find_targets, lora
 
 CONFIG_NAME = "adapter_config.json"
 WEIGHTS_NAME = "adapter_model.safetensors"
-PREFIX = "base_model.model."  # PeftModel -> LoraModel -> the base model, as in PEFT's saved keys
+PREFIX = "base_model.model."
+_LORA_KEY = re.compile(r"\.lora_[AB]\.weight$")  # PeftModel -> LoraModel -> the base model, as in PEFT's saved keys
 
 
 def _peft_config(lora_cfg: LoRAConfig, target_modules, base_model_name_or_path: str | None) -> dict:
@@ -52,8 +54,10 @@ def _peft_config(lora_cfg: LoRAConfig, target_modules, base_model_name_or_path: 
 
 
 def save_adapter(model: nn.Module, lora_cfg: LoRAConfig, out_dir: str | Path,
-                 base_model_name_or_path: str | None = None) -> Path:
-    """Write the adapter weights and config of `model` (after `apply_lora`) to `out_dir`; returns the dir."""
+                 base_model_name_or_path: str | None = None, state: dict | None = None) -> Path:
+    """Write the adapter weights and config of `model` (after `apply_lora`) to `out_dir`; returns the dir.
+
+    `state`: the model's full state dict when its parameters are sharded (FSDP); the LoRA entries are taken from it."""
     layers = dict(lora_modules(model))
     if not layers:
         raise ValueError("save_adapter: the model has no LoRA layers; call finetune.lora.apply_lora(model, cfg) first")
@@ -63,14 +67,15 @@ def save_adapter(model: nn.Module, lora_cfg: LoRAConfig, out_dir: str | Path,
     if ranks != {lora_cfg.r}:
         raise ValueError(f"save_adapter: lora_cfg.r={lora_cfg.r} but the model's adapters have rank {sorted(ranks)}; "
                          "pass the LoRAConfig the model was adapted with")
+    lora = lora_state_dict(model) if state is None else {k: v for k, v in state.items() if _LORA_KEY.search(k)}
     targets = lora_cfg.target_modules
     if isinstance(targets, str) and targets.lower() == ALL_LINEAR:
-        targets = sorted(layers)  # as PEFT does: all-linear is saved as the module names it resolved to
+        targets = sorted({k.rsplit(".lora_", 1)[0] for k in lora})  # as PEFT does: the module names it resolved to
     elif not isinstance(targets, str):
         targets = sorted(targets)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    tensors = {PREFIX + k: v.contiguous() for k, v in lora_state_dict(model).items()}
+    tensors = {PREFIX + k: v.detach().contiguous().cpu() for k, v in lora.items()}
     save_file(tensors, str(out / WEIGHTS_NAME), metadata={"format": "pt"})
     config = _peft_config(lora_cfg, targets, None if base_model_name_or_path is None else str(base_model_name_or_path))
     (out / CONFIG_NAME).write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")

@@ -40,8 +40,8 @@ class LoRALanguageModel(LanguageModel):
         super().__init__(cfg, token_bytes, model)
         self.lora_cfg = lora_cfg
 
-    def save_final_weights(self, run_dir: Path) -> None:
-        save_adapter(self.model, self.lora_cfg, Path(run_dir) / ADAPTER_DIR, self.cfg.finetune.base)
+    def save_final_weights(self, run_dir: Path, state: dict | None = None) -> None:
+        save_adapter(self.model, self.lora_cfg, Path(run_dir) / ADAPTER_DIR, self.cfg.finetune.base, state)
 
 
 def build_module(cfg: Config, tokenizer, model) -> LanguageModel:

@@ -6,13 +6,17 @@ import os
 import random
 from pathlib import Path
 
-import pytest
-import torch
-
-from model.config import ModelConfig
-
+# One intra-op thread per process: tests are tiny, and with several processes on 2 cores (DDP tests, subprocess
+# CLIs) spinning OpenMP threads slow a step down 100x. Set before torch loads so subprocesses inherit it.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
 os.environ.setdefault("WANDB_MODE", "disabled")
-torch.set_num_threads(min(2, torch.get_num_threads()))
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+from model.config import ModelConfig  # noqa: E402
+
+torch.set_num_threads(1)
 
 NAMES = ["Lily", "Tom", "Sue", "Ben", "Mia", "Max"]
 THINGS = ["ball", "cat", "tree", "car", "cake", "box", "dog", "kite"]
