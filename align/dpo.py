@@ -44,7 +44,8 @@ class PairDataset(Dataset):
         def encode(key):  # drops exactly the pairs whose prompt leaves no room: the same for both halves
             return tokenize_examples(tokenizer, [InstructExample(p["prompt"], p[key]) for p in pairs], seq_len)
 
-        self.items = list(zip(encode("chosen"), encode("rejected")))
+        # a pair that truncation makes identical carries no preference (h = 0 for every policy): left out
+        self.items = [(c, r) for c, r in zip(encode("chosen"), encode("rejected")) if c != r]
 
     def __len__(self) -> int:
         return len(self.items)

@@ -5,8 +5,12 @@ Written in TRL's standard preference format, one JSON object per line (`DPOTrain
     {"prompt": "Words: ...\\nStory:\\n", "chosen": "<completion>", "rejected": "<completion>"}
 
 offline    from the instruction data alone (data/sft.py): chosen = the story the header was derived from, which
-           meets it by construction; rejected = the lowest-scoring of `candidates` other stories drawn at random
-           (typically one whose words do not match the header), kept only if it scores below the chosen one.
+           meets it by construction; rejected (kept only if it scores below the chosen one) is
+             --rejected other    the lowest-scoring of `candidates` other stories drawn at random (typically one
+                                 whose words do not match the header), or
+             --rejected swapped  the same story with the header's words replaced by those of another header: a
+                                 minimal pair, told apart only by reading the header, so the DPO gradient falls
+                                 on the required words (the shared prefix cancels exactly).
 on_policy  K completions per prompt sampled from the SFT model (K copies of the prompt decode as one batch with
            the KV cache), scored by the combined reward (align/rewards.py); chosen = best, rejected = worst,
            prompts whose K scores tie are skipped: a tie states no preference. On-policy pairs keep DPO's data
@@ -21,17 +25,19 @@ from __future__ import annotations
 import argparse
 import json
 import random
+import re
 import sys
 from pathlib import Path
 
 import yaml
 
-from align.rewards import combined_reward
+from align.rewards import _forms, combined_reward
 from data.corpus import DataError
 from data.instruct import InstructExample, parse_header
 from train.config import AlignConfig
 
 COLUMNS = ("prompt", "chosen", "rejected")
+REJECTED = ("other", "swapped")
 
 
 def score(prompt: str, completion: str, weights: dict[str, float]) -> float:
@@ -39,14 +45,30 @@ def score(prompt: str, completion: str, weights: dict[str, float]) -> float:
     return combined_reward(parse_header(prompt), completion, weights)[0]
 
 
+def swap_words(story: str, words: list[str], replacements: list[str]) -> str:
+    """`story` with every form of words[k] that word_inclusion would match replaced by replacements[k]."""
+    for word, new in zip(words, replacements):
+        pattern = r"\b(?:" + "|".join(map(re.escape, _forms(word))) + r")\b"
+        story = re.sub(pattern, lambda m, new=new: new.capitalize() if m.group()[0].isupper() else new, story,
+                       flags=re.IGNORECASE)
+    return story
+
+
 def offline_pairs(examples: list[InstructExample], weights: dict[str, float], seed: int = 0,
-                  candidates: int = 4) -> list[dict]:
-    """chosen = each example's own story; rejected = the worst of `candidates` random other stories."""
+                  candidates: int = 4, rejected: str = "other") -> list[dict]:
+    """chosen = each example's own story; rejected = the worst of `candidates` random other stories ("other"),
+    or the same story with its header words swapped for another header's ("swapped": a minimal pair that only
+    the header tells apart)."""
+    if rejected not in REJECTED:
+        raise ValueError(f"unknown rejected kind {rejected!r}; valid: {list(REJECTED)}")
     rng = random.Random(seed)
     pairs = []
     for i, ex in enumerate(examples):
-        others = [examples[j].story for j in rng.sample(range(len(examples)), min(candidates + 1, len(examples)))
-                  if j != i][:candidates]
+        draws = [j for j in rng.sample(range(len(examples)), min(candidates + 1, len(examples))) if j != i]
+        if rejected == "swapped":
+            others = [swap_words(ex.story, ex.words, examples[j].words) for j in draws[:1]]
+        else:
+            others = [examples[j].story for j in draws[:candidates]]
         if not others:
             continue
         rejected = min(others, key=lambda story: score(ex.prompt, story, weights))
@@ -123,6 +145,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--k", type=int, default=4, help="on_policy: samples per prompt")
     parser.add_argument("--max_new_tokens", type=int, default=160)
     parser.add_argument("--temperature", type=float, default=1.0)
+    parser.add_argument("--rejected", choices=REJECTED, default="other", help="offline: how rejected is made")
     parser.add_argument("--candidates", type=int, default=4, help="offline: random stories tried as rejected")
     parser.add_argument("--rewards", default=None, help="reward weights as YAML, e.g. '{word_inclusion: 2}'")
     parser.add_argument("--data", default=None, help="corpus (default: the run's data.path)")
@@ -134,7 +157,7 @@ def main(argv: list[str] | None = None) -> None:
         examples = instruct_examples(args.data or cfg.data.path, cfg.train.seed, cfg.data.val_fraction)["train"]
         examples = examples[: args.n]
         if args.kind == "offline":
-            pairs = offline_pairs(examples, weights, args.seed, args.candidates)
+            pairs = offline_pairs(examples, weights, args.seed, args.candidates, args.rejected)
         else:
             _, tokenizer, model = load_finetuned(args.run)
             merge_lora(model)  # same function, no adapter matmuls while sampling
