@@ -10,7 +10,7 @@ row showing mean ± std over them.
     all words  = share of prompts whose completion uses every required word
 
 The prompts are the first `--n` instruction examples derived from the validation stories (never trained on),
-the same for every run; completions are greedy (or sampled with --temperature and --seed), at most
+the same for every run; completions are greedy (or `--samples` per prompt at --temperature, with --seed), at most
 `--max_new_tokens` tokens, decoded in batches of equal-length prompts with the KV cache (finetune/evaluate.py).
 """
 
@@ -47,11 +47,15 @@ def parse_run(spec: str) -> tuple[str, str, str | None]:
 
 
 def reward_scores(model, tokenizer, examples: list[InstructExample], weights: dict[str, float],
-                  max_new_tokens: int = 160, batch_size: int = 32, temperature: float = 0.0, seed: int = 0) -> dict:
-    """Generate one completion per prompt and score it -> {"reward", each reward, "all_words", ...}."""
+                  max_new_tokens: int = 160, batch_size: int = 32, temperature: float = 0.0, seed: int = 0,
+                  samples: int = 1) -> dict:
+    """Generate `samples` completions per prompt (1 when greedy) and score them -> {"reward", each reward,
+    "all_words", ...}, means over every completion."""
     start = time.perf_counter()
     was_training = model.training
     model.eval()
+    samples = 1 if temperature == 0 else samples
+    examples = [ex for ex in examples for _ in range(samples)]  # copies in a row decode in one batch
     stories = generate_stories(model, tokenizer, [ex.prompt for ex in examples], max_new_tokens, batch_size,
                                temperature, seed)
     model.train(was_training)
@@ -60,7 +64,7 @@ def reward_scores(model, tokenizer, examples: list[InstructExample], weights: di
     out.update({name: statistics.fmean(per[name] for _, per in scored) for name in weights})
     words = [word_inclusion(parse_header(ex.prompt), story) for ex, story in zip(examples, stories)]
     out["all_words"] = sum(w == 1.0 for w in words) / len(words)
-    return {**out, "prompts": len(examples), "seconds": time.perf_counter() - start,
+    return {**out, "prompts": len(examples) // samples, "samples": samples, "seconds": time.perf_counter() - start,
             "example": {"prompt": examples[0].prompt, "completion": stories[0]}}
 
 
@@ -113,6 +117,7 @@ def main(argv: list[str] | None = None) -> None:
                         "(default: the first run's train.seed)")
     parser.add_argument("--temperature", type=float, default=0.0, help="0 = greedy; else sampled with --seed")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--samples", type=int, default=1, help="completions per prompt when sampling")
     parser.add_argument("--batch_size", type=int, default=32)
     parser.add_argument("--out", default=None, help="write the table here (Markdown) and the details to .json")
     parser.add_argument("--device", default="auto")
@@ -128,13 +133,14 @@ def main(argv: list[str] | None = None) -> None:
             _, tokenizer, model = load_finetuned(path, adapter, device)
             merge_lora(model)  # same function, faster decoding
             scores = reward_scores(model, tokenizer, heldout, weights, args.max_new_tokens, args.batch_size,
-                                   args.temperature, args.seed)
+                                   args.temperature, args.seed, args.samples)
             results.setdefault(name, []).append({"run": path, "adapter": adapter, **scores})
             print(f"{name} ({path}): reward {scores['reward']:.3f}  ({scores['seconds']:.0f}s)", file=sys.stderr)
     except (*USER_ERRORS, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         sys.exit(2)
-    decoding = "greedy" if args.temperature == 0 else f"temperature {args.temperature}, seed {args.seed}"
+    decoding = "greedy" if args.temperature == 0 else (f"{args.samples} sampled completion(s) per prompt at "
+                                                       f"temperature {args.temperature}, seed {args.seed}")
     note = (f"{len(heldout)} prompts from the validation stories; {decoding} decoding, at most {args.max_new_tokens}"
             f" new tokens; reward weights {weights}.")
     print(write_report(args.out, results, weights, note) if args.out else markdown_table(results, weights))

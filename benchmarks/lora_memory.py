@@ -17,7 +17,8 @@ Memory.
         where the activations are measured exactly with torch.autograd.graph.saved_tensors_hooks during one
         forward: every tensor autograd keeps, deduplicated by storage, parameters excluded. It leaves out the
         short-lived temporaries of backward, so it is a lower bound of the true peak (the CUDA numbers include them).
-Step time: the median over the timed steps after warm-up.
+Step time: the median over the timed steps after warm-up, full and LoRA steps alternating (both models built),
+so a busy machine slows both alike.
 """
 
 from __future__ import annotations
@@ -45,6 +46,7 @@ SHAPES = {"demo": (192, 4, 6, 2, 4096), "110m": (768, 12, 12, 12, 32000)}  # d, 
 BATCH = {("demo", "cpu"): (16, 128), ("demo", "cuda"): (16, 128),  # (B, T) per shape and device
          ("110m", "cpu"): (2, 128), ("110m", "cuda"): (8, 1024)}
 TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+METHODS = ("full", "lora")
 MiB = 2**20
 
 
@@ -83,46 +85,66 @@ def saved_activation_bytes(model, x, y, autocast) -> int:
     return sum(seen.values())
 
 
-def measure(shape: str, method: str, args) -> dict:
-    device, cuda = args.device, args.device == "cuda"
-    batch, seq = args.batch or BATCH[shape, device][0], args.seq or BATCH[shape, device][1]
+def batch_for(shape: str, vocab: int, args) -> tuple[torch.Tensor, torch.Tensor]:
+    batch, seq = args.batch or BATCH[shape, args.device][0], args.seq or BATCH[shape, args.device][1]
+    g = torch.Generator().manual_seed(0)
+    x, y = (torch.randint(0, vocab, (batch, seq), generator=g).to(args.device) for _ in range(2))  # (B, T) each
+    return x, y
+
+
+def train_step(model, optimizer, x, y, autocast) -> float:
+    if x.is_cuda:
+        torch.cuda.synchronize()
+    start = time.perf_counter()
+    loss_of(model, x, y, autocast).backward()
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    if x.is_cuda:
+        torch.cuda.synchronize()
+    return time.perf_counter() - start
+
+
+def memory(shape: str, method: str, args) -> dict:
+    """One method alone: parameter counts and memory (CUDA peak, or the CPU estimate) after warm-up steps."""
+    cuda = args.device == "cuda"
     if cuda:
         gc.collect()
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats()
-    model, optimizer = build(shape, method, seq, device)
+    x, y = batch_for(shape, SHAPES[shape][4], args)
+    model, optimizer = build(shape, method, x.shape[1], args.device)
     autocast = torch.autocast("cuda", dtype=torch.bfloat16) if cuda else nullcontext()
-    g = torch.Generator().manual_seed(0)
-    x = torch.randint(0, model.cfg.vocab_size, (batch, seq), generator=g).to(device)
-    y = torch.randint(0, model.cfg.vocab_size, (batch, seq), generator=g).to(device)
-    times = []
-    for i in range(args.warmup + args.steps):
-        if cuda:
-            torch.cuda.synchronize()
-        start = time.perf_counter()
-        loss_of(model, x, y, autocast).backward()
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        if cuda:
-            torch.cuda.synchronize()
-        if i >= args.warmup:
-            times.append(time.perf_counter() - start)
+    for _ in range(max(args.warmup, 1)):
+        train_step(model, optimizer, x, y, autocast)  # AdamW state exists after the first step
     trainable = [p for p in model.parameters() if p.requires_grad]
     n_params, n_train = sum(p.numel() for p in model.parameters()), sum(p.numel() for p in trainable)
     param_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
     grad_bytes = sum(p.numel() * p.element_size() for p in trainable)
     state_bytes = sum(t.numel() * t.element_size() for s in optimizer.state.values() for t in s.values()
                       if torch.is_tensor(t) and t.dim() > 0)
-    row = {"shape": shape, "method": method, "batch": batch, "seq": seq, "params": n_params, "trainable": n_train,
-           "trainable_pct": 100 * n_train / n_params, "step_s": statistics.median(times),
-           "param_MiB": param_bytes / MiB, "grad_MiB": grad_bytes / MiB, "adam_state_MiB": state_bytes / MiB}
+    row = {"shape": shape, "method": method, "batch": x.shape[0], "seq": x.shape[1], "params": n_params,
+           "trainable": n_train, "trainable_pct": 100 * n_train / n_params, "param_MiB": param_bytes / MiB,
+           "grad_MiB": grad_bytes / MiB, "adam_state_MiB": state_bytes / MiB}
     if cuda:
         row["peak_MiB"] = torch.cuda.max_memory_allocated() / MiB
     else:
         row["activations_MiB"] = saved_activation_bytes(model, x, y, autocast) / MiB
         row["peak_MiB"] = (param_bytes + grad_bytes + state_bytes) / MiB + row["activations_MiB"]
-    del model, optimizer
     return row
+
+
+def step_times(shape: str, args) -> dict[str, float]:
+    """Median step time per method, the two methods' steps alternating so machine noise hits both alike."""
+    x, y = batch_for(shape, SHAPES[shape][4], args)
+    built = {m: build(shape, m, x.shape[1], args.device) for m in METHODS}
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if args.device == "cuda" else nullcontext()
+    times: dict[str, list[float]] = {m: [] for m in METHODS}
+    for i in range(args.warmup + args.steps):
+        for method, (model, optimizer) in built.items():
+            t = train_step(model, optimizer, x, y, autocast)
+            if i >= args.warmup:
+                times[method].append(t)
+    return {m: statistics.median(t) for m, t in times.items()}
 
 
 def markdown(rows: list[dict], device: str, meta: dict) -> str:
@@ -152,7 +174,7 @@ def main(argv=None) -> None:
     p.add_argument("--shapes", default="demo,110m", help="comma list of " + ",".join(SHAPES))
     p.add_argument("--batch", type=int, default=None, help="override the per-shape batch size")
     p.add_argument("--seq", type=int, default=None, help="override the per-shape sequence length")
-    p.add_argument("--steps", type=int, default=3, help="timed steps per method")
+    p.add_argument("--steps", type=int, default=5, help="timed steps per method")
     p.add_argument("--warmup", type=int, default=1)
     p.add_argument("--threads", type=int, default=0, help="torch.set_num_threads (0 = default)")
     p.add_argument("--out", default=None, help="writes <out>.json and <out>.md (default results/lora_memory_<dev>)")
@@ -165,9 +187,11 @@ def main(argv=None) -> None:
     for shape in args.shapes.split(","):
         if shape not in SHAPES:
             p.error(f"unknown shape {shape!r}; valid: {', '.join(SHAPES)}")
-        for method in ("full", "lora"):
-            rows.append(measure(shape, method, args))
-            print(json.dumps(rows[-1]), flush=True)
+        shape_rows = [memory(shape, method, args) for method in METHODS]
+        for row, (_, seconds) in zip(shape_rows, step_times(shape, args).items()):
+            row["step_s"] = seconds
+            print(json.dumps(row), flush=True)
+        rows += shape_rows
     meta = {"device": args.device, "torch": torch.__version__, "threads": torch.get_num_threads(),
             "device_name": torch.cuda.get_device_name() if args.device == "cuda" else platform.processor() or "CPU"}
     out = Path(args.out or Path(__file__).parent / "results" / f"lora_memory_{args.device}")

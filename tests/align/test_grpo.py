@@ -136,6 +136,8 @@ def test_evaluate_writes_the_reward_table(grpo_run, tiny_sft_run, tmp_path, caps
     assert out.read_text().count("| base |") == 1
     results = json.loads(out.with_suffix(".json").read_text())["results"]
     assert set(results) == {"base", "sft", "grpo"} and results["base"][0]["prompts"] == 5
+    evaluate_main([f"sft={sft}", "--n", "3", "--max_new_tokens", "4", "--temperature", "1", "--samples", "2"])
+    assert "| sft | 1 |" in capsys.readouterr().out
     assert parse_run("dpo=runs/x,adapter=a") == ("dpo", "runs/x", "a")
     with pytest.raises(ValueError, match="name=path"):
         parse_run("runs/x")

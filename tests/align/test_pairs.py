@@ -6,8 +6,19 @@ import json
 
 import pytest
 
-from align.make_pairs import COLUMNS, load_pairs, main, offline_pairs, on_policy_pairs, save_pairs, score
+from align.make_pairs import (
+    COLUMNS,
+    load_pairs,
+    main,
+    offline_pairs,
+    on_policy_pairs,
+    save_pairs,
+    score,
+    swap_words,
+)
+from align.rewards import word_inclusion
 from data.corpus import DataError
+from data.instruct import parse_header
 from data.sft import instruct_examples
 from finetune.load import load_finetuned
 
@@ -27,6 +38,18 @@ def test_offline_pairs_prefer_the_story_that_meets_the_header(examples):
         assert pair["chosen"] == by_prompt[pair["prompt"]] and pair["rejected"] != pair["chosen"]
         assert score(pair["prompt"], pair["chosen"], WEIGHTS) > score(pair["prompt"], pair["rejected"], WEIGHTS)
     assert offline_pairs(examples, WEIGHTS, seed=0) == pairs  # deterministic given the seed
+
+
+def test_swapped_pairs_differ_only_where_the_header_words_are(examples):
+    assert swap_words("Tom played. Play now!", ["play"], ["jump"]) == "Tom jump. Jump now!"
+    pairs = offline_pairs(examples, WEIGHTS, seed=0, rejected="swapped")
+    assert len(pairs) > len(examples) // 2
+    for pair in pairs:
+        info = parse_header(pair["prompt"])
+        assert word_inclusion(info, pair["rejected"]) < word_inclusion(info, pair["chosen"])
+        assert len(pair["rejected"].split()) == len(pair["chosen"].split())  # one word for one word
+    with pytest.raises(ValueError, match="unknown rejected kind"):
+        offline_pairs(examples, WEIGHTS, rejected="nope")
 
 
 def test_jsonl_round_trip_and_datasets_folder(examples, tmp_path):
@@ -66,6 +89,8 @@ def test_make_pairs_command_writes_jsonl(tiny_sft_run, tmp_path, capsys):
     assert "on_policy pairs from 4 prompts" in capsys.readouterr().out
     main(["--run", str(tiny_sft_run[1]), "--n", "30", "--out", str(tmp_path / "offline.jsonl")])
     assert len(load_pairs(tmp_path / "offline.jsonl")) > 10
+    main(["--run", str(tiny_sft_run[1]), "--n", "30", "--rejected", "swapped", "--out", str(tmp_path / "s.jsonl")])
+    assert len(load_pairs(tmp_path / "s.jsonl")) > 10
     with pytest.raises(SystemExit) as exit_info:
         main(["--run", str(tmp_path), "--out", str(out)])
     assert exit_info.value.code == 2
