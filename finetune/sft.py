@@ -67,11 +67,11 @@ def finetune(cfg: Config, callbacks: list = ()) -> Path:
     if base_cfg.model != cfg.model:
         raise ConfigError(f"model.* differs from the base run's {base}/config.yaml; fine-tuning keeps the base "
                           "model: remove model.* from the fine-tuning config")
+    module = build_module(cfg, tokenizer, model)  # first: a bad LoRA target fails before the data is read
     examples = instruct_examples(cfg.data.path, t.seed, cfg.data.val_fraction, cfg.data.max_stories, tokenizer,
                                  cfg.data.seq_len)
     datamodule = SFTDataModule(tokenizer, examples, cfg.data.seq_len, t.batch_size, t.grad_accum, t.max_steps,
                                t.seed, t.val_batches, cfg.data.num_workers)
-    module = build_module(cfg, tokenizer, model)
     run_dir = make_run_dir(cfg)
     samples = SampleStories(run_dir, tokenizer, t.num_samples, t.sample_tokens, prompt=examples["validation"][0].prompt)
     trainer = fit(cfg, module, datamodule, run_dir, tokenizer, [samples, *callbacks])
