@@ -4,7 +4,8 @@ Group Relative Policy Optimization (Shao et al. 2024, "DeepSeekMath", arXiv:2402
 prompt q, G completions o_1..o_G are sampled from pi_old, each gets a programmatic reward r_i (align/rewards.py:
 word inclusion, dialogue, length, repetition, finished; weighted by `align.rewards`), and
 
-    A_i   = (r_i - mean(r)) / std(r)                                  group-relative advantage (no critic)
+    A_i   = (r_i - mean(r)) / std(r)           group-relative advantage, no critic (`align.scale`: the group's std
+                                             as in the paper, the batch's, or none as in Dr. GRPO)
     rho_t = pi_theta(o_t | q, o_<t) / pi_old(o_t | q, o_<t)
     L     = -mean_t [min(rho_t A_i, clip(rho_t, 1 - eps, 1 + eps_high) A_i) - beta KL_t(pi_theta || pi_ref)]
 
@@ -28,7 +29,6 @@ KL, clip fraction, completion length (tokens) and policy entropy (nats/token).
 
 from __future__ import annotations
 
-import copy
 import random
 from collections import defaultdict
 from dataclasses import dataclass
@@ -47,7 +47,6 @@ from data.corpus import DataError
 from data.instruct import parse_header
 from data.sft import instruct_examples
 from data.tokenizer import eot_id, token_byte_lengths
-from finetune.lora import merge_lora
 from train.cli import run_cli
 from train.config import Config, ConfigError
 from train.run import fit, make_run_dir
@@ -159,18 +158,13 @@ class GRPOModel(PolicyModel):
         logits, _ = model(inputs)  # (N, T, V)
         return token_logprobs(logits / max(self.cfg.align.temperature, 1e-6), labels), logits
 
-    def sampler(self):
-        """The policy for decoding: with LoRA, a snapshot with the adapter merged (W + s B A: no adapter matmuls
-        per token, as TRL syncs merged weights to its vLLM sampler); the trained model is left untouched."""
-        return self.model if self.lora_cfg is None else merge_lora(copy.deepcopy(self.model))
-
     @torch.no_grad()
     def rollout(self, prompt_ids: Tensor, lengths: Tensor, slot: int) -> Rollout:
         a, t, G = self.cfg.align, self.cfg.train, self.cfg.align.group_size
         seed = t.seed * 1_000_003 + (self.global_step * self.trainer.world_size + self.global_rank) * 97 + slot
         generator = torch.Generator(device=self.device).manual_seed(seed)
         was_training = self.model.training
-        sampler = self.sampler().eval()
+        self.model.eval()
         rows_by_length = defaultdict(list)  # prompts of one length decode together (a chunk: all of them)
         for row, n in enumerate(lengths.tolist()):
             rows_by_length[n].append(row)
@@ -179,8 +173,8 @@ class GRPOModel(PolicyModel):
             prompts = prompt_ids[rows, :n].tolist()
             infos = [parse_header(self.tokenizer.decode(ids)) for ids in prompts]
             idx = prompt_ids[rows, :n].repeat_interleave(G, dim=0)  # (len(rows) * G, n): G copies per prompt
-            out = sampler.generate(idx, a.max_new_tokens, temperature=a.temperature, eos_id=self.eot,
-                                   generator=generator)  # (len(rows) * G, n + m)
+            out = self.model.generate(idx, a.max_new_tokens, temperature=a.temperature, eos_id=self.eot,
+                                      generator=generator)  # (len(rows) * G, n + m)
             for i, completion in enumerate(out[:, n:].tolist()):
                 end = completion.index(self.eot) + 1 if self.eot in completion else len(completion)
                 text = self.tokenizer.decode(completion[: end - (completion[end - 1] == self.eot)])

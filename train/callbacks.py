@@ -24,7 +24,8 @@ def peak_flops(device: torch.device) -> float | None:
 
 
 class Throughput(L.Callback):
-    """Logs training tokens/s (all ranks) and model FLOPs utilisation every `log_every` steps."""
+    """Logs training tokens/s (all ranks), model FLOPs utilisation and, on CUDA, this rank's peak allocated memory
+    since the run began (`perf/peak_mem_gib`, compare with `python -m train.estimate`) every `log_every` steps."""
 
     def __init__(self, log_every: int):
         self.log_every, self.start, self.tokens = log_every, None, 0
@@ -46,6 +47,8 @@ class Throughput(L.Callback):
         if peak:
             seq_len = batch[0].shape[1]
             logs["perf/mfu"] = pl_module.model.flops_per_token(seq_len) * tok_s / (peak * trainer.world_size)
+        if pl_module.device.type == "cuda":
+            logs["perf/peak_mem_gib"] = torch.cuda.max_memory_allocated(pl_module.device) / 2**30
         pl_module.log_dict(logs, rank_zero_only=True)
         self.start, self.tokens = time.perf_counter(), 0
 

@@ -107,8 +107,10 @@ def test_full_method_keeps_a_frozen_reference_copy(tiny_corpus, tiny_sft_run, tm
 def test_pair_batches_put_chosen_then_rejected(tiny_sft_run):
     _, tokenizer, _ = load_finetuned(tiny_sft_run[1])
     pairs = [{"prompt": "Words: cat\nStory:\n", "chosen": f"A cat {i}.", "rejected": "No."} for i in range(4)]
-    dm = PairDataModule(tokenizer, {"train": pairs, "validation": pairs[:2]}, 32, batch_size=2, grad_accum=1,
-                        max_steps=2, seed=0, val_batches=1)
+    same = {"prompt": "Words: cat\nStory:\n", "chosen": "Same.", "rejected": "Same."}  # no preference: dropped
+    dm = PairDataModule(tokenizer, {"train": pairs + [same], "validation": pairs[:2]}, 32, batch_size=2,
+                        grad_accum=1, max_steps=2, seed=0, val_batches=1)
+    assert len(dm.train_set) == 4
     inputs, targets = next(iter(dm.val_dataloader()))
     assert inputs.shape[0] == 4 and (targets[:2] != -100).sum() > (targets[2:] != -100).sum()
     prompt_len = len(tokenizer.encode(pairs[0]["prompt"]).ids)
