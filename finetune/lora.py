@@ -88,7 +88,9 @@ class LoRALinear(nn.Module):
         return (self.scaling * delta).to(self.base_layer.weight.dtype)
 
     def _update(self, x: Tensor, dtype: torch.dtype) -> Tensor:
-        h = self.lora_A(x.to(self.lora_A.weight.dtype))  # (..., r)
+        if not torch.is_autocast_enabled(x.device.type):  # under autocast x already is the compute dtype
+            x = x.to(self.lora_A.weight.dtype)
+        h = self.lora_A(x)  # (..., r)
         return (self.lora_B(h) * self.scaling).to(dtype)  # (..., out)
 
     def forward(self, x: Tensor) -> Tensor:

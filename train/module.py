@@ -113,8 +113,23 @@ class LanguageModel(L.LightningModule):
         self.log("val/loss", nats / max(tokens, 1), prog_bar=True)
         self.log("val/bpb", nats / (math.log(2) * max(n_bytes, 1)))
 
+    def configure_gradient_clipping(self, optimizer, gradient_clip_val=None, gradient_clip_algorithm=None) -> None:
+        """Clip the global gradient norm to train.grad_clip. Done here, not by Lightning's precision plugin,
+        which refuses norm clipping under FSDP (the norm spans every shard: FSDP's own `clip_grad_norm_`) and
+        with a fused AdamW under bf16-mixed (it assumes a loss scaler that bf16 does not have). Under fp16 the
+        gradients are already unscaled here (build_optimizer keeps AdamW unfused)."""
+        if not gradient_clip_val:
+            return
+        if type(self.trainer.strategy).__name__.startswith("DeepSpeed"):  # the engine clips (its config)
+            return super().configure_gradient_clipping(optimizer, gradient_clip_val, gradient_clip_algorithm)
+        wrapped = self.trainer.model  # FullyShardedDataParallel under FSDP, else DDP or this module
+        if hasattr(wrapped, "clip_grad_norm_"):
+            wrapped.clip_grad_norm_(gradient_clip_val)
+        else:
+            torch.nn.utils.clip_grad_norm_(self.parameters(), gradient_clip_val)
+
     def configure_optimizers(self):
         t = self.cfg.train
         optimizer, scheduler = build_optimizer(self.model, t.lr, t.weight_decay, t.betas, t.warmup_steps,
-                                               t.max_steps, t.min_lr_ratio)
+                                               t.max_steps, t.min_lr_ratio, loss_scaling=t.precision == "16-mixed")
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}

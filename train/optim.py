@@ -47,8 +47,10 @@ def lr_lambda(warmup: int, total: int, min_ratio: float):
 
 
 def build_optimizer(model: nn.Module, lr: float, weight_decay: float, betas, warmup: int, total: int,
-                    min_ratio: float):
-    fused = all(p.is_cuda for p in model.parameters())
+                    min_ratio: float, loss_scaling: bool = False):
+    """Fused AdamW (one kernel for all parameters) on CUDA, except under fp16 loss scaling (`loss_scaling`):
+    a fused AdamW unscales inside step(), after clipping would have seen the scaled gradients."""
+    fused = all(p.is_cuda for p in model.parameters()) and not loss_scaling
     optimizer = torch.optim.AdamW(param_groups(model, weight_decay), lr=lr, betas=tuple(betas), fused=fused)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(warmup, total, min_ratio))
     return optimizer, scheduler
