@@ -219,7 +219,7 @@ class GRPOModel(PolicyModel):
             logq = torch.log_softmax(logits[r.mask.bool()].float(), -1)  # (completion tokens, V)
             entropy = -(logq.exp() * logq).sum(-1).mean()
         logs = {"loss": loss.detach(), "kl": stats["kl"], "clip_fraction": stats["clip_fraction"],
-                "entropy": entropy, **r.stats, "lr": torch.tensor(self.optimizers().param_groups[0]["lr"])}
+                "entropy": entropy, **r.stats, "lr": self.optimizers().param_groups[0]["lr"]}
         self.log_dict({f"train/{k}": v for k, v in logs.items()}, batch_size=r.inputs.shape[0])
         self.log("reward", r.stats["reward"], prog_bar=True, logger=False)
         return loss

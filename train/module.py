@@ -69,15 +69,16 @@ class LanguageModel(L.LightningModule):
         losses = self.token_losses(inputs, targets)
         lm = losses.sum() / (targets != IGNORE).sum().clamp(min=1)
         aux = self.model.aux_loss()
-        return lm + aux, {"train/loss": lm.detach(), "train/aux_loss": torch.as_tensor(aux).detach()}
+        return lm + aux, {"train/loss": lm.detach(), "train/aux_loss": torch.as_tensor(aux, device=lm.device).detach()}
 
     def training_step(self, batch, batch_idx):
         loss, logs = self.loss(batch)
         if not self.finite_on_all_ranks(loss):
             return self.skip_bad_step(loss)
         self.bad_steps_in_a_row = 0
-        logs["train/lr"] = torch.tensor(self.optimizers().param_groups[0]["lr"])
-        self.log_dict(logs, prog_bar=False, sync_dist=True)  # the mean over ranks: the global batch's loss
+        # the mean over ranks: the global batch's loss (tensors on this device: NCCL reduces no CPU tensors)
+        self.log_dict(logs, prog_bar=False, sync_dist=True)
+        self.log("train/lr", self.optimizers().param_groups[0]["lr"])  # the same on every rank
         self.log("loss", logs["train/loss"], prog_bar=True, logger=False)
         return loss
 
