@@ -9,8 +9,9 @@ Linear r (d_in + d_out) trainable numbers instead of d_in d_out. Shapes: demo = 
 (d192 L4 H6 kv2, vocab 4096); 110m = llama2.c's 110M (d768 L12 H12, vocab 32000, tied head).
 
 Memory.
-  CUDA: torch.cuda.max_memory_allocated() over the timed steps (weights, grads, AdamW state, activations and
-        the temporaries of backward; the allocator's own view, nothing else on the GPU is counted).
+  CUDA: torch.cuda.max_memory_allocated() during one step after warm-up (weights, grads, AdamW state,
+        activations and the temporaries of backward; the allocator's own view, nothing else on the GPU is
+        counted). The first step would undercount full fine-tuning: its AdamW state is created only at its end.
   CPU:  process RSS and tracemalloc do not see torch's allocator well, so the peak is estimated as
             resident = params + grads (trainable) + AdamW exp_avg, exp_avg_sq (2 x trainable)
             peak ~= resident + activations saved for backward
@@ -110,12 +111,14 @@ def memory(shape: str, method: str, args) -> dict:
     if cuda:
         gc.collect()
         torch.cuda.empty_cache()
-        torch.cuda.reset_peak_memory_stats()
     x, y = batch_for(shape, SHAPES[shape][4], args)
     model, optimizer = build(shape, method, x.shape[1], args.device)
     autocast = torch.autocast("cuda", dtype=torch.bfloat16) if cuda else nullcontext()
     for _ in range(max(args.warmup, 1)):
         train_step(model, optimizer, x, y, autocast)  # AdamW state exists after the first step
+    if cuda:  # the peak of a steady-state step: the first one has no AdamW state during its backward
+        torch.cuda.reset_peak_memory_stats()
+        train_step(model, optimizer, x, y, autocast)
     trainable = [p for p in model.parameters() if p.requires_grad]
     n_params, n_train = sum(p.numel() for p in model.parameters()), sum(p.numel() for p in trainable)
     param_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
