@@ -22,11 +22,11 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from finetune.adapter import save_adapter
-from finetune.config import _read_yaml, finetune_config, lora_config
+from finetune.config import _read_yaml, adapt, finetune_config
 from finetune.load import ADAPTER_DIR, resolve
-from finetune.lora import LoRAConfig, adapters_disabled, apply_lora, merge_lora
+from finetune.lora import LoRAConfig, adapters_disabled, merge_lora
 from finetune.merge import merge_run
-from train.config import Config, ConfigError, merge, parse_overrides
+from train.config import Config, merge, parse_overrides
 from train.load import load_run
 from train.module import LanguageModel
 
@@ -67,12 +67,7 @@ def start_policy(cfg: Config, run_dir: Path) -> tuple[object, object, LoRAConfig
     model.train()
     if cfg.finetune.method == "full":
         return tokenizer, model.requires_grad_(True), None
-    lora_cfg = lora_config(cfg.finetune.lora)
-    try:
-        apply_lora(model, lora_cfg)
-    except ValueError as err:
-        raise ConfigError(str(err)) from None
-    return tokenizer, model, lora_cfg
+    return tokenizer, model, adapt(model, cfg)
 
 
 class PolicyModel(LanguageModel):

@@ -5,7 +5,8 @@
 
 A step is forward + cross-entropy + backward + AdamW step on a fixed random batch (B, T). LoRA (Hu et al.
 2021) is r=8, alpha=16 on q/k/v/o and gate/up/down of every layer (finetune.lora.apply_lora): per adapted
-Linear r (d_in + d_out) trainable numbers instead of d_in d_out. Shapes: demo = configs/pretrain/demo.yaml
+Linear r (d_in + d_out) trainable numbers instead of d_in d_out; on CUDA also lora_bf16, the same with the frozen
+weights stored in bf16 (finetune.lora.base_dtype=bfloat16). Shapes: demo = configs/pretrain/demo.yaml
 (d192 L4 H6 kv2, vocab 4096); 110m = llama2.c's 110M (d768 L12 H12, vocab 32000, tied head).
 
 Memory.
@@ -39,7 +40,7 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script from any directory
 
-from finetune.lora import LoRAConfig, apply_lora  # noqa: E402
+from finetune.lora import LoRAConfig, apply_lora, store_base_weights  # noqa: E402
 from model.config import ModelConfig  # noqa: E402
 from model.transformer import Transformer  # noqa: E402
 
@@ -47,7 +48,7 @@ SHAPES = {"demo": (192, 4, 6, 2, 4096), "110m": (768, 12, 12, 12, 32000)}  # d, 
 BATCH = {("demo", "cpu"): (16, 128), ("demo", "cuda"): (16, 128),  # (B, T) per shape and device
          ("110m", "cpu"): (2, 128), ("110m", "cuda"): (8, 1024)}
 TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
-METHODS = ("full", "lora")
+METHODS = {"cpu": ("full", "lora"), "cuda": ("full", "lora", "lora_bf16")}  # lora_bf16 needs autocast
 MiB = 2**20
 
 
@@ -56,8 +57,10 @@ def build(shape: str, method: str, seq: int, device: str) -> tuple[Transformer, 
     torch.manual_seed(0)
     model = Transformer(ModelConfig(vocab_size=vocab, d_model=d, n_layers=n_layers, n_heads=n_heads,
                                     n_kv_heads=n_kv, max_seq_len=seq)).to(device)
-    if method == "lora":
+    if method.startswith("lora"):
         apply_lora(model, LoRAConfig(r=8, alpha=16, target_modules=TARGETS))
+    if method == "lora_bf16":  # finetune.lora.base_dtype=bfloat16: frozen weights stored in bf16
+        store_base_weights(model, torch.bfloat16)
     trainable = [p for p in model.parameters() if p.requires_grad]
     return model, torch.optim.AdamW(trainable, lr=1e-4, fused=device == "cuda")
 
@@ -139,9 +142,9 @@ def memory(shape: str, method: str, args) -> dict:
 def step_times(shape: str, args) -> dict[str, float]:
     """Median step time per method, the two methods' steps alternating so machine noise hits both alike."""
     x, y = batch_for(shape, SHAPES[shape][4], args)
-    built = {m: build(shape, m, x.shape[1], args.device) for m in METHODS}
+    built = {m: build(shape, m, x.shape[1], args.device) for m in METHODS[args.device]}
     autocast = torch.autocast("cuda", dtype=torch.bfloat16) if args.device == "cuda" else nullcontext()
-    times: dict[str, list[float]] = {m: [] for m in METHODS}
+    times: dict[str, list[float]] = {m: [] for m in METHODS[args.device]}
     for i in range(args.warmup + args.steps):
         for method, (model, optimizer) in built.items():
             t = train_step(model, optimizer, x, y, autocast)
@@ -163,11 +166,11 @@ def markdown(rows: list[dict], device: str, meta: dict) -> str:
                      f"{r['trainable']:,} | {r['trainable_pct']:.2f} | {r['grad_MiB']:.1f} | {r['adam_state_MiB']:.1f} "
                      f"| {act} | {r['peak_MiB']:.1f} | {r['step_s']:.3f} |")
     for shape in dict.fromkeys(r["shape"] for r in rows):
-        full, lora = (next(r for r in rows if r["shape"] == shape and r["method"] == m) for m in ("full", "lora"))
-        ratio = full["trainable"] / lora["trainable"]
-        lines.append(f"\n{shape}: LoRA trains {ratio:.0f}x fewer parameters; peak memory x"
-                     f"{lora['peak_MiB'] / full['peak_MiB']:.2f}, step time x{lora['step_s'] / full['step_s']:.2f} "
-                     "of full fine-tuning.")
+        full = next(r for r in rows if r["shape"] == shape and r["method"] == "full")
+        for lora in (r for r in rows if r["shape"] == shape and r["method"].startswith("lora")):
+            lines.append(f"\n{shape}: {lora['method']} trains {full['trainable'] / lora['trainable']:.0f}x fewer "
+                         f"parameters; peak memory x{lora['peak_MiB'] / full['peak_MiB']:.2f}, step time "
+                         f"x{lora['step_s'] / full['step_s']:.2f} of full fine-tuning.")
     return "\n".join(lines) + "\n"
 
 
@@ -190,7 +193,7 @@ def main(argv=None) -> None:
     for shape in args.shapes.split(","):
         if shape not in SHAPES:
             p.error(f"unknown shape {shape!r}; valid: {', '.join(SHAPES)}")
-        shape_rows = [memory(shape, method, args) for method in METHODS]
+        shape_rows = [memory(shape, method, args) for method in METHODS[args.device]]
         for row, (_, seconds) in zip(shape_rows, step_times(shape, args).items()):
             row["step_s"] = seconds
             print(json.dumps(row), flush=True)

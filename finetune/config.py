@@ -12,9 +12,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import torch
 import yaml
 
-from finetune.lora import LoRAConfig
+from finetune.lora import LoRAConfig, apply_lora, store_base_weights
 from train.config import Config, ConfigError, LoRASection, load_config, merge, parse_overrides
 
 INHERITED_DATA = ("vocab_size", "seq_len")
@@ -57,6 +58,22 @@ def finetune_config(path: str | Path | None = None, overrides: list[str] | dict 
     if not cfg.train.name:
         cfg.train.name = Path(path).stem if path is not None else f"{base.name}-{cfg.finetune.method}"
     return cfg
+
+
+def adapt(model, cfg: Config) -> LoRAConfig:
+    """Wrap the layers finetune.lora.target_modules names in LoRA (freezing the rest) and store their frozen
+    weights in finetune.lora.base_dtype -> the LoRAConfig used; a bad setting raises ConfigError."""
+    section = cfg.finetune.lora
+    if section.base_dtype == "bfloat16" and cfg.train.precision != "bf16-mixed":
+        raise ConfigError(f"finetune.lora.base_dtype=bfloat16 needs --train.precision=bf16-mixed (got "
+                          f"{cfg.train.precision!r}): the bf16 weights are read under autocast")
+    lora_cfg = lora_config(section)
+    try:
+        apply_lora(model, lora_cfg)
+    except ValueError as err:  # a target pattern matching nothing, a tied target, ...
+        raise ConfigError(str(err)) from None
+    store_base_weights(model, getattr(torch, section.base_dtype))
+    return lora_cfg
 
 
 def lora_config(section: LoRASection) -> LoRAConfig:

@@ -174,6 +174,16 @@ def apply_lora(model: nn.Module, cfg: LoRAConfig) -> list[str]:
     return names
 
 
+def store_base_weights(model: nn.Module, dtype: torch.dtype) -> None:
+    """Keep the frozen base weights (and biases) of every adapted layer in `dtype`, in place.
+
+    bfloat16 halves their memory, and under bf16 autocast the matmuls read them as they are: no bf16 copy of
+    each frozen weight is made (autocast caches copies only of trainable weights) and kept for backward every
+    step. The adapters stay in their own (fp32) dtype; a merge adds s B A in the base dtype."""
+    for _, m in lora_modules(model):
+        m.base_layer.to(dtype)
+
+
 def lora_modules(model: nn.Module) -> Iterator[tuple[str, LoRALinear]]:
     return ((n, m) for n, m in model.named_modules() if isinstance(m, LoRALinear))
 

@@ -18,14 +18,15 @@ from __future__ import annotations
 from pathlib import Path
 
 import lightning as L
+import torch
 
 from data.sft import SFTDataModule, instruct_examples
 from data.tokenizer import token_byte_lengths
 from finetune.adapter import save_adapter
-from finetune.config import check_base, lora_config
+from finetune.config import adapt, check_base
 from finetune.evaluate import evaluate, write_report
 from finetune.load import ADAPTER_DIR
-from finetune.lora import LoRAConfig, apply_lora
+from finetune.lora import LoRAConfig, store_base_weights
 from train.callbacks import SampleStories
 from train.config import Config, ConfigError
 from train.load import load_run
@@ -50,12 +51,7 @@ def build_module(cfg: Config, tokenizer, model) -> LanguageModel:
     model.train()  # load_run returns it in eval mode; Lightning keeps a module's mode
     if cfg.finetune.method == "full":
         return LanguageModel(cfg, token_bytes, model.requires_grad_(True))
-    lora_cfg = lora_config(cfg.finetune.lora)
-    try:
-        apply_lora(model, lora_cfg)
-    except ValueError as err:  # a target pattern matching nothing, a tied target, ...
-        raise ConfigError(str(err)) from None
-    return LoRALanguageModel(cfg, token_bytes, model, lora_cfg)
+    return LoRALanguageModel(cfg, token_bytes, model, adapt(model, cfg))
 
 
 def finetune(cfg: Config, callbacks: list = ()) -> Path:
@@ -83,6 +79,7 @@ def finetune(cfg: Config, callbacks: list = ()) -> Path:
         if f.eval_prompts > 0:
             heldout = examples["validation"][: f.eval_prompts]
             _, _, base_model = load_run(base, module.device.type)
+            store_base_weights(module.model, torch.float32)  # evaluated without autocast, like the base
             results = {"base": evaluate(base_model, tokenizer, heldout, f.eval_tokens, cfg.data.seq_len),
                        f"{f.method} fine-tuned": evaluate(module.model, tokenizer, heldout, f.eval_tokens,
                                                           cfg.data.seq_len)}

@@ -66,7 +66,8 @@ class SampleStories(L.Callback):
         model = pl_module.model
         was_training = model.training
         model.eval()
-        stories = sample_stories(model, self.tokenizer, self.prompt, self.n, self.max_new)
+        with trainer.precision_plugin.forward_context():  # the training precision (autocast under *-mixed)
+            stories = sample_stories(model, self.tokenizer, self.prompt, self.n, self.max_new)
         model.train(was_training)
         with self.path.open("a") as f:
             f.write(f"## step {trainer.global_step}\n\n" + "\n\n".join(f"> {s}" for s in stories) + "\n\n")

@@ -86,6 +86,8 @@ class LoRASection:
         default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
     )  # module names/suffixes, a regex, or "all-linear"
     rslora: bool = False  # rank-stabilised scaling (Kalajdzievski 2023)
+    base_dtype: str = "float32"  # storage of the adapted layers' frozen weights: float32 | bfloat16 (half the
+    # memory, no per-step autocast copies; needs train.precision=bf16-mixed)
 
 
 @dataclass
@@ -140,6 +142,7 @@ CHOICES = {
     "train.accelerator": ["auto", "cpu", "gpu", "cuda", "mps"],
     "train.strategy": ["auto", "ddp", "ddp_spawn", "fsdp", "deepspeed"],
     "log.wandb_mode": ["offline", "online", "disabled"],
+    "finetune.lora.base_dtype": ["float32", "bfloat16"],
     "finetune.method": ["lora", "full"],
     "align.loss_type": ["sigmoid", "ipo", "hinge"],
     "align.scale": ["group", "batch", "none"],
