@@ -60,7 +60,7 @@ def test_group_of_completions_per_prompt_with_zero_mean_advantages(grpo_run):
     _, spy = grpo_run
     rollout = spy.rollouts[0]
     assert rollout.inputs.shape[0] == P * G and rollout.mask.shape == rollout.labels.shape
-    assert torch.allclose(rollout.advantages.view(P, G).mean(-1), torch.zeros(P), atol=1e-5)
+    assert torch.allclose(rollout.advantages.view(P, G).mean(-1).cpu(), torch.zeros(P), atol=1e-5)
     for group, mask in zip(rollout.inputs.view(P, G, -1), rollout.mask.view(P, G, -1)):
         start = int(mask[0].nonzero()[0]) + 1  # the first completion token
         assert (group[:, :start] == group[0, :start]).all()  # G copies of the same prompt
