@@ -51,3 +51,11 @@ class ResumableSampler(Sampler[int]):
                 epoch = s // self.n
                 perm = torch.randperm(self.n, generator=torch.Generator().manual_seed(self.seed + epoch)).tolist()
             yield perm[s % self.n]
+
+
+def run_sampler(trainer, size: int, seed: int, batch_size: int, grad_accum: int, max_steps: int) -> ResumableSampler:
+    """This rank's part of the whole run's order, from the trainer's current optimizer step on (a resumed run
+    continues where it stopped with no saved sampler state)."""
+    per_step = trainer.world_size * batch_size * grad_accum  # samples per optimizer step
+    return ResumableSampler(size, seed, start=trainer.global_step * per_step, total=max_steps * per_step,
+                            rank=trainer.global_rank, world_size=trainer.world_size)

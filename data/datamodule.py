@@ -7,7 +7,7 @@ import lightning as L
 import numpy as np
 from torch.utils.data import DataLoader, Subset
 
-from data.blocks import PackedBlocks, ResumableSampler
+from data.blocks import PackedBlocks, run_sampler
 from data.corpus import DataError
 
 
@@ -25,11 +25,8 @@ class PackedDataModule(L.LightningDataModule):
         self.seed, self.val_batches, self.num_workers = seed, val_batches, num_workers
 
     def train_dataloader(self) -> DataLoader:
-        trainer = self.trainer
-        per_step = trainer.world_size * self.batch_size * self.grad_accum  # samples per optimizer step
-        sampler = ResumableSampler(len(self.train_set), self.seed, start=trainer.global_step * per_step,
-                                   total=self.max_steps * per_step, rank=trainer.global_rank,
-                                   world_size=trainer.world_size)
+        sampler = run_sampler(self.trainer, len(self.train_set), self.seed, self.batch_size, self.grad_accum,
+                              self.max_steps)
         return DataLoader(self.train_set, batch_size=self.batch_size, sampler=sampler, drop_last=True,
                           num_workers=self.num_workers, pin_memory=True)
 

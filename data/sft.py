@@ -32,7 +32,7 @@ import lightning as L
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from data.blocks import ResumableSampler
+from data.blocks import run_sampler
 from data.corpus import EOT, DataError, load_stories, split_stories
 from data.instruct import InstructExample, derive_examples, from_instruct_record, make_instruction, sentences
 
@@ -189,11 +189,8 @@ class SFTDataModule(L.LightningDataModule):
         self.seed, self.num_workers = seed, num_workers
 
     def train_dataloader(self) -> DataLoader:
-        trainer = self.trainer
-        per_step = trainer.world_size * self.batch_size * self.grad_accum  # examples per optimizer step
-        sampler = ResumableSampler(len(self.train_set), self.seed, start=trainer.global_step * per_step,
-                                   total=self.max_steps * per_step, rank=trainer.global_rank,
-                                   world_size=trainer.world_size)
+        sampler = run_sampler(self.trainer, len(self.train_set), self.seed, self.batch_size, self.grad_accum,
+                              self.max_steps)
         return DataLoader(self.train_set, batch_size=self.batch_size, sampler=sampler, drop_last=True,
                           collate_fn=self.collate, num_workers=self.num_workers)
 

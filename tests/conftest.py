@@ -92,3 +92,19 @@ def tiny_sft_run(tiny_corpus, tmp_path_factory) -> tuple[Path, Path]:
     values["data"]["seq_len"] = 96  # derived prompts are ~30 tokens with this vocabulary
     values["finetune"] = {"base": str(base), "method": "lora", "eval_prompts": 0}
     return base, finetune(finetune_config(None, values))
+
+
+def assert_decodes_like_full_forward(model, vocab_size: int, tol: float = 1e-5) -> None:
+    """A 6-token prefill then 7 one-token steps with the cache give the full forward's logits, and greedy
+    `generate` extends the prompt."""
+    idx = torch.randint(0, vocab_size, (2, 13))
+    with torch.no_grad():
+        full, _ = model(idx)
+        first, state = model(idx[:, :6], model.init_state(2))
+        steps = []
+        for t in range(6, 13):
+            logits, state = model(idx[:, t:t + 1], state)
+            steps.append(logits)
+    torch.testing.assert_close(torch.cat([first] + steps, dim=1), full, rtol=tol, atol=tol)
+    out = model.generate(idx[:, :5], max_new_tokens=6, temperature=0)
+    assert out.shape == (2, 11) and torch.equal(out[:, :5], idx[:, :5])

@@ -7,6 +7,7 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import assert_decodes_like_full_forward
 from torch.testing import assert_close
 
 from model.config import GAUConfig, ModelConfig
@@ -149,14 +150,4 @@ def test_tiny_transformer_decodes_and_generates(form):
     assert all(layer.ffn is None for layer in model.layers)  # GAU replaces attention + FFN
     gau = model.layers[0].mixer
     assert gau.beta.abs().sum() == 0 and 0.5 < gau.gamma.std() < 1.5  # reset_special_parameters ran
-    idx = torch.randint(0, 50, (2, 13))
-    with torch.no_grad():
-        full, _ = model(idx)
-        first, state = model(idx[:, :6], model.init_state(2))
-        steps = []
-        for t in range(6, 13):
-            logits, state = model(idx[:, t:t + 1], state)
-            steps.append(logits)
-    assert_close(torch.cat([first] + steps, dim=1), full, **TOL)
-    out = model.generate(idx[:, :5], max_new_tokens=6, temperature=0)
-    assert out.shape == (2, 11) and torch.equal(out[:, :5], idx[:, :5])
+    assert_decodes_like_full_forward(model, 50, TOL['atol'])

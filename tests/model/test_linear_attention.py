@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from conftest import assert_decodes_like_full_forward
 from torch.testing import assert_close
 
 from model.config import LinearAttentionConfig, ModelConfig
@@ -133,14 +134,4 @@ def test_tiny_transformer_decodes_and_generates():
     cfg = ModelConfig(vocab_size=50, d_model=32, n_layers=2, n_heads=4, n_kv_heads=2, max_seq_len=64, mixer="linear",
                       linear=LinearAttentionConfig(chunk_size=4))
     model = Transformer(cfg).eval()
-    idx = torch.randint(0, 50, (2, 13))
-    with torch.no_grad():
-        full, _ = model(idx)
-        first, state = model(idx[:, :6], model.init_state(2))
-        steps = []
-        for t in range(6, 13):
-            logits, state = model(idx[:, t:t + 1], state)
-            steps.append(logits)
-    assert_close(torch.cat([first] + steps, dim=1), full, **TOL)
-    out = model.generate(idx[:, :5], max_new_tokens=6, temperature=0)
-    assert out.shape == (2, 11) and torch.equal(out[:, :5], idx[:, :5])
+    assert_decodes_like_full_forward(model, 50, TOL['atol'])
