@@ -108,3 +108,14 @@ def assert_decodes_like_full_forward(model, vocab_size: int, tol: float = 1e-5) 
     torch.testing.assert_close(torch.cat([first] + steps, dim=1), full, rtol=tol, atol=tol)
     out = model.generate(idx[:, :5], max_new_tokens=6, temperature=0)
     assert out.shape == (2, 11) and torch.equal(out[:, :5], idx[:, :5])
+
+
+def assert_mixer_is_causal(mixer, d_model: int, tol: float = 1e-5) -> None:
+    """Changing tokens 11.. of a 20-token input leaves outputs 0..10 as they were, and changes the rest."""
+    x = torch.randn(1, 20, d_model)
+    x2 = x.clone()
+    x2[:, 11:] = torch.randn(1, 9, d_model)
+    with torch.no_grad():
+        y, y2 = mixer(x)[0], mixer(x2)[0]
+    torch.testing.assert_close(y[:, :11], y2[:, :11], rtol=tol, atol=tol)
+    assert not torch.allclose(y[:, 11:], y2[:, 11:])
