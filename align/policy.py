@@ -21,12 +21,13 @@ import copy
 from contextlib import contextmanager
 from pathlib import Path
 
+from align.rewards import check_weights
 from finetune.adapter import save_adapter
 from finetune.config import _read_yaml, adapt, finetune_config
 from finetune.load import ADAPTER_DIR, resolve
 from finetune.lora import LoRAConfig, adapters_disabled, merge_lora
 from finetune.merge import merge_run
-from train.config import Config, merge, parse_overrides
+from train.config import Config, ConfigError, merge, parse_overrides
 from train.load import load_run
 from train.module import LanguageModel
 
@@ -46,6 +47,10 @@ def align_config(path: str | Path | None = None, overrides: list[str] | dict | N
         user = merge(user, {"train": {"name": Path(path).stem}})
     cfg = finetune_config(None, user)
     cfg.finetune.base = start or cfg.finetune.base
+    try:
+        check_weights(cfg.align.rewards)
+    except ValueError as err:
+        raise ConfigError(f"align.rewards: {err}") from None
     return cfg
 
 

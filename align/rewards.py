@@ -93,15 +93,24 @@ REWARDS: dict[str, Reward] = {
 }
 
 
+def check_weights(weights, rewards: Mapping[str, Reward] = REWARDS) -> None:
+    """Raise ValueError unless `weights` maps known reward names to numbers >= 0 with a positive sum."""
+    if not isinstance(weights, Mapping) or not weights:
+        raise ValueError(f"reward weights must be a mapping such as {{word_inclusion: 1.0}}, got {weights!r}")
+    unknown = sorted(set(weights) - set(rewards))
+    if unknown:
+        raise ValueError(f"unknown reward(s) {unknown}; valid: {sorted(rewards)} (YAML needs a space after "
+                         "each colon: {word_inclusion: 1.0})")
+    values = list(weights.values())
+    if not all(isinstance(w, (int, float)) and w >= 0 for w in values) or sum(values) <= 0:
+        raise ValueError(f"reward weights must be numbers >= 0 with a positive sum, got {dict(weights)}")
+
+
 def combined_reward(
     prompt_info: dict, completion: str, weights: Mapping[str, float], rewards: Mapping[str, Reward] = REWARDS
 ) -> tuple[float, dict[str, float]]:
     """Weighted mean of the named rewards -> (total in [0, 1], {name: reward})."""
-    unknown = sorted(set(weights) - set(rewards))
-    if unknown:
-        raise ValueError(f"unknown reward(s) {unknown}; valid: {sorted(rewards)}")
-    if any(w < 0 for w in weights.values()) or sum(weights.values()) <= 0:
-        raise ValueError(f"reward weights must be >= 0 with a positive sum, got {dict(weights)}")
+    check_weights(weights, rewards)
     per = {name: float(rewards[name](prompt_info, completion)) for name in weights}
     total = sum(weights[name] * per[name] for name in weights) / sum(weights.values())
     return total, per

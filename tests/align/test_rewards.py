@@ -1,6 +1,7 @@
 from functools import partial
 
 import pytest
+import yaml
 
 from align.rewards import (
     REWARDS,
@@ -80,3 +81,12 @@ def test_combined_reward_custom_registry_and_errors():
         combined_reward(INFO, "x", {"nonsense": 1.0})
     with pytest.raises(ValueError, match="weights"):
         combined_reward(INFO, "x", {"length": 0.0})
+
+
+@pytest.mark.parametrize("weights", ["{word_inclusion:1.0}", "{length: -1}", "{length: high}", "[1, 2]"])
+def test_bad_reward_weights_stop_at_config_time(tiny_sft_run, weights):
+    from align.policy import align_config
+    from train.config import ConfigError
+
+    with pytest.raises(ConfigError, match="align.rewards"):
+        align_config(None, {"finetune": {"base": str(tiny_sft_run[1])}, "align": {"rewards": yaml.safe_load(weights)}})
