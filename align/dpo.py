@@ -78,7 +78,7 @@ class PairDataModule(SFTDataModule):
                             f"(train.batch_size={batch_size}); make more pairs or raise data.seq_len")
         self.collate = PairCollate(tokenizer.token_to_id(EOT))
         self.batch_size, self.grad_accum, self.max_steps = batch_size, grad_accum, max_steps
-        self.seed, self.num_workers = seed, num_workers
+        self.seed, self.val_batches, self.num_workers = seed, val_batches, num_workers
 
 
 class DPOModel(PolicyModel):
@@ -110,7 +110,8 @@ class DPOModel(PolicyModel):
 
     def validation_step(self, batch, batch_idx) -> None:
         _, logs = self.dpo(batch)
-        self.log_dict({f"val/{k}": v for k, v in logs.items()}, batch_size=batch[0].shape[0] // 2)
+        self.log_dict({f"val/{k}": v for k, v in logs.items()}, batch_size=batch[0].shape[0] // 2,
+                      sync_dist=True)  # the ranks' validation shards differ
 
     def on_validation_epoch_end(self) -> None:
         pass

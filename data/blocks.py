@@ -59,3 +59,12 @@ def run_sampler(trainer, size: int, seed: int, batch_size: int, grad_accum: int,
     per_step = trainer.world_size * batch_size * grad_accum  # samples per optimizer step
     return ResumableSampler(size, seed, start=trainer.global_step * per_step, total=max_steps * per_step,
                             rank=trainer.global_rank, world_size=trainer.world_size)
+
+
+def validation_shard(trainer, size: int, per_rank: int) -> range:
+    """This rank's validation indices: the first `world * per_rank` of `size` items (fewer if there are fewer,
+    cut to a multiple of the world size), every world-th from the rank on. The ranks score disjoint shards of
+    equal length (equal batch counts: FSDP gathers weights in lockstep) and the module sums their totals."""
+    world, rank = (trainer.world_size, trainer.global_rank) if trainer is not None else (1, 0)  # None: standalone
+    n = min(size, world * per_rank) // world * world
+    return range(rank, n, world)

@@ -7,7 +7,7 @@ import lightning as L
 import numpy as np
 from torch.utils.data import DataLoader, Subset
 
-from data.blocks import PackedBlocks, run_sampler
+from data.blocks import PackedBlocks, run_sampler, validation_shard
 from data.corpus import DataError
 
 
@@ -31,6 +31,5 @@ class PackedDataModule(L.LightningDataModule):
                           num_workers=self.num_workers, pin_memory=True)
 
     def val_dataloader(self) -> DataLoader:
-        n = min(len(self.val_set), self.val_batches * self.batch_size)
-        return DataLoader(Subset(self.val_set, range(n)), batch_size=self.batch_size,
-                          num_workers=self.num_workers)
+        shard = validation_shard(self.trainer, len(self.val_set), self.val_batches * self.batch_size)
+        return DataLoader(Subset(self.val_set, shard), batch_size=self.batch_size, num_workers=self.num_workers)

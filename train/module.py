@@ -110,7 +110,8 @@ class LanguageModel(L.LightningModule):
         self.val_sums += torch.stack([losses.sum().double(), scored.sum().double(), n_bytes.double()])
 
     def on_validation_epoch_end(self) -> None:
-        nats, tokens, n_bytes = self.val_sums.tolist()
+        sums = self.trainer.strategy.reduce(self.val_sums, reduce_op="sum")  # each rank scored its own shard
+        nats, tokens, n_bytes = sums.tolist()
         self.log("val/loss", nats / max(tokens, 1), prog_bar=True)
         self.log("val/bpb", nats / (math.log(2) * max(n_bytes, 1)))
 

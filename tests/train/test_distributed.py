@@ -5,6 +5,7 @@ An FSDP run needs CUDA (Lightning and torch's FSDP refuse CPU): that test runs w
 
 from __future__ import annotations
 
+import csv
 import os
 import subprocess
 import sys
@@ -62,9 +63,18 @@ def test_two_process_ddp_matches_one_process(tiny_corpus, tmp_path):
     assert sorted(got) == sorted(expected) == list(range(8))
     for step in expected:
         assert got[step] == pytest.approx(expected[step], abs=1e-5), step
+    # validation: the 2 ranks score disjoint halves of the same 8 held-out blocks and sum their totals
+    val_1, val_2 = metric(single, "val/loss"), metric(run_dir, "val/loss")
+    assert sorted(val_1) == sorted(val_2) == [7]
+    assert val_2[7] == pytest.approx(val_1[7], abs=1e-5)
     w1, w2 = load_file(single / "model.safetensors"), load_file(run_dir / "model.safetensors")
     for name in w1:
         torch.testing.assert_close(w2[name], w1[name], atol=1e-5, rtol=1e-4)
+
+
+def metric(run_dir: Path, name: str) -> dict[int, float]:
+    with (run_dir / "metrics.csv").open() as f:
+        return {int(float(r["step"])): float(r[name]) for r in csv.DictReader(f) if r.get(name)}
 
 
 def fresh_config(out: Path):
