@@ -49,6 +49,7 @@ from data.sft import instruct_examples
 from data.tokenizer import eot_id, token_byte_lengths
 from train.cli import run_cli
 from train.config import Config, ConfigError
+from train.report import LOSS_PLOTS, Plot
 from train.run import fit, make_run_dir
 
 
@@ -152,6 +153,12 @@ class GRPOModel(PolicyModel):
         super().__init__(cfg, token_byte_lengths(tokenizer), model, lora_cfg)
         self.tokenizer, self.eot = tokenizer, eot_id(tokenizer)
         self.buffer: dict[int, Rollout] = {}  # micro-batch slot -> samples reused for num_iterations steps
+
+    def plots(self) -> dict[str, Plot]:
+        """loss.png, plus reward.png: the mean reward and each weighted reward, and kl.png (10-step means)."""
+        rewards = ("train/reward", *(f"train/rewards/{name}" for name in self.cfg.align.rewards))
+        return {**LOSS_PLOTS, "reward.png": ("reward (share in [0, 1])", rewards, 10),
+                "kl.png": ("KL to the reference (nats/token)", ("train/kl",), 10)}
 
     def logprobs(self, model, inputs: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:
         """-> token log-probs (N, T) at the sampling temperature (as TRL), and the logits (N, T, V)."""

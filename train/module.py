@@ -23,6 +23,7 @@ from model.transformer import Transformer
 from train.config import Config
 from train.faults import last_good_checkpoint
 from train.optim import build_optimizer, remember_shapes
+from train.report import LOSS_PLOTS, Plot
 from train.weights import save_weights
 
 IGNORE = -100
@@ -57,6 +58,10 @@ class LanguageModel(L.LightningModule):
         remember_shapes(self.model)  # before FSDP flattens the parameters (weight decay goes by shape)
         if self.cfg.train.compile:
             self.model.compile()
+
+    def plots(self) -> dict[str, Plot]:
+        """The run directory's plots (train/report.py): training and validation loss."""
+        return LOSS_PLOTS
 
     def token_losses(self, inputs: Tensor, targets: Tensor) -> Tensor:
         """(B, T) inputs and targets -> (B, T) cross-entropy in nats (0 where the target is ignored)."""

@@ -1,4 +1,5 @@
-"""Results people look at: the run's merged `metrics.csv` and a `loss.png` of training and validation loss.
+"""Results people look at: the run's merged `metrics.csv` and its plots (`loss.png` of training and validation
+loss; a module may ask for others through its `plots()`, e.g. GRPO's `reward.png`).
 
 Lightning's CSVLogger writes one `logs/version_k/metrics.csv` per launch (a resumed run adds a version);
 they are merged by step here, later launches winning for steps logged twice.
@@ -29,7 +30,17 @@ def series(rows: list[dict], name: str) -> tuple[list[float], list[float]]:
     return steps, [points[s] for s in steps]
 
 
-def write_metrics_and_plot(run_dir: Path, names: tuple[str, ...] = ("train/loss", "val/loss")) -> None:
+Plot = tuple[str, tuple[str, ...], int]  # y-axis label, metric names, moving-average window (1 = raw)
+LOSS_PLOTS: dict[str, Plot] = {"loss.png": ("loss (nats/token)", ("train/loss", "val/loss"), 1)}
+
+
+def moving_average(values: list[float], window: int) -> list[float]:
+    """Mean of each value and the (window - 1) before it (fewer at the start)."""
+    return [sum(values[max(0, i - window + 1): i + 1]) / (i + 1 - max(0, i - window + 1)) for i in range(len(values))]
+
+
+def write_metrics_and_plot(run_dir: Path, plots: dict[str, Plot] = LOSS_PLOTS) -> None:
+    """Merge the run's metrics into metrics.csv and draw each plot: {file name: (y label, names, window)}."""
     rows = read_metrics(run_dir)
     if not rows:
         return
@@ -43,16 +54,19 @@ def write_metrics_and_plot(run_dir: Path, names: tuple[str, ...] = ("train/loss"
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(6, 4))
-    for name in names:
-        steps, values = series(rows, name)
-        if steps:
-            ax.plot(steps, values, label=name, marker="o" if name.startswith("val") else None)
-    ax.set_xlabel("step")
-    ax.set_ylabel("loss (nats/token)")
-    ax.set_title(run_dir.name)
-    ax.legend()
-    ax.grid(alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(run_dir / "loss.png", dpi=120)
-    plt.close(fig)
+    for file_name, (ylabel, names, window) in plots.items():
+        fig, ax = plt.subplots(figsize=(6, 4))
+        for name in names:
+            steps, values = series(rows, name)
+            if steps:
+                label = name if window == 1 else f"{name} ({window}-step mean)"
+                ax.plot(steps, moving_average(values, window), label=label,
+                        marker="o" if name.startswith("val") else None)
+        ax.set_xlabel("step")
+        ax.set_ylabel(ylabel)
+        ax.set_title(run_dir.name)
+        ax.legend(fontsize=8)
+        ax.grid(alpha=0.3)
+        fig.tight_layout()
+        fig.savefig(run_dir / file_name, dpi=120)
+        plt.close(fig)

@@ -113,7 +113,7 @@ def fit(cfg: Config, module: L.LightningModule, datamodule: L.LightningDataModul
     if preempted_step(trainer) is not None:  # SIGTERM: last.ckpt is saved; no final validation or weights
         message = preemption_message(trainer)
         if trainer.is_global_zero:
-            write_metrics_and_plot(run_dir)
+            write_metrics_and_plot(run_dir, module.plots())
             print(message)
         raise Preempted(message)
     if trainer.global_step % cfg.train.ckpt_every:  # the final step is always checkpointed
@@ -121,7 +121,7 @@ def fit(cfg: Config, module: L.LightningModule, datamodule: L.LightningDataModul
     if monitor_val and cfg.train.max_steps % cfg.train.val_every:
         trainer.validate(module, datamodule=datamodule, verbose=False)
     if trainer.is_global_zero:
-        write_metrics_and_plot(run_dir)
+        write_metrics_and_plot(run_dir, module.plots())
     return trainer
 
 

@@ -18,7 +18,7 @@ from align.policy import REFERENCE_DIR, align_config
 from finetune.load import load_finetuned
 from finetune.lora import adapters_disabled, lora_parameters, merge_lora
 from train.cli import run_cli
-from train.report import read_metrics
+from train.report import moving_average, read_metrics
 
 G, P = 4, 2
 LOGGED = ["reward", "reward_std", "rewards/word_inclusion", "kl", "clip_fraction", "completion_length", "entropy",
@@ -77,6 +77,12 @@ def test_num_iterations_reuses_samples_and_logs_reward_stats(grpo_run):
         assert len(values) == 4 and all(v == v for v in values), name  # every step, finite
     kl = [r["train/kl"] for r in rows if "train/kl" in r]
     assert kl[0] == pytest.approx(0.0, abs=1e-6)  # the policy starts as the reference
+    assert all((run_dir / name).stat().st_size > 0 for name in ("loss.png", "reward.png", "kl.png"))
+
+
+def test_moving_average_hand_values():
+    assert moving_average([1.0, 3.0, 5.0, 7.0], 2) == [1.0, 2.0, 4.0, 6.0]
+    assert moving_average([2.0, 4.0], 1) == [2.0, 4.0]
 
 
 def test_policy_trains_and_reference_stays_the_sft_model(grpo_run, tiny_sft_run):
