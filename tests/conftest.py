@@ -77,6 +77,16 @@ def tiny_train_overrides(corpus: Path, out_dir: Path, **extra) -> dict:
     return values
 
 
+def tiny_finetune_values(corpus: Path, out_dir: Path, base: Path, finetune: dict, **extra) -> dict:
+    """Overrides for a seconds-long fine-tuning or alignment run from `base`: model.* and the vocabulary come
+    from the base run; seq_len 96 (derived prompts are ~30 tokens with this vocabulary)."""
+    values = tiny_train_overrides(corpus, out_dir, **{"train.lr": 1e-2, **extra})
+    del values["model"], values["data"]["vocab_size"]
+    values["data"]["seq_len"] = 96
+    values["finetune"] = {"base": str(base), "method": "lora", **finetune}
+    return values
+
+
 @pytest.fixture(scope="session")
 def tiny_sft_run(tiny_corpus, tmp_path_factory) -> tuple[Path, Path]:
     """(base run, LoRA SFT run on it): seconds-long runs on the synthetic corpus, shared by the alignment tests."""
@@ -87,10 +97,8 @@ def tiny_sft_run(tiny_corpus, tmp_path_factory) -> tuple[Path, Path]:
 
     out = tmp_path_factory.mktemp("sft")
     base = pretrain(load_config(None, tiny_train_overrides(tiny_corpus, out, **{"train.num_samples": 0})))
-    values = tiny_train_overrides(tiny_corpus, out, **{"train.name": "sft", "train.lr": 1e-2, "train.num_samples": 0})
-    del values["model"], values["data"]["vocab_size"]
-    values["data"]["seq_len"] = 96  # derived prompts are ~30 tokens with this vocabulary
-    values["finetune"] = {"base": str(base), "method": "lora", "eval_prompts": 0}
+    values = tiny_finetune_values(tiny_corpus, out, base, {"eval_prompts": 0},
+                                  **{"train.name": "sft", "train.num_samples": 0})
     return base, finetune(finetune_config(None, values))
 
 

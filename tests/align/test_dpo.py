@@ -8,7 +8,7 @@ import math
 import lightning as L
 import pytest
 import torch
-from conftest import tiny_train_overrides
+from conftest import tiny_finetune_values
 from safetensors.torch import load_file
 
 from align.dpo import PairDataModule, main, train_dpo
@@ -34,12 +34,8 @@ class Spy(L.Callback):
 
 
 def dpo_values(corpus, sft_run, out, method="lora", **extra):
-    values = tiny_train_overrides(corpus, out, **{"train.name": f"dpo-{method}", "train.lr": 1e-2,
-                                                  "train.max_steps": 4, "train.val_every": 2, **extra})
-    del values["model"], values["data"]["vocab_size"]
-    values["data"]["seq_len"] = 96
-    values["finetune"] = {"base": str(sft_run), "method": method}
-    return values
+    return tiny_finetune_values(corpus, out, sft_run, {"method": method},
+                                **{"train.name": f"dpo-{method}", "train.max_steps": 4, "train.val_every": 2, **extra})
 
 
 @pytest.fixture(scope="module")

@@ -8,7 +8,7 @@ import json
 import lightning as L
 import pytest
 import torch
-from conftest import tiny_train_overrides
+from conftest import tiny_finetune_values
 from safetensors.torch import load_file
 
 from align.evaluate import main as evaluate_main
@@ -39,11 +39,8 @@ class Spy(L.Callback):
 
 
 def grpo_values(corpus, sft_run, out, **extra):
-    values = tiny_train_overrides(corpus, out, **{"train.name": "grpo", "train.lr": 1e-2, "train.max_steps": 4,
-                                                  "train.warmup_steps": 1, **extra})
-    del values["model"], values["data"]["vocab_size"]
-    values["data"]["seq_len"] = 96
-    values["finetune"] = {"base": str(sft_run), "method": "lora"}
+    values = tiny_finetune_values(corpus, out, sft_run, {},
+                                  **{"train.name": "grpo", "train.max_steps": 4, "train.warmup_steps": 1, **extra})
     values["align"] = {"group_size": G, "prompts_per_step": P, "num_iterations": 2, "max_new_tokens": 10,
                        "beta": 0.05, "rewards": {"word_inclusion": 2.0, "length": 1.0, "repetition": 0.5}}
     return values

@@ -7,7 +7,7 @@ import copy
 
 import pytest
 import torch
-from conftest import tiny_model_config, tiny_train_overrides
+from conftest import tiny_finetune_values, tiny_model_config
 
 from finetune.config import adapt, finetune_config
 from finetune.lora import lora_modules, lora_parameters
@@ -57,11 +57,8 @@ def test_bf16_base_needs_bf16_mixed():
 @pytest.mark.slow
 def test_sft_with_a_bf16_base_trains_samples_and_evaluates(tiny_sft_run, tiny_corpus, tmp_path):
     base, _ = tiny_sft_run
-    values = tiny_train_overrides(tiny_corpus, tmp_path, **{"train.name": "bf16", "train.lr": 1e-2,
-                                                            "train.precision": "bf16-mixed", "train.max_steps": 4})
-    del values["model"], values["data"]["vocab_size"]
-    values["data"]["seq_len"] = 96
-    values["finetune"] = {"base": str(base), "method": "lora", "eval_prompts": 2, "eval_tokens": 8,
-                          "lora": {"base_dtype": "bfloat16"}}
+    values = tiny_finetune_values(tiny_corpus, tmp_path, base, {"eval_prompts": 2, "eval_tokens": 8,
+                                                                "lora": {"base_dtype": "bfloat16"}},
+                                  **{"train.name": "bf16", "train.precision": "bf16-mixed", "train.max_steps": 4})
     run = finetune(finetune_config(None, values))  # samples at validation (autocast) and evaluates (fp32)
     assert (run / "adapter" / "adapter_model.safetensors").is_file() and (run / "samples.md").is_file()

@@ -9,7 +9,7 @@ import re
 import lightning as L
 import pytest
 import torch
-from conftest import tiny_train_overrides
+from conftest import tiny_finetune_values, tiny_train_overrides
 from safetensors.torch import load_file
 
 from align.rewards import word_inclusion
@@ -47,10 +47,8 @@ def base_run(tiny_corpus, tmp_path_factory):
 def finetune_run(corpus, base_run, out, method):
     from finetune.sft import finetune
 
-    values = tiny_train_overrides(corpus, out, **{"train.name": f"ft-{method}", "train.lr": 1e-2})
-    del values["model"], values["data"]["vocab_size"]
-    values["data"]["seq_len"] = 96  # derived prompts are ~30 tokens with this vocabulary
-    values["finetune"] = {"base": str(base_run), "method": method, "eval_prompts": 6, "eval_tokens": 12}
+    values = tiny_finetune_values(corpus, out, base_run, {"method": method, "eval_prompts": 6, "eval_tokens": 12},
+                                  **{"train.name": f"ft-{method}"})
     spy = OptimizerParams()
     return finetune(finetune_config(None, values), [spy]), spy
 
