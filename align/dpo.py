@@ -29,8 +29,9 @@ from align.losses import dpo_loss, sequence_logprobs
 from align.make_pairs import load_pairs, offline_pairs
 from align.policy import PolicyModel, align_config, start_policy
 from data.corpus import EOT, DataError
+from data.datamodule import SeededDataModule
 from data.instruct import InstructExample
-from data.sft import IGNORE, SFTDataModule, example_tensors, instruct_examples, pad_batch, tokenize_examples
+from data.sft import IGNORE, example_tensors, instruct_examples, pad_batch, tokenize_examples
 from data.tokenizer import token_byte_lengths
 from train.cli import run_cli
 from train.config import Config
@@ -65,20 +66,18 @@ class PairCollate:
         return pad_batch([c for c, _ in items] + [r for _, r in items], self.pad_id)
 
 
-class PairDataModule(SFTDataModule):
-    """SFT's seeded, resumable order and held-out batches (data/sft.py), over preference pairs."""
+class PairDataModule(SeededDataModule):
+    """SFT's seeded, resumable order and held-out batches (data/datamodule.py), over preference pairs."""
 
     def __init__(self, tokenizer, pairs: dict[str, list[dict]], seq_len: int, batch_size: int, grad_accum: int,
                  max_steps: int, seed: int, val_batches: int, num_workers: int = 0):
-        L.LightningDataModule.__init__(self)
+        super().__init__(batch_size, grad_accum, max_steps, seed, val_batches, num_workers)
         self.train_set = PairDataset(tokenizer, pairs["train"], seq_len)
         self.val_set = PairDataset(tokenizer, pairs["validation"][: val_batches * batch_size], seq_len)
         if len(self.train_set) < batch_size:
             raise DataError(f"only {len(self.train_set)} preference pairs fit data.seq_len={seq_len} "
                             f"(train.batch_size={batch_size}); make more pairs or raise data.seq_len")
         self.collate = PairCollate(tokenizer.token_to_id(EOT))
-        self.batch_size, self.grad_accum, self.max_steps = batch_size, grad_accum, max_steps
-        self.seed, self.val_batches, self.num_workers = seed, val_batches, num_workers
 
 
 class DPOModel(PolicyModel):

@@ -28,12 +28,11 @@ import random
 import re
 from pathlib import Path
 
-import lightning as L
 import torch
-from torch.utils.data import DataLoader, Dataset, Subset
+from torch.utils.data import Dataset
 
-from data.blocks import run_sampler, validation_shard
 from data.corpus import EOT, DataError, load_stories, split_stories
+from data.datamodule import SeededDataModule
 from data.instruct import InstructExample, derive_examples, from_instruct_record, make_instruction, sentences
 
 IGNORE = -100
@@ -170,14 +169,13 @@ class Collate:
         return pad_batch(items, self.pad_id)
 
 
-class SFTDataModule(L.LightningDataModule):
-    """Seeded, resumable, rank-sharded order over training examples; a fixed held-out validation subset
-    (the first `val_batches * batch_size` validation examples per rank, in order, split over the ranks:
-    data/blocks.py's validation_shard) for the completion loss."""
+class SFTDataModule(SeededDataModule):
+    """Prompt-masked instruction examples, padded with EOT: data/datamodule.py's seeded, resumable,
+    rank-sharded order and held-out subset (the completion loss)."""
 
     def __init__(self, tokenizer, examples: dict[str, list[InstructExample]], seq_len: int, batch_size: int,
                  grad_accum: int, max_steps: int, seed: int, val_batches: int, num_workers: int = 0):
-        super().__init__()
+        super().__init__(batch_size, grad_accum, max_steps, seed, val_batches, num_workers)
         self.train_set = SFTExamples(tokenize_examples(tokenizer, examples["train"], seq_len))
         self.val_set = SFTExamples(tokenize_examples(tokenizer, examples["validation"], seq_len))
         if len(self.train_set) < batch_size or len(self.val_set) < 1:
@@ -185,16 +183,3 @@ class SFTDataModule(L.LightningDataModule):
                             f"training and {len(self.val_set)} validation (batch_size={batch_size}); use more "
                             "stories or a larger data.seq_len")
         self.collate = Collate(tokenizer.token_to_id(EOT))
-        self.batch_size, self.grad_accum, self.max_steps = batch_size, grad_accum, max_steps
-        self.seed, self.val_batches, self.num_workers = seed, val_batches, num_workers
-
-    def train_dataloader(self) -> DataLoader:
-        sampler = run_sampler(self.trainer, len(self.train_set), self.seed, self.batch_size, self.grad_accum,
-                              self.max_steps)
-        return DataLoader(self.train_set, batch_size=self.batch_size, sampler=sampler, drop_last=True,
-                          collate_fn=self.collate, num_workers=self.num_workers)
-
-    def val_dataloader(self) -> DataLoader:
-        shard = validation_shard(self.trainer, len(self.val_set), self.val_batches * self.batch_size)
-        return DataLoader(Subset(self.val_set, shard), batch_size=self.batch_size, collate_fn=self.collate,
-                          num_workers=self.num_workers)
