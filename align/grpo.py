@@ -172,28 +172,26 @@ class GRPOModel(PolicyModel):
         generator = torch.Generator(device=self.device).manual_seed(seed)
         was_training = self.model.training
         self.model.eval()
-        rows_by_length = defaultdict(list)  # prompts of one length decode together (a chunk: all of them)
-        for row, n in enumerate(lengths.tolist()):
-            rows_by_length[n].append(row)
-        sequences, starts, rewards, parts = [], [], [], []
-        for n, rows in rows_by_length.items():
-            prompts = prompt_ids[rows, :n].tolist()
-            infos = [parse_header(self.tokenizer.decode(ids)) for ids in prompts]
-            idx = prompt_ids[rows, :n].repeat_interleave(G, dim=0)  # (len(rows) * G, n): G copies per prompt
-            out = self.model.generate(idx, a.max_new_tokens, temperature=a.temperature, eos_id=self.eot,
-                                      generator=generator)  # (len(rows) * G, n + m)
-            for i, completion in enumerate(out[:, n:].tolist()):
-                end = completion.index(self.eot) + 1 if self.eot in completion else len(completion)
-                text = self.tokenizer.decode(completion[: end - (completion[end - 1] == self.eot)])
-                total, per = combined_reward(infos[i // G], text, a.rewards)
-                sequences.append(prompts[i // G] + completion[:end])
-                starts.append(n)
-                rewards.append(total)
-                parts.append(per)
+        n = int(lengths[0])  # a chunk's prompts share one token length (length_chunks): one batch, no padding
+        if not bool((lengths == n).all()):
+            raise ValueError(f"GRPO rollout needs prompts of one length, got {lengths.tolist()}")
+        prompts = prompt_ids[:, :n].tolist()
+        infos = [parse_header(self.tokenizer.decode(ids)) for ids in prompts]
+        idx = prompt_ids[:, :n].repeat_interleave(G, dim=0)  # (P * G, n): G copies per prompt
+        out = self.model.generate(idx, a.max_new_tokens, temperature=a.temperature, eos_id=self.eot,
+                                  generator=generator)  # (P * G, n + m)
+        sequences, rewards, parts = [], [], []
+        for i, completion in enumerate(out[:, n:].tolist()):
+            end = completion.index(self.eot) + 1 if self.eot in completion else len(completion)
+            text = self.tokenizer.decode(completion[: end - (completion[end - 1] == self.eot)])
+            total, per = combined_reward(infos[i // G], text, a.rewards)
+            sequences.append(prompts[i // G] + completion[:end])
+            rewards.append(total)
+            parts.append(per)
         self.model.train(was_training)
         full = torch.full((len(sequences), max(map(len, sequences))), self.eot, dtype=torch.long)  # (N, T + 1)
         mask = torch.zeros(full.shape[0], full.shape[1] - 1)  # (N, T)
-        for i, (seq, n) in enumerate(zip(sequences, starts)):
+        for i, seq in enumerate(sequences):
             full[i, : len(seq)] = torch.tensor(seq)
             mask[i, n - 1: len(seq) - 1] = 1  # labels[t] = seq[t + 1]: completion tokens from t = n - 1
         full, mask = full.to(self.device), mask.to(self.device)
