@@ -6,14 +6,16 @@ Rafailov et al. 2023, "Direct Preference Optimization: Your Language Model is Se
     L = -log sigma(beta [(log pi(y_w|x) - log ref(y_w|x)) - (log pi(y_l|x) - log ref(y_l|x))])
 
 with log pi(y|x) = sum_{t in y} log pi(y_t | x, y_<t) over the completion tokens only (align/losses.py, also
-the ipo/hinge variants of `align.loss_type`). pi_ref is the SFT model (align/policy.py: the LoRA policy with
+the ipo/hinge/simpo variants of `align.loss_type`, a registry: SimPO, Meng et al. 2024, needs no pi_ref and
+none is run or kept). pi_ref is the SFT model (align/policy.py: the LoRA policy with
 its adapter off, or a frozen copy). One forward scores both halves: a batch is the B chosen then the B
 rejected sequences, tokenized and prompt-masked as in SFT (data/sft.py), padded together -> (2B, T).
 
 Logged like TRL's DPOTrainer, on training and held-out pairs (`train/...`, `val/...`):
 rewards/chosen = beta (log pi(y_w) - log ref(y_w)) (mean), rewards/rejected, rewards/margins (their
 difference), rewards/accuracies (share with chosen > rejected), logps/chosen, logps/rejected.
-The loop is pretraining's: `train.run.fit` (Trainer, precision, checkpoints, resume); only the loss differs.
+The loop is pretraining's: `train.run.fit` (Trainer, precision, checkpoints, resume) and the step is
+train/module.py's (finiteness on all ranks, bad steps, logging); DPO implements `compute_loss` only.
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ import torch
 from torch import Tensor
 from torch.utils.data import Dataset
 
-from align.losses import dpo_loss, sequence_logprobs
+from align.losses import LOSSES, dpo_loss, sequence_logprobs
 from align.make_pairs import load_pairs, offline_pairs
 from align.policy import PolicyModel, align_config, start_policy
 from data.corpus import EOT, DataError
@@ -81,26 +83,32 @@ class PairDataModule(SeededDataModule):
 
 
 class DPOModel(PolicyModel):
-    """The DPO loss over (2B, T) batches of chosen-then-rejected sequences."""
+    """The preference loss `align.loss_type` (align/losses.py LOSSES) over (2B, T) batches of chosen-then-rejected
+    sequences; the reference model runs only when the loss's registry entry needs it."""
+
+    def uses_reference(self) -> bool:
+        return LOSSES[self.cfg.align.loss_type].needs_reference
 
     def dpo(self, batch) -> tuple[Tensor, dict[str, Tensor]]:
         inputs, targets = batch
         mask = targets != IGNORE  # (2B, T) completion tokens
         logits, _ = self.model(inputs)  # (2B, T, V)
         policy = sequence_logprobs(logits, targets, mask)  # (2B,)
-        with torch.no_grad(), self.reference_model() as reference:
-            ref = sequence_logprobs(reference(inputs)[0], targets, mask)  # (2B,)
+        ref = (None, None)
+        if self.uses_reference():
+            with torch.no_grad(), self.reference_model() as reference:
+                ref = sequence_logprobs(reference(inputs)[0], targets, mask).chunk(2)  # (B,) each
         policy_chosen, policy_rejected = policy.chunk(2)  # (B,) each
         a = self.cfg.align
-        losses, chosen, rejected = dpo_loss(policy_chosen, policy_rejected, *ref.chunk(2), a.beta, a.loss_type,
-                                            a.label_smoothing)
+        losses, chosen, rejected = dpo_loss(policy_chosen, policy_rejected, *ref, a.beta, a.loss_type,
+                                            a.label_smoothing, a.simpo_gamma, *mask.sum(-1).chunk(2))
         loss = losses.mean()
         return loss, {"loss": loss.detach(), "rewards/chosen": chosen.mean(), "rewards/rejected": rejected.mean(),
                       "rewards/margins": (chosen - rejected).mean(),
                       "rewards/accuracies": (chosen > rejected).float().mean(),
                       "logps/chosen": policy_chosen.detach().mean(), "logps/rejected": policy_rejected.detach().mean()}
 
-    def loss(self, batch) -> tuple[Tensor, dict[str, Tensor]]:
+    def compute_loss(self, batch) -> tuple[Tensor, dict[str, Tensor]]:
         loss, logs = self.dpo(batch)
         return loss, {f"train/{k}": v for k, v in logs.items()}
 

@@ -25,7 +25,7 @@ from pathlib import Path
 
 import yaml
 
-from align.rewards import combined_reward, word_inclusion
+from align.rewards import combined_reward, reward_terms, word_inclusion
 from data.instruct import InstructExample, parse_header
 from finetune.evaluate import generate_stories
 from train.config import AlignConfig
@@ -74,8 +74,9 @@ def _cell(values: list[float]) -> str:
     return f"{statistics.fmean(values):.3f} ± {statistics.stdev(values):.3f}"
 
 
-def markdown_table(results: dict[str, list[dict]], weights: dict[str, float]) -> str:
+def markdown_table(results: dict[str, list[dict]], spec: dict) -> str:
     """One row per name (mean ± std over its runs)."""
+    weights = {name: weight for name, (weight, _) in reward_terms(spec).items()}
     keys = ["reward", *weights, "all_words"]
     head = ["model", "runs", "mean reward", *(f"{k} (w={weights[k]:g})" for k in weights), "all words", "prompts"]
     lines = ["| " + " | ".join(head) + " |", "| --- | ---: |" + " ---: |" * (len(head) - 2)]
@@ -124,6 +125,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     weights = yaml.safe_load(args.rewards) if args.rewards else AlignConfig().rewards
     try:
+        reward_terms(weights)  # a bad --rewards stops before any model is loaded
         specs = [parse_run(spec) for spec in args.runs]
         cfg = load_config(Path(specs[0][1]) / "config.yaml")
         seed = cfg.train.seed if args.prompt_seed is None else args.prompt_seed

@@ -22,9 +22,11 @@ inputs/labels (N, T); mask (N, T) marks completion tokens up to and including th
 log-probs are computed once, at sampling time; with mu = 1 pi_old = pi_theta, so old_logp = logp.detach()
 (ratio 1, the gradient is the plain policy gradient).
 
-The module overrides `training_step` only; Trainer, precision, gradient clipping and accumulation, checkpoints
-are pretraining's (`train.run.fit`). Logged per step: reward mean / std (within groups) and each reward,
-KL, clip fraction, completion length (tokens) and policy entropy (nats/token).
+The module implements train/module.py's stage contract, `prepare_batch` (the rollout) and `compute_loss`; the
+step (finiteness checked on all ranks, bad steps skipped together, logging), Trainer, precision, gradient
+clipping and accumulation and checkpoints are pretraining's (`train.run.fit`). Logged per step (means over
+ranks): reward mean / std (within groups) and each reward, KL, clip fraction, completion length (tokens) and
+policy entropy (nats/token).
 """
 
 from __future__ import annotations
@@ -147,12 +149,18 @@ class Rollout:
 
 
 class GRPOModel(PolicyModel):
-    """Samples G completions per prompt, scores them and takes clipped policy-gradient steps."""
+    """Samples G completions per prompt (prepare_batch), scores them and takes clipped policy-gradient steps
+    (compute_loss)."""
+
+    progress_metric = "train/reward"
 
     def __init__(self, cfg: Config, tokenizer, model, lora_cfg=None):
         super().__init__(cfg, token_byte_lengths(tokenizer), model, lora_cfg)
         self.tokenizer, self.eot = tokenizer, eot_id(tokenizer)
         self.buffer: dict[int, Rollout] = {}  # micro-batch slot -> samples reused for num_iterations steps
+
+    def uses_reference(self) -> bool:
+        return bool(self.cfg.align.beta)  # the KL term is the only reader of pi_ref
 
     def plots(self) -> dict[str, Plot]:
         """loss.png, plus reward.png: the mean reward and each weighted reward, and kl.png (10-step means)."""
@@ -207,27 +215,25 @@ class GRPOModel(PolicyModel):
         stats.update({f"rewards/{k}": sum(p[k] for p in parts) / len(parts) for k in a.rewards})
         return Rollout(inputs, labels, mask, grpo_advantages(r, G, a.scale), old, ref, stats)
 
-    def training_step(self, batch, batch_idx):
-        a = self.cfg.align
+    def prepare_batch(self, batch, batch_idx: int) -> Rollout:
+        """The step's samples: a fresh rollout every num_iterations steps, else the buffered one of this slot."""
         slot = batch_idx % self.cfg.train.grad_accum
-        if self.global_step % a.num_iterations == 0 or slot not in self.buffer:
+        if self.global_step % self.cfg.align.num_iterations == 0 or slot not in self.buffer:
             self.buffer[slot] = self.rollout(*batch, slot)
-        r = self.buffer[slot]
+        return self.buffer[slot]
+
+    def compute_loss(self, r: Rollout) -> tuple[Tensor, dict]:
+        a = self.cfg.align
         logp, logits = self.logprobs(self.model, r.inputs, r.labels)  # (N, T), (N, T, V)
         old = logp.detach() if r.old_logp is None else r.old_logp
         loss, stats = grpo_loss(logp, old, r.ref_logp, r.advantages, r.mask, a.beta, a.epsilon,
                                 a.epsilon_high or None, a.level)
-        if not torch.isfinite(loss):
-            return self.skip_bad_step(loss)
-        self.bad_steps_in_a_row = 0
         with torch.no_grad():
             logq = torch.log_softmax(logits[r.mask.bool()].float(), -1)  # (completion tokens, V)
             entropy = -(logq.exp() * logq).sum(-1).mean()
         logs = {"loss": loss.detach(), "kl": stats["kl"], "clip_fraction": stats["clip_fraction"],
-                "entropy": entropy, **r.stats, "lr": self.optimizers().param_groups[0]["lr"]}
-        self.log_dict({f"train/{k}": v for k, v in logs.items()}, batch_size=r.inputs.shape[0])
-        self.log("reward", r.stats["reward"], prog_bar=True, logger=False)
-        return loss
+                "entropy": entropy, **r.stats}
+        return loss, {f"train/{k}": v for k, v in logs.items()}
 
 
 def train_grpo(cfg: Config, callbacks: list = ()) -> Path:

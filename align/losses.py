@@ -18,6 +18,15 @@ sequence log-probs of the chosen (w) and rejected (l) completions,
 
 as in TRL's ``DPOTrainer``. Implicit rewards: ``beta * (log pi(y) - log ref(y))``, detached.
 
+SimPO (Meng et al. 2024, "SimPO: Simple Preference Optimization with a Reference-Free Reward",
+arXiv:2405.14734, eq. 6): no reference model; the reward is the length-normalised log-prob, and a target
+margin gamma separates the two completions:
+
+    simpo:   -log sigma(beta / |y_w| log pi(y_w) - beta / |y_l| log pi(y_l) - gamma)   (|y|: completion tokens)
+
+Variants are entries of ``LOSSES`` (name -> loss of the margin, and whether the margin needs the reference's
+log-probs or per-token normalisation), so a trainer asks the entry, never the name.
+
 GRPO (Shao et al. 2024, "DeepSeekMath", eq. 3-4). G completions per prompt, rewards r (N = groups * G,):
 
     A_i = (r_i - mean(r_group)) / (std(r_group) + eps)                   (N,)   group-relative advantage
@@ -34,6 +43,7 @@ completion tokens (DAPO, Yu et al. 2025), so long completions are not down-weigh
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -60,48 +70,88 @@ def sequence_logprobs(logits: Tensor, labels: Tensor, mask: Tensor) -> Tensor:
 # ---------------------------------------------------------------------------------------------- DPO
 
 
-def _dpo_sigmoid(h: Tensor, beta: float, label_smoothing: float) -> Tensor:
-    return -(1 - label_smoothing) * F.logsigmoid(beta * h) - label_smoothing * F.logsigmoid(-beta * h)
+def _smoothed(z: Tensor, label_smoothing: float) -> Tensor:
+    """-(1 - ls) log sigma(z) - ls log sigma(-z): the logistic loss with labels flipped at rate ls (cDPO)."""
+    return -(1 - label_smoothing) * F.logsigmoid(z) - label_smoothing * F.logsigmoid(-z)
 
 
-def _dpo_ipo(h: Tensor, beta: float, label_smoothing: float) -> Tensor:
+def _sigmoid(h: Tensor, beta: float, label_smoothing: float, gamma: float) -> Tensor:
+    return _smoothed(beta * h, label_smoothing)
+
+
+def _ipo(h: Tensor, beta: float, label_smoothing: float, gamma: float) -> Tensor:
     return (h - 1 / (2 * beta)) ** 2
 
 
-def _dpo_hinge(h: Tensor, beta: float, label_smoothing: float) -> Tensor:
+def _hinge(h: Tensor, beta: float, label_smoothing: float, gamma: float) -> Tensor:
     return torch.relu(1 - beta * h)
 
 
-DPO_LOSSES: dict[str, Callable[[Tensor, float, float], Tensor]] = {
-    "sigmoid": _dpo_sigmoid,
-    "ipo": _dpo_ipo,
-    "hinge": _dpo_hinge,
+def _simpo(h: Tensor, beta: float, label_smoothing: float, gamma: float) -> Tensor:
+    return _smoothed(beta * h - gamma, label_smoothing)
+
+
+@dataclass(frozen=True)
+class PreferenceLoss:
+    """One `align.loss_type`: the loss of the margin h, and what h is made of.
+
+    score(y) = log pi(y) [/ |y| if length_normalized] [- log ref(y) if needs_reference];  h = score(y_w) - score(y_l)
+    """
+
+    fn: Callable[[Tensor, float, float, float], Tensor]  # (h (B,), beta, label_smoothing, gamma) -> (B,)
+    needs_reference: bool = True  # False: no reference model at all (the trainer skips its forward)
+    length_normalized: bool = False  # log-probs per completion token (SimPO)
+    label_smoothing: bool = False  # whether align.label_smoothing applies
+
+
+LOSSES: dict[str, PreferenceLoss] = {
+    "sigmoid": PreferenceLoss(_sigmoid, label_smoothing=True),
+    "ipo": PreferenceLoss(_ipo),
+    "hinge": PreferenceLoss(_hinge),
+    "simpo": PreferenceLoss(_simpo, needs_reference=False, length_normalized=True, label_smoothing=True),
 }
+
+
+def preference_loss_type(name: str) -> PreferenceLoss:
+    """The registry entry for `name`; ValueError naming the valid ones."""
+    if name not in LOSSES:
+        raise ValueError(f"unknown DPO loss_type {name!r}; valid: {sorted(LOSSES)}")
+    return LOSSES[name]
 
 
 def dpo_loss(
     policy_chosen: Tensor,
     policy_rejected: Tensor,
-    ref_chosen: Tensor,
-    ref_rejected: Tensor,
+    ref_chosen: Tensor | None,
+    ref_rejected: Tensor | None,
     beta: float,
     loss_type: str = "sigmoid",
     label_smoothing: float = 0.0,
+    gamma: float = 0.0,
+    chosen_tokens: Tensor | None = None,
+    rejected_tokens: Tensor | None = None,
 ) -> tuple[Tensor, Tensor, Tensor]:
     """Sequence log-probs (B,) each -> (loss (B,), chosen_rewards (B,), rejected_rewards (B,)).
 
-    Reduce the loss with ``.mean()``. ``label_smoothing`` (cDPO) applies only to ``sigmoid``."""
-    if loss_type not in DPO_LOSSES:
-        raise ValueError(f"unknown DPO loss_type {loss_type!r}; valid: {sorted(DPO_LOSSES)}")
-    if label_smoothing and loss_type != "sigmoid":
-        raise ValueError(f"label_smoothing applies only to loss_type='sigmoid', not {loss_type!r}")
+    Reduce the loss with ``.mean()``. Rewards are beta * score(y), detached. ``ref_*`` may be None for a
+    loss without a reference (simpo); ``*_tokens`` (B,) are the completion lengths a length-normalised loss
+    divides by; ``gamma`` is SimPO's target margin; ``label_smoothing`` (cDPO) applies to sigmoid and simpo."""
+    entry = preference_loss_type(loss_type)
+    if label_smoothing and not entry.label_smoothing:
+        raise ValueError(f"label_smoothing does not apply to loss_type={loss_type!r}")
     if not 0.0 <= label_smoothing < 0.5:
         raise ValueError(f"label_smoothing must be in [0, 0.5), got {label_smoothing}")
-    chosen_logratio = policy_chosen - ref_chosen  # (B,)
-    rejected_logratio = policy_rejected - ref_rejected  # (B,)
-    h = chosen_logratio - rejected_logratio  # (B,)
-    loss = DPO_LOSSES[loss_type](h, beta, label_smoothing)
-    return loss, beta * chosen_logratio.detach(), beta * rejected_logratio.detach()
+    chosen, rejected = policy_chosen, policy_rejected  # (B,) each
+    if entry.length_normalized:
+        if chosen_tokens is None or rejected_tokens is None:
+            raise ValueError(f"loss_type={loss_type!r} needs the completion lengths chosen_tokens, rejected_tokens")
+        chosen, rejected = chosen / chosen_tokens.clamp(min=1), rejected / rejected_tokens.clamp(min=1)
+    if entry.needs_reference:
+        if ref_chosen is None or ref_rejected is None:
+            raise ValueError(f"loss_type={loss_type!r} needs the reference log-probs ref_chosen, ref_rejected")
+        chosen, rejected = chosen - ref_chosen, rejected - ref_rejected
+    h = chosen - rejected  # (B,)
+    return entry.fn(h, beta, label_smoothing, gamma), beta * chosen.detach(), beta * rejected.detach()
 
 
 # ---------------------------------------------------------------------------------------------- GRPO

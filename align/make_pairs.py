@@ -31,9 +31,10 @@ from pathlib import Path
 
 import yaml
 
-from align.rewards import _forms, combined_reward
+from align.rewards import combined_reward, reward_terms
 from data.corpus import DataError
 from data.instruct import InstructExample, parse_header
+from data.words import word_pattern
 from train.config import AlignConfig
 
 COLUMNS = ("prompt", "chosen", "rejected")
@@ -48,9 +49,8 @@ def score(prompt: str, completion: str, weights: dict[str, float]) -> float:
 def swap_words(story: str, words: list[str], replacements: list[str]) -> str:
     """`story` with every form of words[k] that word_inclusion would match replaced by replacements[k]."""
     for word, new in zip(words, replacements):
-        pattern = r"\b(?:" + "|".join(map(re.escape, _forms(word))) + r")\b"
-        story = re.sub(pattern, lambda m, new=new: new.capitalize() if m.group()[0].isupper() else new, story,
-                       flags=re.IGNORECASE)
+        story = re.sub(word_pattern(word), lambda m, new=new: new.capitalize() if m.group()[0].isupper() else new,
+                       story, flags=re.IGNORECASE)
     return story
 
 
@@ -71,9 +71,9 @@ def offline_pairs(examples: list[InstructExample], weights: dict[str, float], se
             others = [examples[j].story for j in draws[:candidates]]
         if not others:
             continue
-        rejected = min(others, key=lambda story: score(ex.prompt, story, weights))
-        if score(ex.prompt, rejected, weights) < score(ex.prompt, ex.story, weights):
-            pairs.append({"prompt": ex.prompt, "chosen": ex.story, "rejected": rejected})
+        worst = min(others, key=lambda story: score(ex.prompt, story, weights))
+        if score(ex.prompt, worst, weights) < score(ex.prompt, ex.story, weights):
+            pairs.append({"prompt": ex.prompt, "chosen": ex.story, "rejected": worst})
     return pairs
 
 
@@ -152,6 +152,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
     weights = yaml.safe_load(args.rewards) if args.rewards else AlignConfig().rewards
+    try:
+        reward_terms(weights)
+    except ValueError as err:
+        print(f"error: --rewards: {err}", file=sys.stderr)
+        sys.exit(2)
     try:
         cfg = load_config(Path(args.run) / "config.yaml")
         examples = instruct_examples(args.data or cfg.data.path, cfg.train.seed, cfg.data.val_fraction)["train"]

@@ -21,15 +21,15 @@ import copy
 from contextlib import contextmanager
 from pathlib import Path
 
-from align.rewards import check_weights
-from finetune.adapter import save_adapter
+from align.losses import LOSSES
+from align.rewards import reward_terms
 from finetune.config import _read_yaml, adapt, finetune_config
-from finetune.load import ADAPTER_DIR, resolve
+from finetune.load import resolve
 from finetune.lora import LoRAConfig, adapters_disabled, merge_lora
 from finetune.merge import merge_run
+from finetune.sft import LoRALanguageModel
 from train.config import Config, ConfigError, merge, parse_overrides
 from train.load import load_run
-from train.module import LanguageModel
 
 REFERENCE_DIR = "reference"
 
@@ -47,8 +47,11 @@ def align_config(path: str | Path | None = None, overrides: list[str] | dict | N
         user = merge(user, {"train": {"name": Path(path).stem}})
     cfg = finetune_config(None, user)
     cfg.finetune.base = start or cfg.finetune.base
+    if cfg.align.loss_type not in LOSSES:
+        raise ConfigError(f"align.loss_type: invalid choice {cfg.align.loss_type!r}; valid choices: "
+                          + ", ".join(LOSSES))
     try:
-        check_weights(cfg.align.rewards)
+        reward_terms(cfg.align.rewards)
     except ValueError as err:
         raise ConfigError(f"align.rewards: {err}") from None
     return cfg
@@ -75,18 +78,25 @@ def start_policy(cfg: Config, run_dir: Path) -> tuple[object, object, LoRAConfig
     return tokenizer, model, adapt(model, cfg)
 
 
-class PolicyModel(LanguageModel):
-    """LanguageModel with a frozen reference policy; DPO and GRPO subclass it and override the loss or the step."""
+class PolicyModel(LoRALanguageModel):
+    """A policy with a frozen reference policy (when `uses_reference`); DPO and GRPO subclass it and implement
+    compute_loss (train/module.py's stage contract). Final weights: the adapter (LoRA) or the weights (full)."""
 
     def __init__(self, cfg: Config, token_bytes: list[int], model, lora_cfg: LoRAConfig | None):
-        super().__init__(cfg, token_bytes, model)
-        self.lora_cfg = lora_cfg
+        super().__init__(cfg, token_bytes, model, lora_cfg)
         # full fine-tuning keeps a frozen copy; LoRA turns its adapter off instead (no copy)
-        self.reference = None if lora_cfg else copy.deepcopy(model).requires_grad_(False).eval()
+        frozen_copy = self.uses_reference() and lora_cfg is None
+        self.reference = copy.deepcopy(model).requires_grad_(False).eval() if frozen_copy else None
+
+    def uses_reference(self) -> bool:
+        """Whether the loss reads the reference policy (a stage without one holds no copy of it)."""
+        return True
 
     @contextmanager
     def reference_model(self):
         """The reference policy in eval mode: the policy with its adapter off (LoRA), or the frozen copy."""
+        if not self.uses_reference():
+            raise RuntimeError(f"{type(self).__name__} was built without a reference model")
         if self.reference is not None:
             self.reference.eval()
             yield self.reference
@@ -98,9 +108,3 @@ class PolicyModel(LanguageModel):
                 yield reference
         finally:
             self.model.train(was_training)
-
-    def save_final_weights(self, run_dir: Path) -> None:
-        if self.lora_cfg is None:
-            super().save_final_weights(run_dir)
-        else:
-            save_adapter(self.model, self.lora_cfg, Path(run_dir) / ADAPTER_DIR, self.cfg.finetune.base)

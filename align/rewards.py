@@ -1,55 +1,43 @@
 """Verifiable rewards for TinyStories-Instruct-style prompts (GRPO, Shao et al. 2024; RLVR in Tulu 3).
 
-A reward is ``fn(prompt_info, completion) -> float in [0, 1]``, 1 being good, where ``prompt_info`` is
-``data.instruct.parse_header(prompt)``: {"words": [...], "features": [...], "sentence": str, ...}.
+A reward is ``fn(prompt_info, completion, **params) -> float in [0, 1]``, 1 being good, where ``prompt_info``
+is ``data.instruct.parse_header(prompt)``: {"words": [...], "features": [...], "sentence": str, ...}, and
+``params`` are its keyword arguments (with defaults), settable from YAML.
 
-    word_inclusion  share of the required words used (whole word, case-insensitive, simple inflections)
+    word_inclusion  share of the required words used (data/words.py; inflections: simple inflections count)
     dialogue        Dialogue requested: 1 if the completion has quoted speech, else 0; not requested: 1
     length          1 for min_words <= n <= max_words, n / min_words below, 1 - (n - max) / max above (>= 0)
     repetition      1 - share of repeated word n-grams (n = 3): distinct n-grams / all n-grams
     finished        1 if the text ends a sentence: . ! ? optionally followed by closing quotes
 
-The combination is a weighted mean, ``sum_k w_k r_k / sum_k w_k``, so it stays in [0, 1]. Parameterised
-rewards are configured with functools.partial, e.g. ``{**REWARDS, "length": partial(length, max_words=200)}``
-passed as ``combined_reward(..., rewards=...)``.
+The combination is a weighted mean, ``sum_k w_k r_k / sum_k w_k``, so it stays in [0, 1]. A spec
+(``align.rewards``, ``--rewards``) maps each reward's name to its weight, or to its weight and parameters:
+
+    rewards: {word_inclusion: 1.0, length: {weight: 0.5, min_words: 40, max_words: 120}, repetition: {n: 2}}
+
+(``weight`` defaults to 1). ``reward_terms`` checks a spec once (unknown reward or parameter, negative weight)
+and binds the parameters: ``{name: (weight, fn)}``.
 """
 
 from __future__ import annotations
 
+import inspect
 import re
 from collections.abc import Callable, Mapping
+from functools import partial
 
 from data.instruct import has_dialogue
+from data.words import word_inclusion as _included
 
-Reward = Callable[[dict, str], float]
+Reward = Callable[..., float]
 
 _WORDS = re.compile(r"[a-z]+(?:['’][a-z]+)*")
 _FINISHED = re.compile(r"[.!?][\"”’']*$")
 
 
-def _forms(word: str) -> list[str]:
-    """The word and its simple inflections: +s, +es, +ed, +d, +ing; e-drop (dance -> dancing);
-    y -> ies/ied (carry -> carries). Irregular forms and consonant doubling (run -> running) are not covered."""
-    w = word.lower()
-    forms = {w, w + "s", w + "es", w + "ed", w + "d", w + "ing"}
-    if w.endswith("e"):
-        forms.add(w[:-1] + "ing")
-    if len(w) > 1 and w.endswith("y") and w[-2] not in "aeiou":
-        forms |= {w[:-1] + "ies", w[:-1] + "ied"}
-    return sorted(forms)
-
-
 def word_inclusion(prompt_info: dict, completion: str, inflections: bool = True) -> float:
     """Share of the required words that occur in the completion as whole words (1 if none required)."""
-    words = prompt_info.get("words") or []
-    if not words:
-        return 1.0
-    found = 0
-    for word in words:
-        forms = _forms(word) if inflections else [word.lower()]
-        pattern = r"\b(?:" + "|".join(map(re.escape, forms)) + r")\b"
-        found += re.search(pattern, completion, flags=re.IGNORECASE) is not None
-    return found / len(words)
+    return _included(prompt_info.get("words") or [], completion, inflections)
 
 
 def dialogue(prompt_info: dict, completion: str) -> float:
@@ -74,6 +62,8 @@ def length(prompt_info: dict, completion: str, min_words: int = 80, max_words: i
 
 def repetition(prompt_info: dict, completion: str, n: int = 3) -> float:
     """Distinct word n-grams / all word n-grams (lowercased); 1 when the text has fewer than n words."""
+    if n < 1:
+        raise ValueError(f"repetition reward needs n >= 1, got {n}")
     tokens = _WORDS.findall(completion.lower())
     grams = [tuple(tokens[i : i + n]) for i in range(len(tokens) - n + 1)]
     return len(set(grams)) / len(grams) if grams else 1.0
@@ -93,24 +83,53 @@ REWARDS: dict[str, Reward] = {
 }
 
 
-def check_weights(weights, rewards: Mapping[str, Reward] = REWARDS) -> None:
-    """Raise ValueError unless `weights` maps known reward names to numbers >= 0 with a positive sum."""
-    if not isinstance(weights, Mapping) or not weights:
-        raise ValueError(f"reward weights must be a mapping such as {{word_inclusion: 1.0}}, got {weights!r}")
-    unknown = sorted(set(weights) - set(rewards))
+def reward_params(fn: Reward) -> dict[str, object]:
+    """A reward's settable parameters and their defaults (its keyword arguments after the first two)."""
+    params = list(inspect.signature(fn).parameters.values())[2:]
+    return {p.name: p.default for p in params if p.default is not inspect.Parameter.empty}
+
+
+def _term(name: str, value, fn: Reward) -> tuple[float, Reward]:
+    """One spec entry (a weight, or {weight, **params}) -> (weight, fn with its parameters bound)."""
+    params = dict(value) if isinstance(value, Mapping) else {"weight": value}
+    weight = params.pop("weight", 1.0)
+    if isinstance(weight, bool) or not isinstance(weight, (int, float)) or weight < 0:
+        raise ValueError(f"{name}: the weight must be a number >= 0, got {weight!r}")
+    valid = reward_params(fn)
+    unknown = sorted(set(params) - set(valid))
+    if unknown:
+        raise ValueError(f"{name}: unknown parameter(s) {unknown}; valid: {['weight', *valid]}")
+    for key, value in params.items():  # the default's type (an int where a float goes is fine)
+        default = valid[key]
+        accepted = (int, float) if type(default) is float else type(default)
+        if isinstance(value, bool) != isinstance(default, bool) or not isinstance(value, accepted):
+            raise ValueError(f"{name}.{key}: expected {type(default).__name__} like {default!r}, got {value!r}")
+    bound = partial(fn, **params) if params else fn
+    bound({}, "")  # a bad combination (length's min_words > max_words) fails now, not at the first sample
+    return float(weight), bound
+
+
+def reward_terms(spec, rewards: Mapping[str, Reward] = REWARDS) -> dict[str, tuple[float, Reward]]:
+    """A reward spec -> {name: (weight, reward with its parameters bound)}; ValueError with one line if
+    `spec` names an unknown reward or parameter, or has a negative or zero total weight."""
+    if not isinstance(spec, Mapping) or not spec:
+        raise ValueError(f"reward weights must be a mapping such as {{word_inclusion: 1.0}}, got {spec!r}")
+    unknown = sorted(set(spec) - set(rewards))
     if unknown:
         raise ValueError(f"unknown reward(s) {unknown}; valid: {sorted(rewards)} (YAML needs a space after "
                          "each colon: {word_inclusion: 1.0})")
-    values = list(weights.values())
-    if not all(isinstance(w, (int, float)) and w >= 0 for w in values) or sum(values) <= 0:
-        raise ValueError(f"reward weights must be numbers >= 0 with a positive sum, got {dict(weights)}")
+    terms = {name: _term(name, value, rewards[name]) for name, value in spec.items()}
+    if sum(weight for weight, _ in terms.values()) <= 0:
+        raise ValueError(f"reward weights must have a positive sum, got {dict(spec)}")
+    return terms
 
 
 def combined_reward(
-    prompt_info: dict, completion: str, weights: Mapping[str, float], rewards: Mapping[str, Reward] = REWARDS
+    prompt_info: dict, completion: str, spec, rewards: Mapping[str, Reward] = REWARDS
 ) -> tuple[float, dict[str, float]]:
-    """Weighted mean of the named rewards -> (total in [0, 1], {name: reward})."""
-    check_weights(weights, rewards)
-    per = {name: float(rewards[name](prompt_info, completion)) for name in weights}
-    total = sum(weights[name] * per[name] for name in weights) / sum(weights.values())
-    return total, per
+    """Weighted mean of the rewards in `spec` -> (total in [0, 1], {name: reward})."""
+    terms = reward_terms(spec, rewards)
+    per = {name: float(fn(prompt_info, completion)) for name, (_, fn) in terms.items()}
+    total = sum(weight * per[name] for name, (weight, _) in terms.items())
+    return total / sum(weight for weight, _ in terms.values()), per
+

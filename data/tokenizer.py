@@ -31,7 +31,10 @@ def load_tokenizer(path: str | Path) -> Tokenizer:
     path = Path(path)
     if not path.is_file():
         raise DataError(f"tokenizer not found: {path}; a run directory must hold tokenizer.json")
-    return Tokenizer.from_file(str(path))
+    try:
+        return Tokenizer.from_file(str(path))
+    except Exception as err:  # tokenizers raises a bare Exception for truncated or invalid JSON
+        raise DataError(f"{path}: not a valid tokenizer file ({str(err)[:120]})") from None
 
 
 def eot_id(tokenizer: Tokenizer) -> int:

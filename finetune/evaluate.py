@@ -2,7 +2,7 @@
 
     completion loss = -sum_{t in S} log p(x_t | x_<t) / |S|  over the story tokens S of N held-out examples
     word inclusion  = mean over prompts of (required words used in the generated story) / (words required)
-                      (align.rewards.word_inclusion: whole words, case-insensitive, simple inflections)
+                      (data.words.word_inclusion: whole words, case-insensitive, simple inflections)
     all words       = share of prompts whose story uses every required word
 
 Held-out examples come from the validation stories only (data/sft.py). Stories are generated greedily
@@ -28,10 +28,10 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from align.rewards import word_inclusion
 from data.instruct import InstructExample
 from data.sft import IGNORE, example_tensors, pad_batch, tokenize_examples
 from data.tokenizer import eot_id
+from data.words import word_inclusion
 
 
 @torch.no_grad()
@@ -102,7 +102,7 @@ def evaluate(model, tokenizer, examples: list[InstructExample], max_new_tokens: 
     stories = generate_stories(model, tokenizer, [ex.prompt for ex in examples], max_new_tokens, batch_size,
                                temperature, seed)
     model.train(was_training)
-    scores = [word_inclusion({"words": ex.words}, story) for ex, story in zip(examples, stories)]
+    scores = [word_inclusion(ex.words, story) for ex, story in zip(examples, stories)]
     return {"completion_loss": loss, "word_inclusion": sum(scores) / len(scores),
             "all_words": sum(s == 1.0 for s in scores) / len(scores), "prompts": len(examples),
             "max_new_tokens": max_new_tokens, "temperature": temperature, "seconds": time.perf_counter() - start,
@@ -130,7 +130,7 @@ def write_report(out_dir: str | Path, results: dict[str, dict]) -> str:
     decoding = f"sampling at temperature {r['temperature']}" if r["temperature"] else "greedy decoding"
     (out_dir / "eval.md").write_text(
         f"# Instruction following on held-out prompts\n\n{decoding.capitalize()}, at most {r['max_new_tokens']} new "
-        f"tokens; word inclusion is align.rewards.word_inclusion.\n\n{table}\n\n## Example\n\n```\n"
+        f"tokens; word inclusion is data.words.word_inclusion.\n\n{table}\n\n## Example\n\n```\n"
         f"{first['prompt']}```\n\n{examples}\n")
     (out_dir / "eval.json").write_text(json.dumps(results, indent=2) + "\n")
     return table

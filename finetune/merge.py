@@ -14,11 +14,12 @@ import argparse
 import sys
 from pathlib import Path
 
-from finetune.load import resolve
-from finetune.lora import merge_lora
+from model.lora import merge_lora
+from train.adapter import resolve
 from train.cli import USER_ERRORS
 from train.config import load_config, save_config
 from train.load import load_run
+from train.rundir import check_out_dir
 from train.weights import CheckpointError, save_weights
 
 
@@ -27,9 +28,7 @@ def merge_run(run: str | Path, out: str | Path, adapter: str | Path | None = Non
     if adapter_dir is None:
         raise CheckpointError(f"{run} is not a LoRA run directory (no adapter/ without model.safetensors); "
                               "pass a LoRA run or --adapter DIR")
-    out = Path(out)
-    if (out / "model.safetensors").exists():
-        raise CheckpointError(f"{out} already holds model.safetensors; choose another --out")
+    out = check_out_dir(out, run, weights_dir, adapter_dir)
     cfg, tokenizer, model = load_run(weights_dir, "cpu", adapter_dir)
     merge_lora(model)
     if (Path(run) / "config.yaml").is_file() and Path(run).resolve() != weights_dir.resolve():

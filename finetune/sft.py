@@ -35,14 +35,18 @@ from train.run import fit, make_run_dir
 
 
 class LoRALanguageModel(LanguageModel):
-    """LanguageModel over a model carrying LoRA adapters; its run directory gets the adapter, not weights."""
+    """LanguageModel over a model carrying LoRA adapters (`lora_cfg`), whose run directory gets the adapter,
+    not weights; with lora_cfg None (full fine-tuning) it is a plain LanguageModel. Alignment subclasses it."""
 
-    def __init__(self, cfg: Config, token_bytes: list[int], model, lora_cfg: LoRAConfig):
+    def __init__(self, cfg: Config, token_bytes: list[int], model, lora_cfg: LoRAConfig | None):
         super().__init__(cfg, token_bytes, model)
         self.lora_cfg = lora_cfg
 
     def save_final_weights(self, run_dir: Path, state: dict | None = None) -> None:
-        save_adapter(self.model, self.lora_cfg, Path(run_dir) / ADAPTER_DIR, self.cfg.finetune.base, state)
+        if self.lora_cfg is None:
+            super().save_final_weights(run_dir, state)
+        else:
+            save_adapter(self.model, self.lora_cfg, Path(run_dir) / ADAPTER_DIR, self.cfg.finetune.base, state)
 
 
 def build_module(cfg: Config, tokenizer, model) -> LanguageModel:

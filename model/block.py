@@ -10,14 +10,13 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
-from model.config import ModelConfig
 from model.ffn import FFNS
 from model.mixers import MIXERS
 from model.norm import RMSNorm
 
 
 class Block(nn.Module):
-    def __init__(self, cfg: ModelConfig, mixer: str, ffn: str, position: nn.Module):
+    def __init__(self, cfg, mixer: str, ffn: str, position: nn.Module):
         super().__init__()
         self.norm_1 = RMSNorm(cfg.d_model, cfg.norm_eps)
         self.mixer = MIXERS[mixer](cfg, position)
@@ -25,8 +24,12 @@ class Block(nn.Module):
         self.ffn = FFNS[ffn](cfg) if ffn != "none" else None
         self.dropout = nn.Dropout(cfg.dropout)
 
-    def forward(self, x: Tensor, cache=None):
-        h, cache = self.mixer(self.norm_1(x), cache)
+    def components(self) -> list[nn.Module]:
+        """The block's registered components (model/component.py): its mixer and its FFN, if any."""
+        return [self.mixer] + ([self.ffn] if self.ffn is not None else [])
+
+    def forward(self, x: Tensor, cache=None, offset: int = 0):
+        h, cache = self.mixer(self.norm_1(x), cache, offset)
         x = x + self.dropout(h)
         if self.ffn is not None:
             x = x + self.dropout(self.ffn(self.norm_2(x)))

@@ -22,6 +22,8 @@ import math
 import torch
 from torch import Tensor, nn
 
+from model.component import Registry
+
 
 class NoPosition(nn.Module):
     """No explicit positions: causal masking alone carries order (NoPE, Kazemnejad et al. 2023)."""
@@ -79,4 +81,5 @@ class SinusoidalPosition(NoPosition):
         return h + pe.to(h.dtype)  # (B, T, D) + (T, D)
 
 
-POSITIONS = {"rope": RotaryPosition, "sinusoidal": SinusoidalPosition, "none": NoPosition}
+POSITIONS = Registry("position", NoPosition, {"rope": RotaryPosition, "sinusoidal": SinusoidalPosition,
+                                              "none": NoPosition})

@@ -4,9 +4,9 @@
 
 Shapes: idx (B, T) int64 -> logits (B, T, V). Decoding passes a `DecodeState` (the absolute offset and
 each layer's mixer cache) and gets it back updated, so T can be a prompt (prefill) or a single token.
-Initialisation (GPT-2 / Llama): N(0, init_std) for weights, residual output projections (`o_proj`,
-`out_proj`, `down_proj`) scaled by 1/sqrt(2 L); components with special parameters (SSM decay, scales)
-re-initialise them in `reset_special_parameters()`.
+Initialisation (GPT-2 / Llama): N(0, init_std) for weights, the residual projections each component declares
+(`residual_projections()`, model/component.py) scaled by 1/sqrt(2 L); components with special parameters (SSM
+decay, scales) re-initialise them in `reset_special_parameters()`.
 """
 
 from __future__ import annotations
@@ -21,8 +21,6 @@ from model.config import ModelConfig
 from model.generate import generate
 from model.norm import RMSNorm
 from model.positions import POSITIONS
-
-RESIDUAL_PROJECTIONS = ("o_proj", "out_proj", "down_proj")
 
 
 @dataclass
@@ -49,15 +47,28 @@ class Transformer(nn.Module):
 
     def reset_parameters(self) -> None:
         residual_std = self.cfg.init_std / math.sqrt(2 * self.cfg.n_layers)
-        for name, module in self.named_modules():
+        residual = {id(p) for c in self.components() for p in c.residual_projections()}
+        for module in self.modules():
             if isinstance(module, (nn.Linear, nn.Embedding)):
-                std = residual_std if name.rsplit(".", 1)[-1] in RESIDUAL_PROJECTIONS else self.cfg.init_std
+                std = residual_std if id(module) in residual else self.cfg.init_std
                 nn.init.normal_(module.weight, mean=0.0, std=std)
                 if getattr(module, "bias", None) is not None:
                     nn.init.zeros_(module.bias)
         for module in self.modules():
             if hasattr(module, "reset_special_parameters"):
                 module.reset_special_parameters()
+
+    def components(self) -> list[nn.Module]:
+        """Every registered component of every layer (mixers and FFNs), in layer order."""
+        return [c for layer in self.layers for c in layer.components()]
+
+    def no_decay_parameters(self) -> list[nn.Parameter]:
+        """Parameters the components exclude from weight decay (beyond vectors and embeddings)."""
+        return [p for c in self.components() for p in c.no_decay_parameters()]
+
+    def lora_targets(self) -> list[str]:
+        """The default LoRA target names: the union of every component's `lora_targets`, in first-seen order."""
+        return list(dict.fromkeys(name for c in self.components() for name in c.lora_targets))
 
     def init_state(self, batch_size: int, device=None, dtype=None) -> DecodeState:
         device = device or self.embed_tokens.weight.device
@@ -70,7 +81,7 @@ class Transformer(nn.Module):
         caches = [None] * len(self.layers) if state is None else state.layers
         new_caches = []
         for layer, cache in zip(self.layers, caches):
-            h, cache = layer(h, cache)
+            h, cache = layer(h, cache, offset)
             new_caches.append(cache)
         logits = self.lm_head(self.norm(h))  # (B, T, V)
         if state is None:
@@ -90,14 +101,13 @@ class Transformer(nn.Module):
         """Training FLOPs per token (forward + backward), PaLM appendix B: 6 N + 12 L_attn D T.
 
         N counts the parameters a token actually passes through: the output head once, and for MoE only
-        the experts it is routed to (modules report unused ones in `inactive_params`)."""
+        the experts it is routed to (FFNs report unused ones in `inactive_params`); every mixer adds what 6 N
+        does not count (attention scores, scans: `Mixer.flops_per_token`)."""
         n = self.num_params(non_embedding=True)
         if self.cfg.tie_embeddings:
             n += self.lm_head.weight.numel()
-        n -= sum(getattr(m, "inactive_params", 0) for m in self.modules())
-        attn = sum(layer.mixer.attention_flops_per_token(seq_len) for layer in self.layers
-                   if hasattr(layer.mixer, "attention_flops_per_token"))
-        return 6 * n + attn
+        n -= sum(getattr(c, "inactive_params", 0) for c in self.components())
+        return 6 * n + sum(type(layer.mixer).flops_per_token(self.cfg, seq_len) for layer in self.layers)
 
     def generate(self, idx: Tensor, max_new_tokens: int, **sampling) -> Tensor:
         return generate(self, idx, max_new_tokens, **sampling)

@@ -23,12 +23,14 @@ THINGS = ["ball", "cat", "tree", "car", "cake", "box", "dog", "kite"]
 FEELINGS = ["happy", "sad", "excited", "scared"]
 
 
-def make_story(rng: random.Random) -> str:
+def make_story(rng: random.Random, extra: int = 0) -> str:
+    """A four-line story, plus `extra` more lines (varied lengths)."""
     name, other = rng.sample(NAMES, 2)
     thing, feeling = rng.choice(THINGS), rng.choice(FEELINGS)
     lines = [f"Once upon a time, there was a little {rng.choice(['girl', 'boy'])} named {name}.",
              f"{name} had a big {thing}. {name} was very {feeling}.",
              f'One day, {other} said, "Can I play with your {thing}?"',
+             *(f"They ran to the {rng.choice(THINGS)} and felt {rng.choice(FEELINGS)}." for _ in range(extra)),
              f"{name} said yes, and they played with the {thing} all day. The end."]
     return "\n".join(lines)
 
@@ -40,6 +42,16 @@ def tiny_corpus(tmp_path_factory) -> Path:
     rng = random.Random(0)
     for name, n in [("train.txt", 400), ("valid.txt", 40)]:
         (root / name).write_text("".join(make_story(rng) + "\n<|endoftext|>\n" for _ in range(n)))
+    return root
+
+
+@pytest.fixture(scope="session")
+def varied_corpus(tmp_path_factory) -> Path:
+    """Like tiny_corpus (200 + 20 stories), but the stories have 4 to 10 lines: lengths differ."""
+    root = tmp_path_factory.mktemp("varied_corpus")
+    rng = random.Random(1)
+    for name, n in [("train.txt", 200), ("valid.txt", 20)]:
+        (root / name).write_text("".join(make_story(rng, rng.randint(0, 6)) + "\n<|endoftext|>\n" for _ in range(n)))
     return root
 
 

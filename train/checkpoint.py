@@ -5,6 +5,10 @@ renamed into place (rename is atomic on POSIX), so a kill during a save never le
 valid but is not. `train.resume`: `true` takes this run's `last.ckpt`, `auto` the newest checkpoint that
 loads (skipping truncated ones), a path that file. Before resuming, the checkpoint's model config and
 tokenizer are compared with the current ones and a difference is named.
+
+A `.ckpt` is a pickle, and unpickling runs whatever the file says (`__reduce__`), so every load here and in
+Lightning's own resume path (`AtomicCheckpointIO.load_checkpoint`) uses `weights_only=True`: tensors, dicts and
+primitive types only. A file that needs more is refused (or skipped by `auto`), never executed.
 """
 
 from __future__ import annotations
@@ -33,12 +37,18 @@ class AtomicCheckpointIO(TorchCheckpointIO):
             tmp.unlink(missing_ok=True)
             raise
 
+    def load_checkpoint(self, path, map_location=None, weights_only=None) -> dict:
+        """What `trainer.fit(ckpt_path=...)` calls: always the safe loader, whatever the caller asks."""
+        return read_checkpoint(Path(path))
+
 
 def read_checkpoint(path: Path) -> dict:
     try:
-        return torch.load(path, map_location="cpu", weights_only=False, mmap=True)
-    except Exception as err:  # truncated zip, wrong format, ...
-        raise CheckpointError(f"{path} is not a readable checkpoint ({type(err).__name__}: {err})") from None
+        return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except Exception as err:  # truncated zip, wrong format, a pickle that wants to run code (UnpicklingError)
+        first = str(err).strip().splitlines()[0] if str(err).strip() else ""
+        raise CheckpointError(f"{path} is not a readable checkpoint ({type(err).__name__}: {first[:200]}); "
+                              "only weights-only checkpoints are loaded") from None
 
 
 def _step(path: Path) -> int:
@@ -77,10 +87,19 @@ def resolve_resume(resume: bool | str, ckpt_dir: Path) -> Path | None:
     return path
 
 
-def check_compatible(path: Path, model_cfg: dict, tokenizer_hash: str) -> None:
-    saved = read_checkpoint(path).get("tinystack", {})
+def check_compatible(path: Path, model_cfg: dict, tokenizer_hash: str, state_keys: set[str]) -> None:
+    """Refuse a checkpoint of another model, tokenizer or stage (`state_keys`: the module's state-dict names, so
+    a LoRA fine-tune's checkpoint never resumes a pretraining run or the reverse)."""
+    checkpoint = read_checkpoint(path)
+    saved = checkpoint.get("tinystack", {})
     if not saved:
         raise CheckpointError(f"{path} was not written by this tool (no 'tinystack' section)")
+    keys = set(checkpoint.get("state_dict", {}))
+    if keys != state_keys:
+        extra, missing = sorted(keys - state_keys), sorted(state_keys - keys)
+        lora = " (it holds LoRA adapters: resume it with python -m finetune)" if any(".lora_" in k for k in extra) else ""
+        raise CheckpointError(f"{path} was written by another kind of run{lora}: unexpected {extra[:2]}, missing "
+                              f"{missing[:2]}; resume with the stage and config that wrote it")
     for key, value in model_cfg.items():
         if saved["model"].get(key) != value:
             raise CheckpointError(f"{path} was trained with model.{key}={saved['model'].get(key)!r} but the config "

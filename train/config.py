@@ -3,13 +3,16 @@
     cfg = load_config("configs/pretrain/demo.yaml", ["--model.mixer=linear", "--train.lr=3e-4"])
 
 Files are YAML; overrides come last and win, and their values are read as YAML too (`[mamba,softmax]`,
-`3e-4`, `true`). Every key is checked against the dataclasses (unknown key, wrong type) and every named
-choice against its registry; a problem raises `ConfigError` with one line naming the key and the fix.
+`3e-4`, `true`). Every key is checked against the dataclasses (unknown key, wrong type), and every value against
+its field's `option(...)` (choices, read from the registry where a registry holds them, and ranges; model/options.py)
+plus each section's cross-field `check()`, when the section is built: one place, before anything is written. A
+problem raises `ConfigError` with one line naming the key and the fix.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -18,9 +21,7 @@ from pathlib import Path
 import yaml
 
 from model.config import ModelConfig
-from model.ffn import FFNS
-from model.mixers import MIXERS
-from model.positions import POSITIONS
+from model.options import Options, option
 
 
 class ConfigError(ValueError):
@@ -28,92 +29,104 @@ class ConfigError(ValueError):
 
 
 @dataclass
-class DataConfig:
+class DataConfig(Options):
     path: str = "roneneldan/TinyStories"  # hub id, or a local dir of .txt (<|endoftext|>), .jsonl or .parquet
-    vocab_size: int = 4096  # BPE vocabulary trained on the corpus
-    seq_len: int = 256  # tokens per training block
-    max_stories: int = 0  # use only the first N training stories (0 = all); quick experiments
-    val_fraction: float = 0.05  # held out when the corpus has no validation split
+    vocab_size: int = option(4096, min=1)  # BPE vocabulary trained on the corpus
+    seq_len: int = option(256, min=1)  # tokens per training block
+    max_stories: int = option(0, min=0)  # use only the first N training stories (0 = all); quick experiments
+    tokenizer_sample: int = option(100_000, min=0)  # BPE trains on a seeded sample of N stories (0 = all)
+    val_fraction: float = option(0.05, min=0.0, below=1.0)  # held out when the corpus has no validation split
     cache_dir: str = ".cache/tokens"  # tokenizers and token files, keyed by a hash of data + tokenizer
-    num_workers: int = 0  # DataLoader workers (blocks are in memory; 0 is usually fastest)
+    num_workers: int = option(0, min=0)  # DataLoader workers (blocks are in memory; 0 is usually fastest)
 
 
 @dataclass
-class TrainConfig:
+class TrainConfig(Options):
     name: str = ""  # run name under out_dir; default: the config file's name
     out_dir: str = "runs"  # runs are written to out_dir/<name>/
-    max_steps: int = 1000  # optimizer steps
-    batch_size: int = 32  # sequences per micro-batch (per device)
-    grad_accum: int = 1  # micro-batches per optimizer step
-    lr: float = 1e-3  # peak learning rate
-    min_lr_ratio: float = 0.1  # cosine decays to lr * min_lr_ratio
-    warmup_steps: int = 100  # linear warm-up from 0
-    weight_decay: float = 0.1  # AdamW decay on matrices only (not norms, biases, embeddings)
+    max_steps: int = option(1000, min=1)  # optimizer steps
+    batch_size: int = option(32, min=1)  # sequences per micro-batch (per device)
+    grad_accum: int = option(1, min=1)  # micro-batches per optimizer step
+    lr: float = option(1e-3, above=0.0)  # peak learning rate
+    min_lr_ratio: float = option(0.1, min=0.0, max=1.0)  # cosine decays to lr * min_lr_ratio
+    warmup_steps: int = option(100, min=0)  # linear warm-up from 0
+    weight_decay: float = option(0.1, min=0.0)  # AdamW decay on matrices only (not norms, biases, embeddings)
     betas: list[float] = field(default_factory=lambda: [0.9, 0.95])  # AdamW betas
-    grad_clip: float = 1.0  # max global grad norm (0 = off)
-    precision: str = "32"  # 32 | bf16-mixed | 16-mixed (fp16 with loss scaling; CUDA only)
+    grad_clip: float = option(1.0, min=0.0)  # max global grad norm (0 = off)
+    precision: str = option("32", choices=("32", "bf16-mixed", "16-mixed", "bf16-true"))  # 16-mixed: fp16, CUDA
     compile: bool = False  # torch.compile the model
-    seed: int = 1337  # model init and data order
+    seed: int = option(1337, min=0)  # model init and data order
     resume: bool | str = False  # false | true (this run's last checkpoint) | auto | a checkpoint path
-    val_every: int = 200  # validate every N optimizer steps (and at the end)
-    val_batches: int = 20  # micro-batches per validation
-    ckpt_every: int = 500  # checkpoint every N optimizer steps; last.ckpt also at the end
-    log_every: int = 10  # log training metrics every N steps
-    num_samples: int = 2  # stories sampled at each validation
-    sample_tokens: int = 96  # max new tokens per sampled story
-    accelerator: str = "auto"  # auto | cpu | gpu
-    devices: int | str = 1  # devices per node, or "auto"
-    num_nodes: int = 1
-    strategy: str = "auto"  # auto | ddp | fsdp | deepspeed
-    max_bad_steps: int = 5  # stop after this many NaN/inf losses in a row (each one is skipped)
+    val_every: int = option(200, min=1)  # validate every N optimizer steps (and at the end)
+    val_batches: int = option(20, min=1)  # micro-batches per validation
+    ckpt_every: int = option(500, min=1)  # checkpoint every N optimizer steps; last.ckpt also at the end
+    log_every: int = option(10, min=1)  # log training metrics every N steps
+    num_samples: int = option(2, min=0)  # stories sampled at each validation
+    sample_tokens: int = option(96, min=1)  # max new tokens per sampled story
+    accelerator: str = option("auto", choices=("auto", "cpu", "gpu", "cuda", "mps"))
+    devices: int | str = 1  # devices per node, "auto", or device indices "0,1"
+    num_nodes: int = option(1, min=1)
+    strategy: str = option("auto", choices=("auto", "ddp", "ddp_spawn", "fsdp", "deepspeed"))
+    max_bad_steps: int = option(5, min=1)  # stop after this many NaN/inf losses in a row (each one is skipped)
     progress_bar: bool = True
+
+    def check(self) -> None:
+        if len(self.betas) != 2 or not all(0.0 <= b < 1.0 for b in self.betas):
+            raise ValueError(f"betas={self.betas!r}: give two numbers in [0, 1), e.g. [0.9, 0.95]")
+        devices = self.devices
+        if isinstance(devices, str) and devices != "auto" and not re.fullmatch(r"\d+(,\d+)*,?", devices):
+            raise ValueError(f"devices={devices!r}: give a count (1), auto, or device indices like '0,1'")
+        if isinstance(devices, int) and not (devices >= 1 or devices == -1):
+            raise ValueError(f"devices={devices}: must be at least 1 (or -1 / auto for all)")
+        if isinstance(self.resume, str) and self.resume not in ("auto", "true", "false") and not self.resume:
+            raise ValueError("resume: an empty path; give false, true, auto or a checkpoint path")
 
 
 @dataclass
-class LogConfig:
+class LogConfig(Options):
     wandb: bool = True  # log to Weights & Biases (offline unless wandb_mode says otherwise)
     wandb_project: str = "tinystack"
-    wandb_mode: str = "offline"  # offline | online | disabled
+    wandb_mode: str = option("offline", choices=("offline", "online", "disabled"))
     csv: bool = True  # metrics.csv in the run directory
 
 
 @dataclass
-class LoRASection:
-    r: int = 8  # rank of the update B A
-    alpha: float = 16.0  # scaling alpha / r (alpha / sqrt(r) with rslora)
-    dropout: float = 0.0  # dropout on the LoRA branch input
-    target_modules: str | list[str] = field(
-        default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
-    )  # module names/suffixes, a regex, or "all-linear"
+class LoRASection(Options):
+    r: int = option(8, min=1)  # rank of the update B A
+    alpha: float = option(16.0, above=0.0)  # scaling alpha / r (alpha / sqrt(r) with rslora)
+    dropout: float = option(0.0, min=0.0, below=1.0)  # dropout on the LoRA branch input
+    target_modules: str | list[str] = "auto"  # auto (every component's own lora_targets), module names/suffixes,
+    # a regex, or "all-linear"
     rslora: bool = False  # rank-stabilised scaling (Kalajdzievski 2023)
-    base_dtype: str = "float32"  # storage of the adapted layers' frozen weights: float32 | bfloat16 (half the
-    # memory, no per-step autocast copies; needs train.precision=bf16-mixed)
+    base_dtype: str = option("float32", choices=("float32", "bfloat16"))  # storage of the adapted layers' frozen
+    # weights: bfloat16 = half the memory, no per-step autocast copies; needs train.precision=bf16-mixed
 
 
 @dataclass
-class FinetuneConfig:
+class FinetuneConfig(Options):
     base: str = ""  # the pretrained run directory to start from
-    method: str = "lora"  # lora | full
+    method: str = option("lora", choices=("lora", "full"))
     lora: LoRASection = field(default_factory=LoRASection)
-    eval_prompts: int = 100  # held-out prompts for word inclusion
-    eval_tokens: int = 160  # max new tokens per evaluated story
+    eval_prompts: int = option(100, min=0)  # held-out prompts for word inclusion
+    eval_tokens: int = option(160, min=1)  # max new tokens per evaluated story
 
 
 @dataclass
-class AlignConfig:
+class AlignConfig(Options):
     pairs: str = ""  # DPO: JSONL (prompt/chosen/rejected) or a hub dataset id; empty = make offline pairs
-    beta: float = 0.1  # DPO temperature / GRPO KL weight
-    loss_type: str = "sigmoid"  # DPO: sigmoid | ipo | hinge
-    label_smoothing: float = 0.0  # DPO sigmoid (conservative DPO)
-    group_size: int = 8  # GRPO: completions per prompt
-    prompts_per_step: int = 4  # GRPO: prompts per step
-    num_iterations: int = 1  # GRPO: updates per batch of samples (old log-probs reused)
-    epsilon: float = 0.2  # GRPO clip range (lower)
-    epsilon_high: float = 0.0  # GRPO upper clip (DAPO clip-higher); 0 = same as epsilon
-    scale: str = "group"  # GRPO advantage scaling: group | batch | none
-    level: str = "token"  # GRPO loss averaging: token | sequence
-    max_new_tokens: int = 128  # GRPO sampling length
-    temperature: float = 1.0  # GRPO sampling temperature
+    beta: float = option(0.1, min=0.0)  # DPO temperature / GRPO KL weight
+    loss_type: str = option("sigmoid", choices=("sigmoid", "ipo", "hinge", "simpo"))  # DPO loss
+    simpo_gamma: float = option(0.5, min=0.0)  # SimPO target margin gamma (eq. 6; absolute)
+    label_smoothing: float = option(0.0, min=0.0, below=0.5)  # DPO sigmoid (conservative DPO)
+    group_size: int = option(8, min=2)  # GRPO: completions per prompt
+    prompts_per_step: int = option(4, min=1)  # GRPO: prompts per step
+    num_iterations: int = option(1, min=1)  # GRPO: updates per batch of samples (old log-probs reused)
+    epsilon: float = option(0.2, min=0.0, below=1.0)  # GRPO clip range (lower)
+    epsilon_high: float = option(0.0, min=0.0)  # GRPO upper clip (DAPO clip-higher); 0 = same as epsilon
+    scale: str = option("group", choices=("group", "batch", "none"))  # GRPO advantage scaling
+    level: str = option("token", choices=("token", "sequence"))  # GRPO loss averaging
+    max_new_tokens: int = option(128, min=1)  # GRPO sampling length
+    temperature: float = option(1.0, above=0.0)  # GRPO sampling temperature
     rewards: dict = field(default_factory=lambda: {"word_inclusion": 1.0, "dialogue": 0.5, "length": 0.25,
                                                    "repetition": 0.25, "finished": 0.25})  # reward weights
 
@@ -128,35 +141,13 @@ class Config:
     align: AlignConfig = field(default_factory=AlignConfig)
 
 
-CHOICES = {
-    "model.position": list(POSITIONS),
-    "model.mixer": list(MIXERS),
-    "model.ffn": ["auto", "none", *FFNS],
-    "model.moe.expert": ["swiglu", "gelu"],
-    "model.linear.feature_map": ["elu", "relu", "identity"],
-    "model.linear.backend": ["torch", "fla"],
-    "model.gau.scores": ["relu2", "softmax"],
-    "model.gau.form": ["quadratic", "chunked"],
-    "model.mamba.backend": ["torch", "mamba_ssm"],
-    "train.precision": ["32", "bf16-mixed", "16-mixed", "bf16-true"],
-    "train.accelerator": ["auto", "cpu", "gpu", "cuda", "mps"],
-    "train.strategy": ["auto", "ddp", "ddp_spawn", "fsdp", "deepspeed"],
-    "log.wandb_mode": ["offline", "online", "disabled"],
-    "finetune.lora.base_dtype": ["float32", "bfloat16"],
-    "finetune.method": ["lora", "full"],
-    "align.loss_type": ["sigmoid", "ipo", "hinge"],
-    "align.scale": ["group", "batch", "none"],
-    "align.level": ["token", "sequence"],
-}
-
-
 def _check_type(key: str, value, hint):
     """Return value converted to `hint` (int -> float allowed), or raise ConfigError."""
     origin = typing.get_origin(hint)
     if origin in (typing.Union, types.UnionType):
-        for option in typing.get_args(hint):
+        for alternative in typing.get_args(hint):
             try:
-                return _check_type(key, value, option)
+                return _check_type(key, value, alternative)
             except ConfigError:
                 continue
         raise ConfigError(f"{key}: {value!r} is not a valid {_type_name(hint)}")
@@ -204,29 +195,12 @@ def _build(cls, values: dict, prefix: str):
             kwargs[key] = _build(hint, value, f"{dotted}.")
         else:
             kwargs[key] = _check_type(dotted, value, hint)
-    return cls(**kwargs)
-
-
-def _check_choices(cfg: Config) -> None:
-    for dotted, valid in CHOICES.items():
-        obj = cfg
-        for part in dotted.split("."):
-            obj = getattr(obj, part)
-        for value in obj if isinstance(obj, list) else [obj]:
-            if value not in valid:
-                raise ConfigError(f"{dotted}: invalid choice {value!r}; valid choices: {', '.join(valid)}")
-    if isinstance(cfg.model.mixer, list) and not cfg.model.mixer:
-        raise ConfigError("model.mixer: an empty list; give at least one of " + ", ".join(MIXERS))
-    if cfg.model.d_model % cfg.model.n_heads:
-        raise ConfigError(f"model.d_model={cfg.model.d_model} must be divisible by model.n_heads={cfg.model.n_heads}")
-    if cfg.model.n_heads % cfg.model.kv_heads:
-        raise ConfigError(f"model.n_heads={cfg.model.n_heads} must be a multiple of model.n_kv_heads")
-    for key in ("model.n_layers", "train.batch_size", "train.grad_accum", "data.seq_len", "data.vocab_size"):
-        section, name = key.split(".")
-        if getattr(getattr(cfg, section), name) < 1:
-            raise ConfigError(f"{key} must be at least 1")
-    if cfg.model.ffn == "moe" and not 1 <= cfg.model.moe.top_k <= cfg.model.moe.num_experts:
-        raise ConfigError("model.moe.top_k must be between 1 and model.moe.num_experts")
+    try:
+        return cls(**kwargs)  # Options.__post_init__ checks choices, ranges and cross-field rules
+    except ConfigError:
+        raise
+    except ValueError as err:  # "field: problem" -> "section.field: problem"
+        raise ConfigError(f"{prefix}{err}") from None
 
 
 def parse_overrides(args: list[str]) -> dict:
@@ -284,7 +258,6 @@ def load_config(path: str | Path | None = None, overrides: list[str] | dict | No
     cfg = _build(Config, values, "")
     if not cfg.train.name and path is not None:
         cfg.train.name = path.stem
-    _check_choices(cfg)
     return cfg
 
 

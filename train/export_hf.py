@@ -29,8 +29,10 @@ from torch import Tensor, nn
 
 from data.corpus import EOT
 from model.config import ModelConfig
+from model.lora import merge_lora
 from train.cli import USER_ERRORS
 from train.config import ConfigError, load_config
+from train.rundir import check_out_dir
 from train.weights import CheckpointError
 
 KEY_MAP = [  # (our key pattern, HF key template), applied to the whole key
@@ -119,15 +121,19 @@ def _save_tokenizer(tokenizer, out_dir: Path, max_length: int) -> None:
 
 
 def export(run_dir: str | Path, out_dir: str | Path) -> Path:
-    """Write the HF folder for a run directory; returns the output path."""
+    """Write the HF folder for a run directory; returns the output path. `out_dir` may be neither the run nor
+    any other run directory: the HF files (model.safetensors, tokenizer.json) would replace the run's."""
     from safetensors.torch import save_file
 
+    from train.adapter import resolve
     from train.load import load_run
 
-    run_dir, out_dir = Path(run_dir), Path(out_dir)
+    run_dir = Path(run_dir)
+    out_dir = check_out_dir(out_dir, run_dir, *resolve(run_dir))
     if (run_dir / "config.yaml").is_file():  # name the non-Llama field before building the model
         check_llama(load_config(run_dir / "config.yaml").model)
     cfg, tokenizer, model = load_run(run_dir)
+    merge_lora(model)  # a LoRA run exports as its merged weights, W + s B A
     transformers = _transformers()
     config = llama_config(cfg.model, tokenizer)
     out_dir.mkdir(parents=True, exist_ok=True)

@@ -1,4 +1,11 @@
-"""Load a self-contained run directory: its config, tokenizer and weights (optionally a LoRA adapter)."""
+"""Load any self-contained run directory the stack writes: its config, tokenizer and weights, plus a LoRA
+adapter when the run is a LoRA run (adapter/ on a base, train/adapter.py) or one is passed.
+
+A run directory may come from someone else, so nothing in it is trusted before it is checked: the weights
+file's header (names and shapes, read without loading a tensor) is compared with the shapes config.yaml implies,
+computed on the meta device, BEFORE the model is allocated. A config.yaml saying `d_model: 65536` is refused in
+one line instead of allocating gigabytes first.
+"""
 
 from __future__ import annotations
 
@@ -9,30 +16,58 @@ import torch
 from data.corpus import DataError
 from data.tokenizer import load_tokenizer
 from model.transformer import Transformer
+from train.adapter import check_adapter_base, load_adapter, resolve
 from train.config import Config, ConfigError, load_config
-from train.weights import CheckpointError, load_weights
+from train.weights import CheckpointError, check_shapes, load_weights, read_shapes
 
 
 def load_run(run_dir: str | Path, device: str = "cpu", adapter: str | Path | None = None
              ) -> tuple[Config, object, Transformer]:
+    """(config, tokenizer, model in eval mode) of a run directory (pretrained, full or LoRA fine-tuned, aligned,
+    merged). The config returned is the weights' run's (a LoRA run's base); `adapter` adds an adapter on top."""
     run_dir = Path(run_dir)
     if not (run_dir / "config.yaml").is_file():
         raise CheckpointError(f"{run_dir} is not a run directory (no config.yaml); pass --run runs/<name>")
-    cfg = load_config(run_dir / "config.yaml")
+    weights_dir, adapter_dir = resolve(run_dir, adapter)
+    cfg = load_config(weights_dir / "config.yaml")
+    tokenizer = _tokenizer(run_dir, weights_dir, cfg)
+    weights = weights_dir / "model.safetensors"
+    check_fits(weights, read_shapes(weights), cfg)
+    model = Transformer(cfg.model)
+    load_weights(model, weights, tied=cfg.model.tie_embeddings)
+    if adapter_dir is not None:
+        check_adapter_base(adapter_dir, weights_dir)
+        try:
+            load_adapter(model, adapter_dir)
+        except (ValueError, FileNotFoundError) as err:
+            raise CheckpointError(f"adapter {adapter_dir}: {err}") from None
+    return cfg, tokenizer, model.to(device).eval()
+
+
+def _tokenizer(run_dir: Path, weights_dir: Path, cfg: Config):
+    """The run's tokenizer, refused where it visibly belongs to another run: more tokens than the model, or a
+    LoRA run's copy that differs from its base's."""
     tokenizer = load_tokenizer(run_dir / "tokenizer.json")
     if tokenizer.get_vocab_size() > cfg.model.vocab_size:
         raise DataError(f"{run_dir}/tokenizer.json has {tokenizer.get_vocab_size()} tokens but the model only "
                         f"{cfg.model.vocab_size}; the run directory mixes files from different runs")
-    model = Transformer(cfg.model)
-    load_weights(model, run_dir / "model.safetensors", tied=cfg.model.tie_embeddings)
-    if adapter is not None:
-        from finetune.adapter import load_adapter  # LoRA is optional for plain sampling
+    base_file = weights_dir / "tokenizer.json"
+    if weights_dir != run_dir and base_file.is_file() and load_tokenizer(base_file).to_str() != tokenizer.to_str():
+        raise DataError(f"{run_dir}/tokenizer.json differs from its base's {base_file}; the adapter was trained "
+                        "with the base's tokenizer: copy it back")
+    return tokenizer
 
-        try:
-            load_adapter(model, adapter)
-        except (ValueError, FileNotFoundError) as err:
-            raise CheckpointError(f"adapter {adapter}: {err}") from None
-    return cfg, tokenizer, model.to(device).eval()
+
+def check_fits(weights: Path, saved: dict[str, tuple], cfg: Config) -> None:
+    """Refuse weights whose header disagrees with config.yaml before the model is built: the layer count first
+    (a huge n_layers would take long even on the meta device), then every shape, from a meta-device model."""
+    layers = {key.split(".")[1] for key in saved if key.startswith("layers.")}
+    if len(layers) != cfg.model.n_layers:
+        raise CheckpointError(f"{weights} holds {len(layers)} layers but config.yaml says model.n_layers="
+                              f"{cfg.model.n_layers}; the run directory mixes files from different runs")
+    with torch.device("meta"):  # the shapes config.yaml implies, without allocating them
+        expected = {k: tuple(v.shape) for k, v in Transformer(cfg.model).state_dict().items()}
+    check_shapes(weights, saved, expected, tied=cfg.model.tie_embeddings)
 
 
 def pick_device(name: str = "auto") -> str:

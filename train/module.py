@@ -1,8 +1,17 @@
 """The LightningModule every stage shares: next-token loss, AdamW groups, schedule, validation in bits/byte.
 
 A batch is `(inputs, targets)`, both (B, T); a target of -100 is not scored (SFT masks its prompts this
-way), so pretraining and supervised fine-tuning use this module unchanged. Alignment stages subclass it
-and override `training_step` only.
+way), so pretraining and supervised fine-tuning use this module unchanged.
+
+The stage contract: this module owns the training step; a stage (DPO, GRPO) subclasses it and implements
+
+    compute_loss(batch) -> (loss, logs)      a scalar loss and {"train/...": value} to log (mean over ranks)
+    prepare_batch(batch, batch_idx) -> batch optional, runs first (GRPO samples its rollout here)
+    save_final_weights(run_dir, state=None)  optional (a LoRA adapter instead of weights); `state` is the
+                                             model's full state dict gathered under FSDP
+
+and never `training_step` (`__init_subclass__` refuses it, and a `save_final_weights` without `state`), so
+every stage gets the same finiteness check, bad-step handling, logging and final weights.
 
 Bits per byte (comparable across tokenizers): bpb = sum_t CE_t / (ln 2 * sum_t bytes(target_t)).
 A non-finite loss (on any rank) skips its step on every rank (counted as `train/bad_steps`); `train.max_bad_steps`
@@ -11,6 +20,7 @@ in a row stop the run with `TrainingHalted`, naming the step and the last good c
 
 from __future__ import annotations
 
+import inspect
 import math
 from pathlib import Path
 
@@ -34,6 +44,16 @@ class TrainingHalted(RuntimeError):
 
 
 class LanguageModel(L.LightningModule):
+    progress_metric = "train/loss"  # the logged value shown in the progress bar
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        if "training_step" in vars(cls):
+            raise TypeError(f"{cls.__name__} overrides training_step: a stage implements compute_loss (and "
+                            "prepare_batch), the step (finiteness on all ranks, skipping, logging) is LanguageModel's")
+        if "state" not in inspect.signature(cls.save_final_weights).parameters:
+            raise TypeError(f"{cls.__name__}.save_final_weights must accept state=None (FSDP's gathered weights)")
+
     def __init__(self, cfg: Config, token_bytes: list[int] | None = None, model: nn.Module | None = None):
         super().__init__()
         self.cfg = cfg
@@ -42,6 +62,7 @@ class LanguageModel(L.LightningModule):
         self.register_buffer("token_bytes", bytes_per_token, persistent=False)
         self.bad_steps_in_a_row = 0
         self.bad_steps_total = 0
+        self.drop_gradients = False  # set by a bad step: this optimizer step's gradients are discarded
         self.val_sums: Tensor | None = None
         self.run_info: dict = {}  # model config + tokenizer hash, stored in checkpoints for resume checks
 
@@ -69,7 +90,12 @@ class LanguageModel(L.LightningModule):
         return F.cross_entropy(logits.float().flatten(0, 1), targets.flatten(), ignore_index=IGNORE,
                                reduction="none").view_as(targets)
 
-    def loss(self, batch) -> tuple[Tensor, dict[str, Tensor]]:
+    def prepare_batch(self, batch, batch_idx: int):
+        """The batch compute_loss gets: the loader's batch as is (GRPO samples completions here)."""
+        return batch
+
+    def compute_loss(self, batch) -> tuple[Tensor, dict[str, Tensor]]:
+        """Next-token loss (+ the MoE auxiliary loss) -> (loss, logs)."""
         inputs, targets = batch
         losses = self.token_losses(inputs, targets)
         lm = losses.sum() / (targets != IGNORE).sum().clamp(min=1)
@@ -77,21 +103,26 @@ class LanguageModel(L.LightningModule):
         return lm + aux, {"train/loss": lm.detach(), "train/aux_loss": torch.as_tensor(aux, device=lm.device).detach()}
 
     def training_step(self, batch, batch_idx):
-        loss, logs = self.loss(batch)
+        loss, logs = self.compute_loss(self.prepare_batch(batch, batch_idx))
         if not self.finite_on_all_ranks(loss):
             return self.skip_bad_step(loss)
         self.bad_steps_in_a_row = 0
         # the mean over ranks: the global batch's loss (tensors on this device: NCCL reduces no CPU tensors)
         self.log_dict(logs, prog_bar=False, sync_dist=True)
         self.log("train/lr", self.optimizers().param_groups[0]["lr"])  # the same on every rank
-        self.log("loss", logs["train/loss"], prog_bar=True, logger=False)
+        self.log(self.progress_metric.removeprefix("train/"), logs[self.progress_metric], prog_bar=True, logger=False)
         return loss
 
     def finite_on_all_ranks(self, loss: Tensor) -> bool:
         """Whether every rank's loss is finite: ranks must skip a step together, or DDP's all-reduce hangs."""
         return self.trainer.strategy.reduce_boolean_decision(bool(torch.isfinite(loss)), all=True)
 
-    def skip_bad_step(self, loss: Tensor):
+    def skip_bad_step(self, loss: Tensor) -> Tensor:
+        """Count a non-finite step (every rank calls this together) and halt after train.max_bad_steps in a row.
+
+        Returns a zero loss on the same graph rather than None: Lightning refuses None under DDP, and every rank
+        must run the same backward (its all-reduce). The step's gradients are then dropped before the optimizer
+        sees them (on_before_optimizer_step), so the parameters and AdamW's moments stay as they were."""
         self.bad_steps_in_a_row += 1
         self.bad_steps_total += 1
         self.log("train/bad_steps", float(self.bad_steps_total))
@@ -102,7 +133,15 @@ class LanguageModel(L.LightningModule):
                 f"{self.global_step}); last good checkpoint: {good or 'none saved yet'}; "
                 + ("resume from it with --train.resume=auto" if good else "restart")
                 + ", perhaps with a lower --train.lr")
-        return None  # Lightning skips backward and the optimizer step
+        self.drop_gradients = True
+        return loss.nan_to_num(0.0, 0.0, 0.0) * 0.0
+
+    def on_before_optimizer_step(self, optimizer) -> None:
+        """Skip the optimizer step of an accumulation window that had a bad step: no gradients, no update
+        (AdamW passes over parameters whose .grad is None; under 16-mixed the scaler has already seen them)."""
+        if self.drop_gradients:
+            optimizer.zero_grad(set_to_none=True)
+            self.drop_gradients = False
 
     def on_validation_epoch_start(self) -> None:
         self.val_sums = torch.zeros(3, device=self.device, dtype=torch.float64)  # nats, tokens, bytes

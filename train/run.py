@@ -29,15 +29,19 @@ from train.faults import Preempted, PreemptionCheckpoint, preempted_step, preemp
 from train.module import LanguageModel
 from train.moe_stats import ExpertShare
 from train.report import write_metrics_and_plot
+from train.rundir import check_run_name, lock_run_dir, remove_stale_tmp, unlock_run_dir
 
 
 def make_run_dir(cfg: Config) -> Path:
-    """out_dir/name; a fresh run never overwrites an existing one (name-1, name-2, ...). Every rank of a
-    multi-process run gets rank 0's choice (`train/distributed.py`)."""
-    base = Path(cfg.train.out_dir) / (cfg.train.name or "run")
-    if cfg.train.resume is not False and cfg.train.resume not in ("true", "auto", True):
-        return Path(cfg.train.resume).resolve().parent.parent  # a checkpoint path: runs/<name>/checkpoints/x
-    if cfg.train.resume is not False:
+    """out_dir/name, the only folder a run writes. A fresh run never overwrites an existing one (name-1, name-2,
+    ...); `train.resume=true|auto` continues out_dir/name; `train.resume=PATH` continues out_dir/name when PATH is
+    one of its checkpoints, else PATH is only read and the run gets a fresh folder. Every rank of a multi-process
+    run gets rank 0's choice (`train/distributed.py`)."""
+    base = Path(cfg.train.out_dir) / check_run_name(cfg.train.name or "run")
+    resume = cfg.train.resume
+    if resume in (True, "true", "auto"):
+        return base
+    if resume not in (False, "false") and Path(resume).resolve().parent == (base / "checkpoints").resolve():
         return base
 
     def fresh() -> Path:
@@ -52,7 +56,8 @@ def make_run_dir(cfg: Config) -> Path:
 
 def prepare_data(cfg: Config, tokenizer=None):
     d = cfg.data
-    tokenizer, tokens = prepare_tokens(d.path, d.vocab_size, d.cache_dir, d.val_fraction, d.max_stories, tokenizer)
+    tokenizer, tokens = prepare_tokens(d.path, d.vocab_size, d.cache_dir, d.val_fraction, d.max_stories, tokenizer,
+                                       tokenizer_sample=d.tokenizer_sample)
     cfg.model.vocab_size = cfg.model.vocab_size or tokenizer.get_vocab_size()
     if cfg.model.vocab_size < tokenizer.get_vocab_size():
         raise ConfigError(f"model.vocab_size={cfg.model.vocab_size} is smaller than the tokenizer's "
@@ -96,20 +101,45 @@ def build_trainer(cfg: Config, run_dir: Path, callbacks: list, monitor_val: bool
     )
 
 
-def fit(cfg: Config, module: L.LightningModule, datamodule: L.LightningDataModule, run_dir: Path, tokenizer,
-        callbacks: list = (), monitor_val: bool = True) -> L.Trainer:
-    """Write the run directory, train (resuming if asked), save final weights, metrics and plot."""
-    tok_hash = content_hash(tokenizer.to_str())
+def check_inputs(cfg: Config, module: L.LightningModule, run_dir: Path, tok_hash: str) -> Path | None:
+    """Everything a run needs, checked before it writes anything -> the checkpoint to resume from (or None).
+
+    The checkpoint is read here with the safe loader (train/checkpoint.py), also for Lightning's FSDP resume,
+    which unpickles full checkpoints with its own loader."""
+    base = cfg.finetune.base
+    if base and Path(base).resolve() == run_dir.resolve():
+        raise ConfigError(f"{run_dir} is the base run finetune.base={base}; fine-tuning into it would replace its "
+                          "config.yaml and weights: choose another --train.name")
     ckpt = resolve_resume(cfg.train.resume, run_dir / "checkpoints")
     if ckpt is not None:
-        check_compatible(ckpt, asdict(cfg.model), tok_hash)
+        check_compatible(ckpt, asdict(cfg.model), tok_hash, set(module.state_dict()))
+    return ckpt
+
+
+def fit(cfg: Config, module: L.LightningModule, datamodule: L.LightningDataModule, run_dir: Path, tokenizer,
+        callbacks: list = (), monitor_val: bool = True) -> L.Trainer:
+    """Check the inputs, lock and write the run directory, train (resuming if asked), save final weights, metrics
+    and plot. The lock is held (rank 0) until training ends, so a second run on the same folder is refused."""
+    tok_hash = content_hash(tokenizer.to_str())
+    ckpt = check_inputs(cfg, module, run_dir, tok_hash)
     module.run_info = {"model": asdict(cfg.model), "tokenizer_hash": tok_hash}
     trainer = build_trainer(cfg, run_dir, [SaveFinalWeights(run_dir), *callbacks], monitor_val)
-    if trainer.is_global_zero:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        save_config(cfg, run_dir / "config.yaml")
-        tokenizer.save(str(run_dir / "tokenizer.json"))
-    trainer.fit(module, datamodule=datamodule, ckpt_path=str(ckpt) if ckpt else None)
+    locked = trainer.is_global_zero and lock_run_dir(run_dir)
+    try:
+        if trainer.is_global_zero:
+            remove_stale_tmp(run_dir, run_dir / "checkpoints")
+            save_config(cfg, run_dir / "config.yaml")
+            tokenizer.save(str(run_dir / "tokenizer.json"))
+        _train(cfg, trainer, module, datamodule, run_dir, ckpt, monitor_val)
+    finally:
+        if locked:
+            unlock_run_dir(run_dir)
+    return trainer
+
+
+def _train(cfg: Config, trainer: L.Trainer, module, datamodule, run_dir: Path, ckpt: Path | None,
+           monitor_val: bool) -> None:
+    trainer.fit(module, datamodule=datamodule, ckpt_path=str(ckpt) if ckpt else None, weights_only=True)
     if preempted_step(trainer) is not None:  # SIGTERM: last.ckpt is saved; no final validation or weights
         message = preemption_message(trainer)
         if trainer.is_global_zero:
@@ -122,11 +152,11 @@ def fit(cfg: Config, module: L.LightningModule, datamodule: L.LightningDataModul
         trainer.validate(module, datamodule=datamodule, verbose=False)
     if trainer.is_global_zero:
         write_metrics_and_plot(run_dir, module.plots())
-    return trainer
 
 
 def pretrain(cfg: Config, callbacks: list = ()) -> Path:
     L.seed_everything(cfg.train.seed, workers=True, verbose=False)
+    check_run_name(cfg.train.name or "run")  # before the data is read: a bad name costs nothing
     tokenizer, tokens = prepare_data(cfg)
     run_dir = make_run_dir(cfg)
     t = cfg.train

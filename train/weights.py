@@ -2,13 +2,15 @@
 
 A tied output head shares the embedding's storage, which safetensors refuses to store twice: it is
 dropped on save and re-tied by the model on load. Loading checks names and shapes, and a mismatch
-names the first differing tensor instead of failing deep inside `load_state_dict`.
+names the first differing tensor instead of failing deep inside `load_state_dict`. The check reads only the
+file's header (`read_shapes`), so it can run before a model of the claimed size is allocated (train/load.py).
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
+from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from torch import nn
 
@@ -25,23 +27,39 @@ def save_weights(model: nn.Module, path: str | Path, tied: bool = True, state: d
     save_file(state, str(path))
 
 
-def load_weights(model: nn.Module, path: str | Path, tied: bool = True) -> None:
+def read_shapes(path: str | Path) -> dict[str, tuple[int, ...]]:
+    """Tensor name -> shape from a safetensors header, without reading the tensors."""
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"weights not found: {path}")
     try:
-        state = load_file(str(path))
-    except Exception as err:  # safetensors raises its own error types for corrupt headers
-        raise CheckpointError(f"{path} is not a readable safetensors file ({err}); re-export or retrain") from None
-    expected = model.state_dict()
-    if tied:
-        expected.pop("lm_head.weight", None)
-    missing, unexpected = sorted(set(expected) - set(state)), sorted(set(state) - set(expected))
+        with safe_open(str(path), framework="pt") as f:
+            return {key: tuple(f.get_slice(key).get_shape()) for key in f.keys()}
+    except Exception as err:  # safetensors raises its own error types for corrupt or truncated files
+        raise CheckpointError(f"{path} is not a readable safetensors file ({str(err)[:160]}); re-export or "
+                              "retrain") from None
+
+
+def check_shapes(path: Path, saved: dict[str, tuple], expected: dict[str, tuple], tied: bool = True) -> None:
+    """Raise CheckpointError naming the first tensor the file lacks, has extra, or has in another shape."""
+    expected = {k: v for k, v in expected.items() if not (tied and k == "lm_head.weight")}
+    missing, unexpected = sorted(set(expected) - set(saved)), sorted(set(saved) - set(expected))
     if missing or unexpected:
         raise CheckpointError(f"{path} does not fit this model: missing {missing[:3]}, unexpected {unexpected[:3]}; "
                               "was it written with another model config?")
-    for key, tensor in state.items():
-        if tensor.shape != expected[key].shape:
-            raise CheckpointError(f"{path}: {key} has shape {tuple(tensor.shape)} but the model expects "
-                                  f"{tuple(expected[key].shape)}; check model.* in config.yaml")
+    for key, shape in saved.items():
+        if tuple(shape) != tuple(expected[key]):
+            raise CheckpointError(f"{path}: {key} has shape {tuple(shape)} but the model expects "
+                                  f"{tuple(expected[key])}; check model.* in config.yaml")
+
+
+def load_weights(model: nn.Module, path: str | Path, tied: bool = True) -> None:
+    path = Path(path)
+    expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    check_shapes(path, read_shapes(path), expected, tied)
+    try:
+        state = load_file(str(path))
+    except Exception as err:  # a header that reads but data that does not
+        raise CheckpointError(f"{path} is not a readable safetensors file ({str(err)[:160]}); re-export or "
+                              "retrain") from None
     model.load_state_dict(state, strict=False)

@@ -1,8 +1,11 @@
-"""Feed-forward layers, by name (`model.ffn`). Contract: `ffn(x) -> y`, x and y (B, T, D); an FFN with an
-auxiliary loss (MoE) leaves it in `ffn.aux_loss` after each forward. `none` means no FFN in the block."""
+"""Feed-forward layers, by name (`model.ffn`). Contract (model/component.py `FFN`): `ffn(x) -> y`, x and y
+(B, T, D); an FFN with an auxiliary loss (MoE) leaves it in `ffn.aux_loss` after each forward. `none` means no FFN
+in the block; `auto` means DEFAULT_FFN, or none after a mixer that replaces the FFN."""
 
+from model.component import FFN, Registry
 from model.ffn.gelu import GELUFFN
 from model.ffn.moe import MoE
 from model.ffn.swiglu import SwiGLU
 
-FFNS = {"swiglu": SwiGLU, "gelu": GELUFFN, "moe": MoE}
+FFNS = Registry("ffn", FFN, {"swiglu": SwiGLU, "gelu": GELUFFN, "moe": MoE})
+DEFAULT_FFN = "swiglu"

@@ -22,32 +22,74 @@ Auxiliary losses, summed into `self.aux_loss` after each forward (`Transformer.a
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from model.config import ModelConfig
-from model.ffn.gelu import GELUFFN
-from model.ffn.swiglu import SwiGLU
-
-EXPERTS = {"swiglu": SwiGLU, "gelu": GELUFFN}  # the dense FFNs (not model.ffn.FFNS: that module imports us)
+from model.component import FFN
+from model.options import Options, option
 
 
-class MoE(nn.Module):
-    def __init__(self, cfg: ModelConfig):
+def dense_ffns() -> dict[str, type]:
+    """Every registered FFN but the MoE ones: the choices of an expert."""
+    from model.ffn import FFNS  # the registry imports this file
+
+    return {name: cls for name, cls in FFNS.items() if not issubclass(cls, MoE)}
+
+
+@dataclass
+class MoEConfig(Options):
+    num_experts: int = option(4, min=1)  # experts per MoE layer
+    top_k: int = option(2, min=1)  # experts each token is routed to (1 = Switch, 2 = GShard/Mixtral)
+    aux_loss_coef: float = option(0.01, min=0.0)  # Switch load-balancing loss weight
+    z_loss_coef: float = option(0.001, min=0.0)  # router z-loss weight (ST-MoE); keeps router logits small
+    shared_expert: bool = False  # one always-on expert beside the routed ones (DeepSeekMoE)
+    expert: str = option("swiglu", choices=lambda: list(dense_ffns()))  # the dense FFN each expert is
+
+    def check(self) -> None:
+        if self.top_k > self.num_experts:
+            raise ValueError(f"top_k={self.top_k} must be in [1, num_experts={self.num_experts}]")
+
+
+class MoE(FFN):
+    section = MoEConfig
+    width_knob = "d_ff"  # each expert's hidden width
+
+    def __init__(self, cfg):
         super().__init__()
         m = cfg.moe
-        if m.expert not in EXPERTS:
-            raise ValueError(f"model.moe.expert={m.expert!r} is not one of {', '.join(EXPERTS)}")
-        if not 1 <= m.top_k <= m.num_experts:
-            raise ValueError(f"model.moe.top_k={m.top_k} must be in [1, num_experts={m.num_experts}]")
+        expert = dense_ffns()[m.expert]
         self.num_experts, self.top_k = m.num_experts, m.top_k
         self.aux_loss_coef, self.z_loss_coef = m.aux_loss_coef, m.z_loss_coef
         self.router = nn.Linear(cfg.d_model, m.num_experts, bias=False)
-        self.experts = nn.ModuleList(EXPERTS[m.expert](cfg) for _ in range(m.num_experts))
-        self.shared_expert = EXPERTS[m.expert](cfg) if m.shared_expert else None
+        self.experts = nn.ModuleList(expert(cfg) for _ in range(m.num_experts))
+        self.shared_expert = expert(cfg) if m.shared_expert else None
         self.aux_loss: Tensor | None = None
         self.expert_share: Tensor | None = None
+
+    @property
+    def lora_targets(self) -> tuple[str, ...]:  # the experts' own Linears (names are suffixes)
+        return self.experts[0].lora_targets
+
+    def residual_projections(self) -> list[nn.Linear]:
+        experts = [*self.experts, *([self.shared_expert] if self.shared_expert is not None else [])]
+        return [p for e in experts for p in e.residual_projections()]
+
+    @staticmethod
+    def hidden_width(cfg) -> int:
+        return dense_ffns()[cfg.moe.expert].hidden_width(cfg)
+
+    @staticmethod
+    def activation_bytes(cfg, s: int, mixed: bool) -> float:
+        """fp32 router input and probs (4 D + 8 E), and per routed slot the gathered input, the gated output and
+        its index_add copy (3 s D, + 4 D fp32 under autocast) plus the expert's own activations without its
+        input; the shared expert adds its full activations."""
+        m, D = cfg.moe, cfg.d_model
+        expert = dense_ffns()[m.expert].activation_bytes(cfg, s, mixed) - s * D
+        total = 4 * D + 8 * m.num_experts + m.top_k * ((3 * s + (4 if mixed else 0)) * D + expert)
+        return total + (expert + s * D if m.shared_expert else 0)
 
     @property
     def inactive_params(self) -> int:

@@ -1,9 +1,11 @@
-"""Token mixers, by name (`model.mixer`). Contract: `mixer(x, cache=None) -> (y, cache)`, x and y (B, T, D);
-`mixer.init_cache(batch_size, device, dtype)` gives the empty state that incremental decoding starts from."""
+"""Token mixers, by name (`model.mixer`). Contract (model/component.py `Mixer`): `mixer(x, cache=None, offset=0)
+-> (y, cache)`, x and y (B, T, D); `mixer.init_cache(batch_size, device, dtype)` gives the empty state that
+incremental decoding starts from, `offset` the absolute position of x's first token."""
 
+from model.component import Mixer, Registry
 from model.mixers.gau import GAU
 from model.mixers.linear import LinearAttention
 from model.mixers.mamba import Mamba
 from model.mixers.softmax import SoftmaxAttention
 
-MIXERS = {"softmax": SoftmaxAttention, "linear": LinearAttention, "gau": GAU, "mamba": Mamba}
+MIXERS = Registry("mixer", Mixer, {"softmax": SoftmaxAttention, "linear": LinearAttention, "gau": GAU, "mamba": Mamba})

@@ -11,13 +11,13 @@ Hua et al. 2022, "Transformer Quality in Linear Time" (FLASH, arXiv:2202.10447),
 
 form=quadratic (FLASH-Quad): A over the whole sequence. The paper's n is the sequence length; causal
 decoding needs it fixed, so n = max_seq_len (the training length, i.e. the paper's n during training),
-or chunk_size when max_seq_len is unset. Cache: (K (B, 1, P, s) rotated, V (B, 1, P, e), offset).
+or chunk_size when max_seq_len is unset. Cache: (K (B, 1, P, s) rotated, V (B, 1, P, e)).
 form=chunked (FLASH, §3.2 "mixed chunk attention"): chunks of C = chunk_size tokens, aligned to position 0;
 four scale/offset pairs give Q_quad, K_quad, Q_lin, K_lin, and chunk g gets
     O_g = U_g ⊙ [ relu(Q_quad,g K_quad,g^T / sqrt(s))^2 / C ⊙ M ] V_g  +  U_g ⊙ Q_lin,g S_g,
     S_g = sum_{h<g} K_lin,h^T V_h / C                     (s, e): causal linear attention across chunks
 (cost linear in T). Cache: (S over the completed chunks (B, s, e) fp32, the rotated keys (B, 2, P, s)
-[quad, lin] and V (B, P, e) of the current partial chunk of P < C tokens, offset).
+[quad, lin] and V (B, P, e) of the current partial chunk of P < C tokens). The model passes the offset.
 The paper's T5 relative-position bias is dropped: RoPE carries positions, as in the paper's FLASH; it
 rotates the linear-part Q/K too. The chunked core runs in fp32 with autocast off (running sums).
 """
@@ -25,30 +25,42 @@ rotates the linear-part Q/K too. The chunked core runs in fp32 with autocast off
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from model.config import ModelConfig
-
-FORMS = ("quadratic", "chunked")
-SCORES = ("relu2", "softmax")
+from model.component import Mixer
+from model.options import Options, option
 
 
-class GAU(nn.Module):
-    def __init__(self, cfg: ModelConfig, position: nn.Module):
+@dataclass
+class GAUConfig(Options):
+    expansion: int = option(2, min=1)  # e = expansion * d_model for U and V
+    hidden: int = option(0, min=0)  # e itself when > 0 (overrides expansion): any width, e.g. to match parameters
+    qk_dim: int = option(128, min=1)  # s: the shared small Z that becomes Q and K
+    scores: str = option("relu2", choices=("relu2", "softmax"))  # relu2 (relu(qk/sqrt(s))^2 / n, the paper's)
+    form: str = option("quadratic", choices=("quadratic", "chunked"))  # FLASH-Quad | FLASH (linear in length)
+    chunk_size: int = option(64, min=1)  # chunk length of the chunked form
+
+    def check(self) -> None:
+        if self.form == "chunked" and self.scores == "softmax":
+            raise ValueError("scores=softmax needs form=quadratic: the chunked form's linear attention across "
+                             "chunks has no softmax; use scores=relu2")
+
+
+class GAU(Mixer):
+    section = GAUConfig
+    replaces_ffn = True  # U gates A V: attention and FFN in one unit
+    width_knob = "gau.hidden"
+    lora_targets = ("uv_proj", "z_proj", "o_proj")
+
+    def __init__(self, cfg, position: nn.Module):
         super().__init__()
         g = cfg.gau
-        if g.form not in FORMS:
-            raise ValueError(f"model.gau.form={g.form!r}: expected one of {list(FORMS)}")
-        if g.scores not in SCORES:
-            raise ValueError(f"model.gau.scores={g.scores!r}: expected one of {list(SCORES)}")
-        if g.form == "chunked" and g.scores == "softmax":
-            raise ValueError("model.gau.scores=softmax needs model.gau.form=quadratic: the chunked form's "
-                             "linear attention across chunks has no softmax; use scores=relu2")
         self.form, self.scores, self.chunk_size = g.form, g.scores, g.chunk_size
-        self.e, self.s = g.hidden or g.expansion * cfg.d_model, g.qk_dim
+        self.e, self.s = self.width(cfg), g.qk_dim
         self.n = g.chunk_size if g.form == "chunked" else (cfg.max_seq_len or g.chunk_size)  # the fixed 1/n
         self.position = position
         self.uv_proj = nn.Linear(cfg.d_model, 2 * self.e, bias=False)
@@ -57,7 +69,6 @@ class GAU(nn.Module):
         n_qk = 2 if g.form == "quadratic" else 4  # rows: queries first, then keys ([quad, lin] each if chunked)
         self.gamma = nn.Parameter(torch.empty(n_qk, self.s))
         self.beta = nn.Parameter(torch.empty(n_qk, self.s))
-        self.gamma._no_weight_decay = self.beta._no_weight_decay = True  # per-dim scales/offsets, like norm weights
         self.reset_special_parameters()
 
     def reset_special_parameters(self) -> None:
@@ -67,28 +78,51 @@ class GAU(nn.Module):
         nn.init.normal_(self.gamma, std=1.0)
         nn.init.zeros_(self.beta)
 
-    def attention_flops_per_token(self, seq_len: int) -> int:
-        if self.form == "quadratic":  # Q K^T (2 s T) and A V (2 e T), forward + backward
-            return 6 * (self.s + self.e) * seq_len
+    def residual_projections(self) -> list[nn.Linear]:
+        return [self.o_proj]
+
+    def no_decay_parameters(self) -> list[nn.Parameter]:
+        return [self.gamma, self.beta]  # per-dim scales and offsets, like norm weights
+
+    @staticmethod
+    def width(cfg) -> int:
+        return cfg.gau.hidden or cfg.gau.expansion * cfg.d_model
+
+    @staticmethod
+    def flops_per_token(cfg, seq_len: int) -> float:
+        g, e = cfg.gau, GAU.width(cfg)
+        if g.form == "quadratic":  # Q K^T (2 s T) and A V (2 e T), forward + backward
+            return 6 * (g.qk_dim + e) * seq_len
         # the same inside a chunk, plus K_lin^T V and Q_lin S (2 * 2 s e)
-        return 6 * (self.s + self.e) * min(self.chunk_size, seq_len) + 12 * self.s * self.e
+        return 6 * (g.qk_dim + e) * min(g.chunk_size, seq_len) + 12 * g.qk_dim * e
+
+    @staticmethod
+    def activation_bytes(cfg, seq_len: int, s: int) -> float:
+        """Input (s D), U, V, their SiLU inputs, U * AV and AV (6 e), Z, Q, K and its pre-activation (4 s_qk), in
+        the compute dtype; the relu^2 scores (2 s T) of the quadratic form, or the fp32 chunk tensors of the
+        chunked one (2 s_qk + e, 8 C, s_qk e / C)."""
+        g, e, sq = cfg.gau, GAU.width(cfg), cfg.gau.qk_dim
+        total = s * (cfg.d_model + 6 * e + 4 * sq)
+        if g.form == "chunked":
+            C = min(g.chunk_size, seq_len)
+            return total + 4 * (2 * sq + e) + 8 * C + 4 * sq * e / C
+        return total + (2 * s * seq_len if g.scores == "relu2" else 0)
 
     def init_cache(self, batch_size: int, device, dtype) -> tuple:
         if self.form == "quadratic":
             k = torch.zeros(batch_size, 1, 0, self.s, device=device, dtype=dtype)
             v = torch.zeros(batch_size, 1, 0, self.e, device=device, dtype=dtype)
-            return k, v, 0
+            return k, v
         S = torch.zeros(batch_size, self.s, self.e, device=device, dtype=torch.float32)
         k = torch.zeros(batch_size, 2, 0, self.s, device=device, dtype=dtype)
         v = torch.zeros(batch_size, 0, self.e, device=device, dtype=dtype)
-        return S, k, v, 0
+        return S, k, v
 
-    def forward(self, x: Tensor, cache: tuple | None = None):
+    def forward(self, x: Tensor, cache: tuple | None = None, offset: int = 0):
         u, v = F.silu(self.uv_proj(x)).chunk(2, dim=-1)  # (B, T, e) each
         z = F.silu(self.z_proj(x))  # (B, T, s)
         qk = z[:, None] * self.gamma[:, None] + self.beta[:, None]  # (B, n_qk, T, s): per-dim scale and offset
         h = qk.shape[1] // 2
-        offset = 0 if cache is None else cache[-1]
         q, k = self.position.rotate(qk[:, :h], qk[:, h:], offset)  # (B, h, T, s) each, h = 1 or 2 ([quad, lin])
         if self.form == "quadratic":
             o, cache = self._quadratic(q, k, v, cache)
@@ -102,7 +136,7 @@ class GAU(nn.Module):
         if cache is not None:
             k = torch.cat([cache[0], k], dim=2)  # (B, 1, P + T, s)
             v = torch.cat([cache[1], v], dim=2)  # (B, 1, P + T, e)
-            cache = (k, v, cache[2] + q.shape[2])
+            cache = (k, v)
         T, L = q.shape[2], k.shape[2]
         mask = torch.ones(T, L, dtype=torch.bool, device=q.device).tril(diagonal=L - T)  # query i is at L - T + i
         if self.scores == "softmax":  # without a past, is_causal lets SDPA pick its fused kernels
@@ -118,7 +152,7 @@ class GAU(nn.Module):
         values go in front (with dummy queries), so every chunk stays aligned to absolute position 0."""
         B, _, T, s = q.shape
         C, e = self.chunk_size, self.e
-        S0, k_part, v_part, offset = self.init_cache(B, q.device, q.dtype) if cache is None else cache
+        S0, k_part, v_part = self.init_cache(B, q.device, q.dtype) if cache is None else cache
         P = k_part.shape[2]
         k = torch.cat([k_part, k], dim=2)  # (B, 2, L, s), L = P + T
         v = torch.cat([v_part, v], dim=1)  # (B, L, e)
@@ -140,5 +174,5 @@ class GAU(nn.Module):
         if cache is not None:
             full = L // C  # completed chunks: their sums join the state, the rest stays as keys and values
             S = S0 + cum[:, full - 1] if full else S0
-            cache = (S, k[:, :, full * C:], v[:, full * C:], offset + T)
+            cache = (S, k[:, :, full * C:], v[:, full * C:])
         return o.to(v.dtype), cache

@@ -19,20 +19,22 @@ Decoding runs the same code with the cache as S_0, so a prompt, a chunk or one t
 
 Shapes: x (B, T, D) -> q (B, H, T, d), k/v (B, Hk, T, d), d = D / H -> y (B, T, D). The G = H / Hk query
 heads of a group share their key/value head, hence one state S (B, Hk, d, d) and z (B, Hk, d).
-Cache: (S, z, offset): fp32 running sums and the number of tokens already consumed (the RoPE offset).
+Cache: (S, z): fp32 running sums; the model passes the absolute position of the first new token (RoPE offset).
 The core runs in fp32 with autocast off: running sums over long sequences lose too much in bf16.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from model.config import ModelConfig
+from model.component import Mixer
+from model.options import Options, option
 
 FEATURE_MAPS = {"elu": lambda x: F.elu(x) + 1.0, "relu": F.relu, "identity": lambda x: x}
-BACKENDS = ("torch", "fla")
 EPS = 1e-6  # keeps the denominator away from 0 (relu features can all be 0)
 
 
@@ -60,19 +62,26 @@ def chunked_linear_attention(q: Tensor, k: Tensor, v: Tensor, state: Tensor, chu
     return y, state + cum[:, :, 0, -1]
 
 
-class LinearAttention(nn.Module):
-    def __init__(self, cfg: ModelConfig, position: nn.Module):
+@dataclass
+class LinearAttentionConfig(Options):
+    feature_map: str = option("elu", choices=tuple(FEATURE_MAPS))  # phi: elu (elu+1, Katharopoulos) | relu | identity
+    normalize: bool = True  # divide by phi(q) . sum phi(k); False = normalisation-free form
+    chunk_size: int = option(64, min=1)  # quadratic inside a chunk, running K^T V state across chunks
+    backend: str = option("torch", choices=("torch", "fla"))  # torch (reference) | fla (Triton kernels, GPU only)
+
+    def check(self) -> None:
+        if self.feature_map == "identity" and self.normalize:
+            raise ValueError("feature_map=identity needs normalize=false: phi(q) . sum phi(k) can be 0 or negative "
+                             "without a positive feature map")
+
+
+class LinearAttention(Mixer):
+    section = LinearAttentionConfig
+    lora_targets = ("q_proj", "k_proj", "v_proj", "o_proj")
+
+    def __init__(self, cfg, position: nn.Module):
         super().__init__()
         lin = cfg.linear
-        assert cfg.d_model % cfg.n_heads == 0, "d_model must be divisible by n_heads"
-        assert cfg.n_heads % cfg.kv_heads == 0, "n_heads must be a multiple of n_kv_heads"
-        if lin.feature_map not in FEATURE_MAPS:
-            raise ValueError(f"model.linear.feature_map={lin.feature_map!r}: expected one of {sorted(FEATURE_MAPS)}")
-        if lin.backend not in BACKENDS:
-            raise ValueError(f"model.linear.backend={lin.backend!r}: expected one of {list(BACKENDS)}")
-        if lin.feature_map == "identity" and lin.normalize:
-            raise ValueError("model.linear.feature_map=identity needs model.linear.normalize=false: "
-                             "phi(q) . sum phi(k) can be 0 or negative without a positive feature map")
         self.fla = None
         if lin.backend == "fla":
             try:
@@ -89,23 +98,35 @@ class LinearAttention(nn.Module):
         self.v_proj = nn.Linear(cfg.d_model, self.n_kv_heads * self.head_dim, bias=False)
         self.o_proj = nn.Linear(cfg.n_heads * self.head_dim, cfg.d_model, bias=False)
 
-    def attention_flops_per_token(self, seq_len: int) -> int:
-        # forward: phi(Q) phi(K)^T and A V inside a chunk (2 * 2 C d), K^T V and Q S (2 * 2 d^2); x3 with backward
-        return 12 * self.n_heads * self.head_dim * (min(self.chunk_size, seq_len) + self.head_dim)
+    def residual_projections(self) -> list[nn.Linear]:
+        return [self.o_proj]
 
-    def init_cache(self, batch_size: int, device, dtype) -> tuple[Tensor, Tensor, int]:
+    @staticmethod
+    def flops_per_token(cfg, seq_len: int) -> float:
+        # forward: phi(Q) phi(K)^T and A V inside a chunk (2 * 2 C d), K^T V and Q S (2 * 2 d^2); x3 with backward
+        return 12 * cfg.n_heads * cfg.head_dim * (min(cfg.linear.chunk_size, seq_len) + cfg.head_dim)
+
+    @staticmethod
+    def activation_bytes(cfg, seq_len: int, s: int) -> float:
+        """Input and output (s D each); fp32 inside the core: phi(q), phi(k), v, rotated copies and the
+        denominator (7 D + 4 D_kv), the chunk scores (H C) and the chunk states (H_kv d^2 / C)."""
+        D, d, Hk = cfg.d_model, cfg.head_dim, cfg.kv_heads
+        C = min(cfg.linear.chunk_size, seq_len)
+        return 2 * s * D + 4 * (7 * D + 4 * Hk * d + cfg.n_heads * C + Hk * d * d / C)
+
+    def init_cache(self, batch_size: int, device, dtype) -> tuple[Tensor, Tensor]:
         # the running sums stay fp32 whatever the model dtype (see the module docstring)
         S = torch.zeros(batch_size, self.n_kv_heads, self.head_dim, self.head_dim, device=device, dtype=torch.float32)
         z = torch.zeros(batch_size, self.n_kv_heads, self.head_dim, device=device, dtype=torch.float32)
-        return S, z, 0
+        return S, z
 
-    def forward(self, x: Tensor, cache: tuple[Tensor, Tensor, int] | None = None):
+    def forward(self, x: Tensor, cache: tuple[Tensor, Tensor] | None = None, offset: int = 0):
         B, T, _ = x.shape
         H, Hk, d = self.n_heads, self.n_kv_heads, self.head_dim
         q = self.q_proj(x).view(B, T, H, d).transpose(1, 2)  # (B, H, T, d)
         k = self.k_proj(x).view(B, T, Hk, d).transpose(1, 2)  # (B, Hk, T, d)
         v = self.v_proj(x).view(B, T, Hk, d).transpose(1, 2)  # (B, Hk, T, d)
-        S0, z0, offset = self.init_cache(B, x.device, x.dtype) if cache is None else cache
+        S0, z0 = self.init_cache(B, x.device, x.dtype) if cache is None else cache
         with torch.autocast(x.device.type, enabled=False):
             q, k, v = self.phi(q.float()), self.phi(k.float()), v.float()
             q_rot, k_rot = self.position.rotate(q, k, offset)
@@ -119,7 +140,7 @@ class LinearAttention(nn.Module):
                 den = (q.reshape(B, Hk, H // Hk, T, d) * z_all[:, :, None]).sum(-1, keepdim=True)  # (B, Hk, G, T, 1)
                 y = y / (den + EPS)
         y = y.reshape(B, H, T, d).transpose(1, 2).reshape(B, T, H * d).to(x.dtype)  # (B, T, H*d)
-        new_cache = None if cache is None else (S, z_all[:, :, -1], offset + T)
+        new_cache = None if cache is None else (S, z_all[:, :, -1])
         return self.o_proj(y), new_cache
 
     def _fla(self, q: Tensor, k: Tensor, v: Tensor, state: Tensor) -> tuple[Tensor, Tensor]:

@@ -25,15 +25,26 @@ bias = softplus^-1(dt) with dt log-uniform in [1e-3, 1e-1], conv1d PyTorch defau
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from model.config import ModelConfig
+from model.component import Mixer
 from model.mixers.selective_scan import selective_scan
+from model.options import Options, option
 
-BACKENDS = ("torch", "mamba_ssm")
+
+@dataclass
+class MambaConfig(Options):
+    d_state: int = option(16, min=1)  # N: SSM state size per channel
+    d_conv: int = option(4, min=1)  # causal depthwise conv width
+    expand: int = option(2, min=1)  # inner width = expand * d_model
+    d_inner: int = option(0, min=0)  # inner width itself when > 0 (overrides expand), e.g. to match parameters
+    dt_rank: int = option(0, min=0)  # rank of the delta projection; 0 = ceil(d_model / 16)
+    chunk_size: int = option(64, min=1)  # chunk length of the parallel scan
+    backend: str = option("torch", choices=("torch", "mamba_ssm"))  # torch (reference) | mamba_ssm (CUDA kernels)
 
 
 def load_mamba_ssm_kernel():
@@ -47,14 +58,16 @@ def load_mamba_ssm_kernel():
     return selective_scan_fn
 
 
-class Mamba(nn.Module):
-    def __init__(self, cfg: ModelConfig, position: nn.Module | None = None):
+class Mamba(Mixer):
+    section = MambaConfig
+    width_knob = "mamba.d_inner"
+    lora_targets = ("in_proj", "x_proj", "out_proj")
+
+    def __init__(self, cfg, position: nn.Module | None = None):
         super().__init__()  # `position` is unused: the recurrence and the causal conv carry order
         m = cfg.mamba
-        if m.backend not in BACKENDS:
-            raise ValueError(f"model.mamba.backend={m.backend!r} is not one of {', '.join(BACKENDS)}")
         self.kernel = load_mamba_ssm_kernel() if m.backend == "mamba_ssm" else None
-        self.d_inner, self.d_state, self.d_conv = m.d_inner or m.expand * cfg.d_model, m.d_state, m.d_conv
+        self.d_inner, self.d_state, self.d_conv = self.inner(cfg), m.d_state, m.d_conv
         self.dt_rank = m.dt_rank or math.ceil(cfg.d_model / 16)
         self.chunk_size = m.chunk_size
         E, N, R = self.d_inner, self.d_state, self.dt_rank
@@ -64,8 +77,6 @@ class Mamba(nn.Module):
         self.dt_proj = nn.Linear(R, E, bias=True)
         self.A_log = nn.Parameter(torch.empty(E, N))
         self.D = nn.Parameter(torch.empty(E))
-        self.A_log._no_weight_decay = True  # as mamba_simple.py: decaying A or D towards 0 is not wanted
-        self.D._no_weight_decay = True
         self.out_proj = nn.Linear(E, cfg.d_model, bias=False)
         self.reset_special_parameters()
 
@@ -80,13 +91,36 @@ class Mamba(nn.Module):
         dt = torch.exp(torch.rand(E) * (math.log(dt_max) - math.log(dt_min)) + math.log(dt_min)).clamp(min=1e-4)
         self.dt_proj.bias.copy_(dt + torch.log(-torch.expm1(-dt)))  # softplus^-1(dt)
 
+    def residual_projections(self) -> list[nn.Linear]:
+        return [self.out_proj]
+
+    def no_decay_parameters(self) -> list[nn.Parameter]:
+        return [self.A_log, self.D]  # as mamba_simple.py: decaying A or D towards 0 is not wanted
+
+    @staticmethod
+    def inner(cfg) -> int:
+        return cfg.mamba.d_inner or cfg.mamba.expand * cfg.d_model
+
+    @staticmethod
+    def flops_per_token(cfg, seq_len: int) -> float:
+        """The scan, per channel and state: exp(dt A) (2), dt B x (2), the update h (2) and C . h (2) forward,
+        x3 with backward: 24 E N. The projections and the conv are parameters (6 N covers them)."""
+        return 24 * Mamba.inner(cfg) * cfg.mamba.d_state
+
+    @staticmethod
+    def activation_bytes(cfg, seq_len: int, s: int) -> float:
+        """Input (s D); x, z, the conv output and its SiLU, the gate and y (6 s E); the fp32 scan inputs x, dt, its
+        pre-activation, y and the gated product (20 E) and B, C (24 N with their pre-split copies)."""
+        E = Mamba.inner(cfg)
+        return s * cfg.d_model + 6 * s * E + 20 * E + 24 * cfg.mamba.d_state
+
     def init_cache(self, batch_size: int, device, dtype) -> tuple[Tensor, Tensor]:
         conv_state = torch.zeros(batch_size, self.d_inner, self.d_conv - 1, device=device, dtype=dtype)
         f32 = torch.promote_types(dtype, torch.float32)
         ssm_state = torch.zeros(batch_size, self.d_inner, self.d_state, device=device, dtype=f32)
         return conv_state, ssm_state
 
-    def forward(self, u: Tensor, cache: tuple[Tensor, Tensor] | None = None):
+    def forward(self, u: Tensor, cache: tuple[Tensor, Tensor] | None = None, offset: int = 0):
         Bsz, T, _ = u.shape
         x, z = self.in_proj(u).chunk(2, dim=-1)  # (B, T, E) each
         x = x.transpose(1, 2)  # (B, E, T)

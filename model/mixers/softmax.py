@@ -16,11 +16,14 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from model.config import ModelConfig
+from model.component import Mixer
 
 
-class SoftmaxAttention(nn.Module):
-    def __init__(self, cfg: ModelConfig, position: nn.Module):
+class SoftmaxAttention(Mixer):
+    lora_targets = ("q_proj", "k_proj", "v_proj", "o_proj")
+    llama_module = "self_attn"  # q/k/v/o_proj are Hugging Face Llama's names
+
+    def __init__(self, cfg, position: nn.Module):
         super().__init__()
         assert cfg.d_model % cfg.n_heads == 0, "d_model must be divisible by n_heads"
         assert cfg.n_heads % cfg.kv_heads == 0, "n_heads must be a multiple of n_kv_heads"
@@ -31,20 +34,30 @@ class SoftmaxAttention(nn.Module):
         self.v_proj = nn.Linear(cfg.d_model, self.n_kv_heads * self.head_dim, bias=False)
         self.o_proj = nn.Linear(cfg.n_heads * self.head_dim, cfg.d_model, bias=False)
 
-    def attention_flops_per_token(self, seq_len: int) -> int:
-        return 12 * self.n_heads * self.head_dim * seq_len  # Q K^T and A V, forward + backward
+    def residual_projections(self) -> list[nn.Linear]:
+        return [self.o_proj]
+
+    @staticmethod
+    def flops_per_token(cfg, seq_len: int) -> float:
+        return 12 * cfg.n_heads * cfg.head_dim * seq_len  # Q K^T and A V (2 T H d each), forward + backward (x3)
+
+    @staticmethod
+    def activation_bytes(cfg, seq_len: int, s: int) -> float:
+        """Its input, q and the output (D each), k and v (D_kv each) in the compute dtype, SDPA's fp32
+        log-sum-exp per head (never the T x T scores)."""
+        return s * (3 * cfg.d_model + 2 * cfg.kv_heads * cfg.head_dim) + 4 * cfg.n_heads
 
     def init_cache(self, batch_size: int, device, dtype) -> tuple[Tensor, Tensor]:
         empty = torch.zeros(batch_size, self.n_kv_heads, 0, self.head_dim, device=device, dtype=dtype)
         return empty, empty
 
-    def forward(self, x: Tensor, cache: tuple[Tensor, Tensor] | None = None):
+    def forward(self, x: Tensor, cache: tuple[Tensor, Tensor] | None = None, offset: int = 0):
         B, T, _ = x.shape
         q = self.q_proj(x).view(B, T, self.n_heads, self.head_dim).transpose(1, 2)  # (B, H, T, d)
         k = self.k_proj(x).view(B, T, self.n_kv_heads, self.head_dim).transpose(1, 2)  # (B, Hk, T, d)
         v = self.v_proj(x).view(B, T, self.n_kv_heads, self.head_dim).transpose(1, 2)  # (B, Hk, T, d)
-        past = 0 if cache is None else cache[0].shape[2]
-        q, k = self.position.rotate(q, k, offset=past)
+        past = 0 if cache is None else cache[0].shape[2]  # cached keys (= offset: the cache keeps them all)
+        q, k = self.position.rotate(q, k, offset=offset)
         if cache is not None:
             k = torch.cat([cache[0], k], dim=2)  # (B, Hk, past + T, d)
             v = torch.cat([cache[1], v], dim=2)

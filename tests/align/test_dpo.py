@@ -100,6 +100,30 @@ def test_full_method_keeps_a_frozen_reference_copy(tiny_corpus, tiny_sft_run, tm
     assert not (run_dir / REFERENCE_DIR).exists()
 
 
+def test_simpo_trains_without_a_reference_model(tiny_corpus, tiny_sft_run, tmp_path, monkeypatch):
+    from align.policy import PolicyModel
+
+    def no_reference(self):
+        raise AssertionError("simpo must not run the reference model")
+
+    monkeypatch.setattr(PolicyModel, "reference_model", no_reference)
+    spy = Spy()
+    values = dpo_values(tiny_corpus, tiny_sft_run[1], tmp_path, "full",
+                        **{"align.loss_type": "simpo", "align.beta": 2.0, "align.simpo_gamma": 0.5})
+    run_dir = train_dpo(align_config(None, values), [spy])
+    assert spy.module.reference is None  # full fine-tuning, yet no frozen copy: the loss needs none
+    rows = [r for r in read_metrics(run_dir) if r.get("train/loss")]
+    assert rows and all(math.isfinite(float(r["train/loss"])) for r in rows)
+    assert (run_dir / "model.safetensors").is_file()
+
+
+def test_loss_type_is_checked_against_the_registry(tiny_sft_run):
+    from train.config import ConfigError
+
+    with pytest.raises(ConfigError, match="align.loss_type.*simpo"):
+        align_config(None, {"finetune": {"base": str(tiny_sft_run[1])}, "align": {"loss_type": "kto"}})
+
+
 def test_pair_batches_put_chosen_then_rejected(tiny_sft_run):
     _, tokenizer, _ = load_finetuned(tiny_sft_run[1])
     pairs = [{"prompt": "Words: cat\nStory:\n", "chosen": f"A cat {i}.", "rejected": "No."} for i in range(4)]

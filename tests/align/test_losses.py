@@ -5,7 +5,7 @@ import torch
 import torch.nn.functional as F
 
 from align.losses import (
-    DPO_LOSSES,
+    LOSSES,
     aggregate,
     clipped_surrogate,
     dpo_loss,
@@ -98,7 +98,40 @@ def test_dpo_bad_input():
         dpo_loss(*args, beta=0.1, loss_type="kto")
     with pytest.raises(ValueError, match="label_smoothing"):
         dpo_loss(*args, beta=0.1, loss_type="ipo", label_smoothing=0.1)
-    assert set(DPO_LOSSES) == {"sigmoid", "ipo", "hinge"}
+    with pytest.raises(ValueError, match="reference"):
+        dpo_loss(_t(-1.0), _t(-3.0), None, None, beta=0.1)
+    with pytest.raises(ValueError, match="completion lengths"):
+        dpo_loss(_t(-1.0), _t(-3.0), None, None, beta=0.1, loss_type="simpo")
+    assert set(LOSSES) == {"sigmoid", "ipo", "hinge", "simpo"}
+
+
+def test_simpo_hand_values_need_no_reference():
+    # length-normalised: -6 / 3 = -2 (chosen), -12 / 4 = -3 (rejected); h = 1
+    pc, pr = _t(-6.0).requires_grad_(), _t(-12.0)
+    tokens = (_t(3.0), _t(4.0))
+    loss, chosen_r, rejected_r = dpo_loss(pc, pr, None, None, beta=2.0, loss_type="simpo", gamma=0.5,
+                                          chosen_tokens=tokens[0], rejected_tokens=tokens[1])
+    torch.testing.assert_close(loss, _t(math.log1p(math.exp(-(2.0 * 1 - 0.5)))))  # -log sigma(beta h - gamma)
+    torch.testing.assert_close(chosen_r, _t(-4.0))  # beta * logp / |y|
+    torch.testing.assert_close(rejected_r, _t(-6.0))
+    loss.sum().backward()  # d/d pc = -sigma(-(beta h - gamma)) * beta / |y_w|
+    torch.testing.assert_close(pc.grad, _t(-torch.sigmoid(torch.tensor(-1.5, dtype=torch.float64)).item() * 2 / 3))
+    # the same log-probs with a reference: simpo ignores it (no reference term)
+    same, _, _ = dpo_loss(_t(-6.0), pr, _t(100.0), _t(-100.0), beta=2.0, loss_type="simpo", gamma=0.5,
+                          chosen_tokens=tokens[0], rejected_tokens=tokens[1])
+    torch.testing.assert_close(same, loss.detach())
+    smooth, _, _ = dpo_loss(_t(-6.0), pr, None, None, beta=2.0, loss_type="simpo", label_smoothing=0.1, gamma=0.5,
+                            chosen_tokens=tokens[0], rejected_tokens=tokens[1])
+    torch.testing.assert_close(smooth, _t(0.9 * math.log1p(math.exp(-1.5)) + 0.1 * math.log1p(math.exp(1.5))))
+
+
+@pytest.mark.parametrize("name", sorted(LOSSES))
+def test_every_loss_is_finite_and_prefers_a_larger_margin(name):
+    entry = LOSSES[name]
+    ref = (_t(-2.0, -2.0), _t(-2.0, -2.0)) if entry.needs_reference else (None, None)
+    tokens = {"chosen_tokens": _t(2.0, 2.0), "rejected_tokens": _t(2.0, 2.0)}
+    loss, _, _ = dpo_loss(_t(-1.0, -1.5), _t(-3.0, -2.5), *ref, beta=0.1, loss_type=name, **tokens)  # h < ipo target
+    assert torch.isfinite(loss).all() and loss[0] <= loss[1]  # a larger chosen-over-rejected margin costs less
 
 
 # ------------------------------------------------------------------------------------------- GRPO

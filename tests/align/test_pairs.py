@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 
@@ -20,6 +21,7 @@ from align.rewards import word_inclusion
 from data.corpus import DataError
 from data.instruct import parse_header
 from data.sft import instruct_examples
+from data.words import word_forms
 from finetune.load import load_finetuned
 
 WEIGHTS = {"word_inclusion": 2.0, "dialogue": 0.5, "finished": 0.25}
@@ -50,6 +52,19 @@ def test_swapped_pairs_differ_only_where_the_header_words_are(examples):
         assert len(pair["rejected"].split()) == len(pair["chosen"].split())  # one word for one word
     with pytest.raises(ValueError, match="unknown rejected kind"):
         offline_pairs(examples, WEIGHTS, rejected="nope")
+
+
+def test_every_swapped_pair_is_a_minimal_pair_for_stories_of_varied_length(varied_corpus):
+    examples = instruct_examples(str(varied_corpus), seed=0)["train"][:60]
+    assert len({len(ex.story.split()) for ex in examples}) > 3  # the stories' lengths differ
+    pairs = offline_pairs(examples, WEIGHTS, seed=0, rejected="swapped")
+    assert len(pairs) > len(examples) // 2
+    for pair in pairs:  # not another story (of another length) after the first example
+        chosen, rejected = pair["chosen"].split(), pair["rejected"].split()
+        assert len(rejected) == len(chosen)
+        forms = {f for word in parse_header(pair["prompt"])["words"] for f in word_forms(word)}
+        changed = [a for a, b in zip(chosen, rejected) if a != b]
+        assert changed and all(re.sub(r"\W", "", a).lower() in forms for a in changed)
 
 
 def test_jsonl_round_trip_and_datasets_folder(examples, tmp_path):
@@ -94,3 +109,10 @@ def test_make_pairs_command_writes_jsonl(tiny_sft_run, tmp_path, capsys):
     with pytest.raises(SystemExit) as exit_info:
         main(["--run", str(tmp_path), "--out", str(out)])
     assert exit_info.value.code == 2
+
+
+def test_a_bad_rewards_spec_exits_2(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--run", str(tmp_path), "--out", str(tmp_path / "p.jsonl"), "--rewards", "{length: {target: 3}}"])
+    assert exit_info.value.code == 2
+    assert "error: --rewards: length: unknown parameter(s) ['target']" in capsys.readouterr().err

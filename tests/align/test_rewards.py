@@ -10,6 +10,8 @@ from align.rewards import (
     finished,
     length,
     repetition,
+    reward_params,
+    reward_terms,
     word_inclusion,
 )
 from data.instruct import format_header, parse_header
@@ -83,7 +85,34 @@ def test_combined_reward_custom_registry_and_errors():
         combined_reward(INFO, "x", {"length": 0.0})
 
 
-@pytest.mark.parametrize("weights", ["{word_inclusion:1.0}", "{length: -1}", "{length: high}", "[1, 2]"])
+def test_reward_parameters_from_yaml():
+    spec = yaml.safe_load("{length: {weight: 2, min_words: 1, max_words: 3}, repetition: {n: 2}, finished: 1}")
+    terms = reward_terms(spec)
+    assert {name: w for name, (w, _) in terms.items()} == {"length": 2.0, "repetition": 1.0, "finished": 1.0}
+    total, per = combined_reward(INFO, "a b a b.", spec)  # 4 words, above max_words=3: 1 - (4 - 3) / 3
+    assert per == {"length": pytest.approx(2 / 3), "repetition": pytest.approx(2 / 3), "finished": 1.0}
+    assert total == pytest.approx((2 * 2 / 3 + 2 / 3 + 1.0) / 4)
+    assert reward_params(length) == {"min_words": 80, "max_words": 300} and reward_params(finished) == {}
+    assert combined_reward(INFO, "x", {"length": {"min_words": 1}})[1] == {"length": 1.0}  # weight defaults to 1
+
+
+@pytest.mark.parametrize("spec, message", [
+    ({"nonsense": 1.0}, r"unknown reward\(s\) \['nonsense'\]; valid: .*word_inclusion"),
+    ({"length": -1}, "length: the weight must be a number >= 0"),
+    ({"length": {"weight": -0.5}}, "length: the weight must be a number >= 0"),
+    ({"length": {"target": 50}}, r"length: unknown parameter\(s\) \['target'\]; valid: \['weight', 'min_words'"),
+    ({"repetition": {"n": "two"}}, "repetition.n: expected int like 3"),
+    ({"word_inclusion": {"inflections": 1}}, "word_inclusion.inflections: expected bool"),
+    ({"length": {"min_words": 50, "max_words": 10}}, "min_words <= max_words"),
+    ({"repetition": {"n": 0}}, "n >= 1"),
+])
+def test_bad_reward_specs_name_the_problem(spec, message):
+    with pytest.raises(ValueError, match=message):
+        reward_terms(spec)
+
+
+@pytest.mark.parametrize("weights", ["{word_inclusion:1.0}", "{length: -1}", "{length: high}", "[1, 2]",
+                                     "{length: {target: 3}}", "{repetition: {weight: -1, n: 2}}"])
 def test_bad_reward_weights_stop_at_config_time(tiny_sft_run, weights):
     from align.policy import align_config
     from train.config import ConfigError

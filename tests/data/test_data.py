@@ -50,7 +50,8 @@ def test_token_cache_is_reused(tiny_corpus, tmp_path):
     tok, tokens = prepare_tokens(str(tiny_corpus), 300, str(tmp_path))
     files = sorted(p.name for p in tmp_path.iterdir())
     tok2, tokens2 = prepare_tokens(str(tiny_corpus), 300, str(tmp_path))
-    assert sorted(p.name for p in tmp_path.iterdir()) == files and len(files) == 3
+    assert sorted(p.name for p in tmp_path.iterdir()) == files  # nothing rebuilt
+    assert sum(f.endswith(".bin") for f in files) == 2 and sum(f.endswith(".meta.json") for f in files) == 3
     assert np.array_equal(tokens["train"], tokens2["train"]) and tok.to_str() == tok2.to_str()
     assert int(tokens["train"][-1]) == eot_id(tok)
     with pytest.raises(DataError, match="data.vocab_size"):

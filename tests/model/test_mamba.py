@@ -6,8 +6,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from model.config import MambaConfig, ModelConfig
-from model.mixers.mamba import Mamba
+from model.config import ModelConfig
+from model.mixers.mamba import Mamba, MambaConfig
 from model.mixers.selective_scan import selective_scan
 from model.positions import NoPosition
 from model.transformer import Transformer
@@ -100,7 +100,7 @@ def test_cached_decoding_matches_full_forward(pieces):
     cache = m.init_cache(2, u.device, u.dtype)
     outs, start = [], 0
     for n in pieces:
-        y, cache = m(u[:, start:start + n], cache)
+        y, cache = m(u[:, start:start + n], cache, offset=start)
         outs.append(y)
         start += n
     torch.testing.assert_close(torch.cat(outs, dim=1), full, rtol=1e-5, atol=1e-5)

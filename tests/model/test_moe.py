@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from model.config import ModelConfig, MoEConfig
+from model.config import ModelConfig
 from model.ffn import FFNS
-from model.ffn.moe import MoE
+from model.ffn.moe import MoE, MoEConfig
 from model.transformer import Transformer
 
 

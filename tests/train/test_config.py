@@ -29,7 +29,7 @@ def test_overrides_are_yaml_and_win():
     ("--train.precision=fp8", ["bf16-mixed"]),
     ("--train.max_steps=many", ["train.max_steps: expected int"]),
     ("--train.lr=[1]", ["train.lr: expected float"]),
-    ("--model.d_model=100", ["divisible by model.n_heads"]),
+    ("--model.d_model=100", ["model.d_model=100 must be divisible by n_heads"]),
     ("--train.lr", ["has no value"]),
 ])
 def test_bad_config_names_the_problem(override, words):

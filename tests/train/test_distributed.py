@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import tiny_train_overrides
+from conftest import tiny_finetune_values, tiny_train_overrides
 from safetensors.torch import load_file
 from test_pretrain import train_losses
 from train_script import Hooks, as_argv
@@ -70,6 +70,39 @@ def test_two_process_ddp_matches_one_process(tiny_corpus, tmp_path):
     w1, w2 = load_file(single / "model.safetensors"), load_file(run_dir / "model.safetensors")
     for name in w1:
         torch.testing.assert_close(w2[name], w1[name], atol=1e-5, rtol=1e-4)
+
+
+def stage_values(stage: str, corpus: Path, sft_run: tuple[Path, Path], out: Path) -> dict:
+    """A 4-step, 2-rank run of `stage` (SFT from the base run; DPO and GRPO from the LoRA SFT run)."""
+    base, sft = sft_run
+    extra = {"train.name": stage, "train.max_steps": 4, "train.warmup_steps": 1, "train.val_every": 4,
+             "train.batch_size": 2, "train.num_samples": 0, "train.accelerator": "cpu", "train.devices": 2,
+             "train.strategy": "ddp"}
+    values = tiny_finetune_values(corpus, out, base if stage == "sft" else sft,
+                                  {"eval_prompts": 0} if stage == "sft" else {}, **extra)
+    if stage == "grpo":
+        values["align"] = {"group_size": 2, "prompts_per_step": 2, "max_new_tokens": 8, "beta": 0.05,
+                           "rewards": {"word_inclusion": 1.0, "length": {"weight": 0.5, "min_words": 4}}}
+    return values
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("stage", ["sft", "dpo", "grpo"])
+def test_a_nan_on_one_rank_skips_the_step_on_both(stage, tiny_corpus, tiny_sft_run, tmp_path):
+    """Rank 1's loss is NaN at step 1: both ranks skip it (a rank stepping alone would hang DDP's all-reduce,
+    hence the timeout), count it, and finish in lockstep with equal weights; rank 0 writes the run directory."""
+    env = {**os.environ, "WANDB_MODE": "disabled", "TEST_STAGE": stage, "TEST_NAN": "1:1"}
+    env.pop(RUN_DIR_ENV, None)
+    args = as_argv(stage_values(stage, tiny_corpus, tiny_sft_run, tmp_path))
+    proc = subprocess.run([sys.executable, str(SCRIPT), *args], cwd=ROOT, env=env, capture_output=True, text=True,
+                          timeout=240)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    run_dir = tmp_path / stage
+    bad = metric(run_dir, "train/bad_steps")  # logged by rank 0, whose own loss was finite (the total so far)
+    assert min(bad) == 1 and set(bad.values()) == {1.0}
+    assert sorted(batches(tmp_path, 0)) == sorted(batches(tmp_path, 1))
+    assert (tmp_path / ".rank0.params").read_text() == (tmp_path / ".rank1.params").read_text()
+    assert (run_dir / "adapter" / "adapter_model.safetensors").is_file()  # LoRA runs: the final adapter
 
 
 def metric(run_dir: Path, name: str) -> dict[int, float]:

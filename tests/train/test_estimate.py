@@ -8,7 +8,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from model.config import GAUConfig, LinearAttentionConfig, MambaConfig, ModelConfig, MoEConfig
+from model.config import ModelConfig
+from model.ffn.moe import MoEConfig
+from model.mixers.gau import GAUConfig
+from model.mixers.linear import LinearAttentionConfig
+from model.mixers.mamba import MambaConfig
 from model.transformer import Transformer
 from train.config import load_config
 from train.estimate import count_params, estimate, head_bytes, layer_bytes, main, parse_size

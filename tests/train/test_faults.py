@@ -153,14 +153,14 @@ class Recorder(L.Callback):
 
 
 def test_nan_steps_are_skipped_and_n_in_a_row_halt(tiny_corpus, tmp_path, monkeypatch, capsys):
-    calls, real_loss = [], LanguageModel.loss
+    calls, real_loss = [], LanguageModel.compute_loss
 
     def flaky_loss(self, batch):  # step 2 alone, then steps 5, 6, 7 in a row are NaN
         loss, logs = real_loss(self, batch)
         calls.append(len(calls))
         return (loss * float("nan"), logs) if calls[-1] in (2, 5, 6, 7) else (loss, logs)
 
-    monkeypatch.setattr(LanguageModel, "loss", flaky_loss)
+    monkeypatch.setattr(LanguageModel, "compute_loss", flaky_loss)
     recorder = Recorder()
     overrides = tiny_train_overrides(tiny_corpus, tmp_path, **{"train.max_bad_steps": 3, "train.ckpt_every": 2})
     with pytest.raises(SystemExit) as exit_info:  # the CLI's handling, with the module recorded

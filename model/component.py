@@ -1,0 +1,109 @@
+"""The component contract: what a mixer, an FFN or a position declares about itself, and the registries that check it.
+
+A registry entry is the only place that knows a component. Everything else (config validation, `train.estimate`,
+`match: params`, initialisation, weight decay, LoRA targets, export) asks the registered class, so adding a
+component is one file and one registry line. `Registry.__setitem__` refuses a class that leaves a required piece
+undeclared, so a missing piece fails when the component is registered, not silently later.
+
+A mixer (`Mixer`) declares:
+    section             its config dataclass, nested under `model.<name>` (None: no options of its own)
+    replaces_ffn        True when it already is attention + FFN (GAU): `model.ffn=auto` then gives the block none
+    width_knob          the field under `model.` that `match: params` resizes (e.g. "gau.hidden"), or None
+    lora_targets        Linear submodule names LoRA adapts by default (`finetune.lora.target_modules=auto`)
+    residual_projections()   its Linears that write into the residual stream (init std / sqrt(2 L))
+    no_decay_parameters()    parameters AdamW must not decay (SSM decay rates, skip scales)
+    init_cache(B, device, dtype)   the empty decoding state; `forward(x, cache, offset)` continues it, `offset`
+                        being the absolute position of x's first token (given by the model, never re-derived)
+    flops_per_token(cfg, T)        training FLOPs per token (forward + backward) NOT counted by 6 N: attention
+                        scores, scans, state updates (PaLM appendix B counts 6 N for the parameter matmuls)
+    activation_bytes(cfg, T, s)    bytes per token kept for backward inside the mixer, s = compute dtype bytes
+                        (the block's norm and the projections' shared input are counted by `train.estimate`)
+An FFN (`FFN`) declares section, width_knob, lora_targets, residual_projections(), no_decay_parameters(),
+`hidden_width(cfg)`, `inactive_params` (parameters a token skips, MoE) and activation_bytes(cfg, s, mixed).
+A position (`Position`) is an object with `embed(h, offset)` and `rotate(q, k, offset)` (model/positions.py).
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+from torch import Tensor, nn
+
+
+class Component(nn.Module):
+    """What every mixer and FFN declares; `REQUIRED` names the pieces a subclass must define itself."""
+
+    REQUIRED: ClassVar[tuple[str, ...]] = ("lora_targets", "residual_projections", "activation_bytes")
+    section: ClassVar[type | None] = None  # config dataclass under model.<registry name>
+    width_knob: ClassVar[str | None] = None  # field under `model.` resized by `match: params`
+    lora_targets: ClassVar[tuple[str, ...]] = ()  # Linear names adapted by default
+    llama_module: ClassVar[str | None] = None  # its name in a Hugging Face Llama layer, when it is Llama's own
+
+    def residual_projections(self) -> list[nn.Linear]:
+        """The Linears whose output is added to the residual stream: initialised with std / sqrt(2 L)."""
+        raise NotImplementedError
+
+    def no_decay_parameters(self) -> list[nn.Parameter]:
+        """Parameters excluded from weight decay beyond the rule for all (vectors and embeddings)."""
+        return []
+
+
+class Mixer(Component):
+    REQUIRED = (*Component.REQUIRED, "init_cache", "forward", "flops_per_token")
+    replaces_ffn: ClassVar[bool] = False
+
+    def init_cache(self, batch_size: int, device, dtype):
+        raise NotImplementedError
+
+    def forward(self, x: Tensor, cache=None, offset: int = 0):
+        raise NotImplementedError
+
+    @staticmethod
+    def flops_per_token(cfg, seq_len: int) -> float:
+        raise NotImplementedError
+
+    @staticmethod
+    def activation_bytes(cfg, seq_len: int, s: int) -> float:
+        raise NotImplementedError
+
+
+class FFN(Component):
+    REQUIRED = (*Component.REQUIRED, "forward", "hidden_width")
+    inactive_params: int = 0  # parameters a token does not pass through (MoE's unrouted experts), for FLOPs
+
+    def forward(self, x: Tensor) -> Tensor:
+        raise NotImplementedError
+
+    @staticmethod
+    def hidden_width(cfg) -> int:
+        raise NotImplementedError
+
+    @staticmethod
+    def activation_bytes(cfg, s: int, mixed: bool) -> float:
+        raise NotImplementedError
+
+
+CONTRACTS = (Component, Mixer, FFN)
+
+
+class Registry(dict):
+    """name -> component class, checked on insertion against the family's contract (`base`)."""
+
+    def __init__(self, family: str, base: type, entries: dict[str, type]):
+        super().__init__()
+        self.family, self.base = family, base
+        for name, cls in entries.items():
+            self[name] = cls
+
+    def __setitem__(self, name: str, cls: type) -> None:
+        if not (isinstance(cls, type) and issubclass(cls, self.base)):
+            raise TypeError(f"{self.family} {name!r}: {cls!r} must subclass {self.base.__name__}")
+        own = [k for k in cls.__mro__ if issubclass(k, self.base) and k not in CONTRACTS]  # the component's classes
+        missing = [piece for piece in getattr(self.base, "REQUIRED", ()) if not any(piece in k.__dict__ for k in own)]
+        if missing:
+            raise TypeError(f"{self.family} {name!r} ({cls.__name__}) does not declare {', '.join(missing)}; "
+                            f"see model/component.py for the contract")
+        section = getattr(cls, "section", None)
+        if section is not None and not hasattr(section, "__dataclass_fields__"):
+            raise TypeError(f"{self.family} {name!r}: section must be a dataclass, got {section!r}")
+        super().__setitem__(name, cls)

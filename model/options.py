@@ -1,0 +1,60 @@
+"""Config fields that carry their valid values, checked when the config object is built.
+
+    feature_map: str = option("elu", choices=("elu", "relu", "identity"))  # the field, its values, its "why"
+    lr: float = option(1e-3, min=0.0)
+
+`Options` is the base of every config dataclass: after construction it checks each field's `choices` (a tuple,
+or a function returning a registry's current names) and its range (`min` / `max` inclusive, `above` / `below`
+exclusive;
+NaN fails every range), then the class's own cross-field `check()`. A problem raises ValueError starting with the
+field name; `train/config.py` prefixes the dotted section (`model.linear.`) and prints it as one line.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+
+def option(default=dataclasses.MISSING, *, choices=None, min=None, above=None, max=None, below=None, factory=None):
+    meta = {k: v for k, v in dict(choices=choices, min=min, above=above, max=max, below=below).items()
+            if v is not None}
+    if factory is not None:
+        return dataclasses.field(default_factory=factory, metadata=meta)
+    return dataclasses.field(default=default, metadata=meta)
+
+
+def check_field(name: str, value, meta) -> None:
+    choices = meta.get("choices")
+    if choices is not None:
+        valid = list(choices() if callable(choices) else choices)
+        items = value if isinstance(value, list) else [value]
+        if isinstance(value, list) and not value:
+            raise ValueError(f"{name}: an empty list; give at least one of {', '.join(map(str, valid))}")
+        for item in items:
+            if item not in valid:
+                raise ValueError(f"{name}: invalid choice {item!r}; valid choices: {', '.join(map(str, valid))}")
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return
+    if isinstance(value, float) and not math.isfinite(value) and meta.keys() & {"min", "above", "max", "below"}:
+        raise ValueError(f"{name}={value!r}: must be a finite number")
+    if "min" in meta and value < meta["min"]:
+        raise ValueError(f"{name}={value!r}: must be at least {meta['min']}")
+    if "above" in meta and value <= meta["above"]:
+        raise ValueError(f"{name}={value!r}: must be above {meta['above']}")
+    if "max" in meta and value > meta["max"]:
+        raise ValueError(f"{name}={value!r}: must be at most {meta['max']}")
+    if "below" in meta and value >= meta["below"]:
+        raise ValueError(f"{name}={value!r}: must be below {meta['below']}")
+
+
+class Options:
+    """Base of config dataclasses: validates every field's metadata, then `check()` (cross-field rules)."""
+
+    def __post_init__(self) -> None:
+        for f in dataclasses.fields(self):
+            check_field(f.name, getattr(self, f.name), f.metadata)
+        self.check()
+
+    def check(self) -> None:
+        """Rules between fields; raise ValueError naming the fields and the fix."""
