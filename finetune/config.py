@@ -62,12 +62,14 @@ def finetune_config(path: str | Path | None = None, overrides: list[str] | dict 
 
 def adapt(model, cfg: Config) -> LoRAConfig:
     """Wrap the layers finetune.lora.target_modules names in LoRA (freezing the rest) and store their frozen
-    weights in finetune.lora.base_dtype -> the LoRAConfig used; a bad setting raises ConfigError."""
+    weights in finetune.lora.base_dtype -> the LoRAConfig used; a bad setting raises ConfigError. `auto` targets
+    are the model's components' own `lora_targets` (model/component.py)."""
     section = cfg.finetune.lora
     if section.base_dtype == "bfloat16" and cfg.train.precision != "bf16-mixed":
         raise ConfigError(f"finetune.lora.base_dtype=bfloat16 needs --train.precision=bf16-mixed (got "
                           f"{cfg.train.precision!r}): the bf16 weights are read under autocast")
-    lora_cfg = lora_config(section)
+    targets = model.lora_targets() if section.target_modules == "auto" else section.target_modules
+    lora_cfg = lora_config(section, targets)
     try:
         apply_lora(model, lora_cfg)
     except ValueError as err:  # a target pattern matching nothing, a tied target, ...
@@ -76,10 +78,11 @@ def adapt(model, cfg: Config) -> LoRAConfig:
     return lora_cfg
 
 
-def lora_config(section: LoRASection) -> LoRAConfig:
-    """The config section (plain data) -> finetune.lora.LoRAConfig; invalid values raise ConfigError."""
+def lora_config(section: LoRASection, target_modules: str | list[str]) -> LoRAConfig:
+    """The config section (plain data) and the resolved targets (`auto`: every component's own `lora_targets`)
+    -> LoRAConfig; invalid values raise ConfigError."""
     try:
         return LoRAConfig(r=section.r, alpha=section.alpha, dropout=section.dropout,
-                          target_modules=section.target_modules, rslora=section.rslora)
+                          target_modules=target_modules, rslora=section.rslora)
     except ValueError as err:
         raise ConfigError(str(err)) from None

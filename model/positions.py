@@ -26,7 +26,10 @@ from model.component import Registry
 
 
 class NoPosition(nn.Module):
-    """No explicit positions: causal masking alone carries order (NoPE, Kazemnejad et al. 2023)."""
+    """No explicit positions: causal masking alone carries order (NoPE, Kazemnejad et al. 2023). The base of
+    every position: `embed` and `rotate` are the identity unless a subclass overrides them."""
+
+    llama_module = None  # Hugging Face Llama's own position (RoPE) declares its name there
 
     def __init__(self, d_model: int, theta: float = 10000.0):
         super().__init__()
@@ -40,6 +43,8 @@ class NoPosition(nn.Module):
 
 class RotaryPosition(NoPosition):
     """Rotary embeddings applied to q and k of any (even) head dimension; computed on the fly."""
+
+    llama_module = "rotary_emb"  # rotate_half, as Hugging Face Llama: weights copy across
 
     def __init__(self, d_model: int, theta: float = 10000.0):
         super().__init__(d_model, theta)

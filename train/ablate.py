@@ -20,8 +20,8 @@ overridden too: `--seeds=[0] --match=none --threads=2 --name=mixer-big`.
 Fair comparison: every variant shares the token budget and the data (train.max_steps, batch_size,
 grad_accum, data.seq_len, data.path, data.max_stories), checked up front. `match: params` resizes one width
 knob per variant so its non-embedding parameter count is within 2% of the reference variant's (the tied
-embedding is the same for all, so the totals match too): `model.d_ff` when the variant has an FFN, else
-`model.gau.hidden` (GAU), else `model.mamba.d_inner` (Mamba), replacing any value the variant sets; see
+embedding is the same for all, so the totals match too): the `width_knob` its components declare (`model.d_ff`
+for an FFN, else its mixer's own, e.g. `model.gau.hidden`), replacing any value the variant sets; see
 train/param_match.py.
 
 Every variant's config is built and validated (and its parameters matched) before anything trains, so a typo
@@ -98,9 +98,17 @@ def load_sweep(path: str | None, argv: list[str]) -> tuple[dict, dict]:
         base = Path(path).parent / base
     sweep["base"] = base
     sweep.setdefault("name", Path(path).stem)
-    seeds, variants = sweep.get("seeds", [0]), sweep.get("variants")
-    if not isinstance(seeds, list) or not seeds or not all(isinstance(s, int) for s in seeds):
-        raise ConfigError(f"seeds: expected a list of integers, got {seeds!r}")
+    if not re.fullmatch(r"[A-Za-z0-9_.+-]+", str(sweep["name"])) or str(sweep["name"]).strip(".") == "":
+        raise ConfigError(f"name {sweep['name']!r}: a sweep name uses letters, digits, _ . + - (it names the folder "
+                          "<train.out_dir>/ablate-<name>, and nothing outside it)")
+    if "seeds" not in sweep:
+        raise ConfigError(f"{path}: no `seeds`; give the seeds every variant trains with, e.g. seeds: [0, 1, 2]")
+    seeds, variants = sweep["seeds"], sweep.get("variants")
+    if not isinstance(seeds, list) or not seeds or not all(isinstance(s, int) and not isinstance(s, bool)
+                                                          and s >= 0 for s in seeds):
+        raise ConfigError(f"seeds: expected a list of non-negative integers, got {seeds!r}")
+    if len(set(seeds)) != len(seeds):
+        raise ConfigError(f"seeds: {seeds!r} repeats a seed; each seed is one independent run")
     if not isinstance(variants, dict) or not variants:
         raise ConfigError(f"{path}: `variants` must map at least one name to its overrides")
     for name, values in variants.items():

@@ -189,7 +189,7 @@ def load_adapter(model: nn.Module, adapter_dir: str | Path) -> LoRAConfig:
 
 
 def check_adapter_base(adapter_dir: Path, weights_dir: Path) -> None:
-    """Refuse an adapter whose config names another existing base run than `weights_dir` (same weights file
+    """ValueError for an adapter whose config names another existing base run than `weights_dir` (same weights file
     bytes count as the same base: a copied run). A base that is not on this machine cannot be compared."""
     named = _read_json(adapter_dir / CONFIG_NAME).get("base_model_name_or_path") if (
         adapter_dir / CONFIG_NAME).is_file() else None
@@ -197,8 +197,7 @@ def check_adapter_base(adapter_dir: Path, weights_dir: Path) -> None:
         return
     if not (weights_dir / WEIGHTS).is_file() or not filecmp.cmp(Path(named) / WEIGHTS, weights_dir / WEIGHTS,
                                                                 shallow=False):
-        raise CheckpointError(f"adapter {adapter_dir} was trained on {named}, not on {weights_dir}; "
-                              f"pass --run {named}")
+        raise ValueError(f"trained on {named}, not on {weights_dir}; pass --run {named}")
 
 
 def is_lora_run(run_dir: str | Path) -> bool:

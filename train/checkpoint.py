@@ -97,7 +97,8 @@ def check_compatible(path: Path, model_cfg: dict, tokenizer_hash: str, state_key
     keys = set(checkpoint.get("state_dict", {}))
     if keys != state_keys:
         extra, missing = sorted(keys - state_keys), sorted(state_keys - keys)
-        lora = " (it holds LoRA adapters: resume it with python -m finetune)" if any(".lora_" in k for k in extra) else ""
+        lora = any(".lora_" in k for k in extra)
+        lora = " (it holds LoRA adapters: resume it with python -m finetune)" if lora else ""
         raise CheckpointError(f"{path} was written by another kind of run{lora}: unexpected {extra[:2]}, missing "
                               f"{missing[:2]}; resume with the stage and config that wrote it")
     for key, value in model_cfg.items():

@@ -22,6 +22,8 @@ import yaml
 
 from model.config import ModelConfig
 from model.options import Options, option
+from train.optimizers import OPTIMIZERS
+from train.schedules import SCHEDULES
 
 
 class ConfigError(ValueError):
@@ -47,9 +49,11 @@ class TrainConfig(Options):
     max_steps: int = option(1000, min=1)  # optimizer steps
     batch_size: int = option(32, min=1)  # sequences per micro-batch (per device)
     grad_accum: int = option(1, min=1)  # micro-batches per optimizer step
+    optimizer: str = option("adamw", choices=lambda: list(OPTIMIZERS))  # a name in train/optimizers
+    schedule: str = option("cosine", choices=lambda: list(SCHEDULES))  # LR schedule, a name in train/schedules
     lr: float = option(1e-3, above=0.0)  # peak learning rate
     min_lr_ratio: float = option(0.1, min=0.0, max=1.0)  # cosine decays to lr * min_lr_ratio
-    warmup_steps: int = option(100, min=0)  # linear warm-up from 0
+    warmup_steps: int = option(100, min=0)  # linear warm-up from 0 (every schedule)
     weight_decay: float = option(0.1, min=0.0)  # AdamW decay on matrices only (not norms, biases, embeddings)
     betas: list[float] = field(default_factory=lambda: [0.9, 0.95])  # AdamW betas
     grad_clip: float = option(1.0, min=0.0)  # max global grad norm (0 = off)

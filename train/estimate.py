@@ -19,16 +19,10 @@ Activations: what autograd keeps for backward, per token, counted tensor by tens
 approach of Korthikanti et al. 2022, "Reducing Activation Recomputation in Large Transformer Models", their
 34 s b h per layer, redone for pre-norm RMSNorm, SwiGLU, GQA, RoPE and no dropout). Attention runs through
 SDPA/flash, which keeps q, k, v, the output and a log-sum-exp, never the T x T scores. Per layer, in bytes:
-    RMSNorm                    (4 + r) D          its input and the fp32 normalised x
-    x_in (projection inputs)   s D (under autocast the norm casts its output once for all its projections)
-    softmax attention          norm + x_in + s (2 D + 2 D_kv) + 4 H           D_kv = n_kv_heads * head_dim
-    swiglu / gelu              norm + x_in + s (4 F | 2 F)                        F = FFN hidden width
-    moe                        norm + 4 D + 8 E + k (3 s D [+ 4 D mixed] + expert)  k = top_k, E = experts
-    linear (chunk C)           norm + x_in + s D + 4 (7 D + 4 D_kv + H C + H_kv d^2 / C)
-    gau (e, s_qk)              norm + x_in + s (6 e + 4 s_qk) + 2 s T (relu2 scores), chunked:
-                               + 4 (2 s_qk + e) + 8 C + 4 s_qk e / C instead of the T term
-    mamba (E_in, N)            norm + x_in + 6 s E_in + 20 E_in + 24 N  (torch scan; fp32 inside)
-    head                       norm + x_in + 4 V kept (fp32 log-softmax), + (s + 4) V transient (logits,
+    RMSNorm (before the mixer and the FFN)   (4 + r) D     its input and the fp32 normalised x
+    mixer, FFN                 `activation_bytes` of the registered component, in its own file, including its
+                               input (s D: under autocast the norm casts its output once for all projections)
+    head                       norm + s D + 4 V kept (fp32 log-softmax), + (s + 4) V transient (logits,
                                their fp32 copy or gradient) at the loss
 These match a CPU measurement of the saved tensors within 10% (tests/train/test_estimate.py).
 Peak = model state + B T (sum of layers + head) + a fixed overhead (--overhead, CUDA context and allocator
@@ -46,6 +40,8 @@ import sys
 
 import torch
 
+from model.ffn import FFNS
+from model.mixers import MIXERS
 from train.cli import run_cli
 from train.config import Config, ConfigError
 
@@ -82,45 +78,14 @@ def count_params(m) -> dict[str, int]:
 
 
 def layer_bytes(m, mixer: str, ffn: str, seq_len: int, precision: str) -> float:
-    """Activation bytes kept for backward per token by one block (see the module docstring)."""
+    """Activation bytes kept for backward per token by one block: each norm, plus what the mixer and the FFN
+    declare (`activation_bytes` in their own files, model/component.py)."""
     s = 4 if precision == "32" else 2
     r = 2 if precision == "bf16-true" else 4
-    mixed = precision.endswith("mixed")
-    D, H, d = m.d_model, m.n_heads, m.head_dim
-    Dkv, Hk = m.kv_heads * d, m.kv_heads
-    norm = (4 + r) * D
-
-    x_in = s * D  # the norm output every projection of the mixer or FFN reads
-
-    if mixer == "softmax":
-        total = norm + x_in + s * (2 * D + 2 * Dkv) + 4 * H
-    elif mixer == "linear":
-        C = min(m.linear.chunk_size, seq_len)
-        total = norm + x_in + s * D + 4 * (7 * D + 4 * Dkv + H * C + Hk * d * d / C)
-    elif mixer == "gau":
-        g = m.gau
-        e, sq = g.hidden or g.expansion * D, g.qk_dim
-        total = norm + x_in + s * (6 * e + 4 * sq)
-        if g.form == "chunked":
-            C = min(g.chunk_size, seq_len)
-            total += 4 * (2 * sq + e) + 8 * C + 4 * sq * e / C
-        elif g.scores == "relu2":
-            total += 2 * s * seq_len
-    elif mixer == "mamba":
-        E = m.mamba.d_inner or m.mamba.expand * D
-        total = norm + x_in + 6 * s * E + 20 * E + 24 * m.mamba.d_state
-    else:
-        raise ConfigError(f"train.estimate: no activation formula for model.mixer={mixer!r}")
-    if ffn in ("swiglu", "gelu"):
-        inner = 4 if ffn == "swiglu" else 2
-        total += norm + x_in + inner * s * m.ffn_hidden(ffn)
-    elif ffn == "moe":
-        e = m.moe
-        inner = 4 if e.expert == "swiglu" else 2
-        expert = inner * s * m.ffn_hidden(e.expert)
-        total += norm + 4 * D + 8 * e.num_experts + e.top_k * ((3 * s + (4 if mixed else 0)) * D + expert)
-        if e.shared_expert:
-            total += x_in + expert
+    norm = (4 + r) * m.d_model
+    total = norm + MIXERS[mixer].activation_bytes(m, seq_len, s)
+    if ffn != "none":
+        total += norm + FFNS[ffn].activation_bytes(m, s, precision.endswith("mixed"))
     return total
 
 

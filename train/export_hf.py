@@ -29,7 +29,10 @@ from torch import Tensor, nn
 
 from data.corpus import EOT
 from model.config import ModelConfig
+from model.ffn import FFNS
 from model.lora import merge_lora
+from model.mixers import MIXERS
+from model.positions import POSITIONS
 from train.cli import USER_ERRORS
 from train.config import ConfigError, load_config
 from train.rundir import check_out_dir
@@ -61,15 +64,20 @@ def _transformers():
 
 
 def check_llama(cfg: ModelConfig) -> None:
-    """Raise ConfigError naming the first field that makes this model something other than a Llama."""
-    if cfg.position != "rope":
-        raise ConfigError(f"model.position={cfg.position!r} cannot be exported as Llama, which needs 'rope'")
+    """Raise ConfigError naming the first field that makes this model something other than a Llama: every
+    component must declare itself Llama's own (`llama_module`, model/component.py): its position, each layer's
+    mixer (Llama's self_attn) and FFN (Llama's mlp)."""
+    if getattr(POSITIONS[cfg.position], "llama_module", None) is None:
+        raise ConfigError(f"model.position={cfg.position!r} cannot be exported as Llama (Llama's own: "
+                          f"{', '.join(n for n, c in POSITIONS.items() if getattr(c, 'llama_module', None))})")
     for i, mixer in enumerate(cfg.layer_mixers()):
-        if mixer != "softmax":
-            raise ConfigError(f"model.mixer={cfg.mixer!r} cannot be exported as Llama: layer {i} is {mixer!r}, "
-                              "Llama needs 'softmax' in every layer")
-        if cfg.layer_ffn(mixer) != "swiglu":
-            raise ConfigError(f"model.ffn={cfg.ffn!r} cannot be exported as Llama, which needs 'swiglu'")
+        ffn = cfg.layer_ffn(mixer)
+        if MIXERS[mixer].llama_module != "self_attn":
+            raise ConfigError(f"model.mixer={cfg.mixer!r} cannot be exported as Llama: layer {i} is {mixer!r}; Llama "
+                              f"needs {', '.join(n for n, c in MIXERS.items() if c.llama_module)} in every layer")
+        if ffn == "none" or FFNS[ffn].llama_module != "mlp":
+            raise ConfigError(f"model.ffn={cfg.ffn!r} cannot be exported as Llama, which needs "
+                              f"{', '.join(n for n, c in FFNS.items() if c.llama_module)} after every attention")
 
 
 def llama_config(cfg: ModelConfig, tokenizer=None, **overrides):
@@ -78,8 +86,9 @@ def llama_config(cfg: ModelConfig, tokenizer=None, **overrides):
     `overrides` go to LlamaConfig as they are (e.g. attn_implementation="sdpa" for an in-memory model)."""
     check_llama(cfg)
     eot = tokenizer.token_to_id(EOT) if tokenizer is not None else 0
+    ffn = cfg.layer_ffn(cfg.layer_mixers()[0])  # one FFN kind in every layer (check_llama)
     kwargs = dict(
-        vocab_size=cfg.vocab_size, hidden_size=cfg.d_model, intermediate_size=cfg.ffn_hidden("swiglu"),
+        vocab_size=cfg.vocab_size, hidden_size=cfg.d_model, intermediate_size=cfg.ffn_hidden(ffn),
         num_hidden_layers=cfg.n_layers, num_attention_heads=cfg.n_heads, num_key_value_heads=cfg.kv_heads,
         head_dim=cfg.head_dim, max_position_embeddings=cfg.max_seq_len or DEFAULT_MAX_POSITIONS,
         rms_norm_eps=cfg.norm_eps, rope_theta=cfg.rope_theta,  # transformers 5 moves it into rope_parameters

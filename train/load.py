@@ -36,9 +36,9 @@ def load_run(run_dir: str | Path, device: str = "cpu", adapter: str | Path | Non
     model = Transformer(cfg.model)
     load_weights(model, weights, tied=cfg.model.tie_embeddings)
     if adapter_dir is not None:
-        check_adapter_base(adapter_dir, weights_dir)
         try:
             load_adapter(model, adapter_dir)
+            check_adapter_base(adapter_dir, weights_dir)
         except (ValueError, FileNotFoundError) as err:
             raise CheckpointError(f"adapter {adapter_dir}: {err}") from None
     return cfg, tokenizer, model.to(device).eval()

@@ -176,6 +176,5 @@ class LanguageModel(L.LightningModule):
 
     def configure_optimizers(self):
         t = self.cfg.train
-        optimizer, scheduler = build_optimizer(self.model, t.lr, t.weight_decay, t.betas, t.warmup_steps,
-                                               t.max_steps, t.min_lr_ratio, loss_scaling=t.precision == "16-mixed")
+        optimizer, scheduler = build_optimizer(self.model, t, loss_scaling=t.precision == "16-mixed")
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}

@@ -1,19 +1,17 @@
-"""AdamW with two parameter groups and a warm-up + cosine learning-rate schedule.
+"""Parameter groups, the optimizer (`train.optimizer`) and the LR schedule (`train.schedule`), from their registries.
 
-Weight decay applies to matrices only: norms, biases, embeddings and parameters flagged `_no_weight_decay`
-(Mamba's A_log and D) are not decayed
+Weight decay applies to matrices only: vectors (norms, biases), embeddings and the parameters each component
+declares in `no_decay_parameters()` (Mamba's A_log and D, GAU's scales; model/component.py) are not decayed
 (decaying embeddings shrinks rare tokens' vectors for no gain; GPT-2 / nanoGPT / Llama practice).
-
-    lr(s) = lr * s / W                                            s < W   (linear warm-up)
-    lr(s) = lr * (m + (1 - m) * (1 + cos(pi * p)) / 2),  p = (s - W) / (S - W)   otherwise (cosine to m*lr)
 """
 
 from __future__ import annotations
 
-import math
-
 import torch
 from torch import nn
+
+from train.optimizers import OPTIMIZERS
+from train.schedules import SCHEDULES
 
 
 def remember_shapes(model: nn.Module) -> None:
@@ -25,32 +23,22 @@ def remember_shapes(model: nn.Module) -> None:
 
 
 def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
-    embeddings = {id(m.weight) for m in model.modules() if isinstance(m, nn.Embedding)}
+    excluded = {id(m.weight) for m in model.modules() if isinstance(m, nn.Embedding)}
+    excluded |= {id(p) for p in getattr(model, "no_decay_parameters", list)()}
     decay, no_decay = [], []
     for p in model.parameters():
         if not p.requires_grad:
             continue
         matrix = getattr(p, "_orig_ndim", p.ndim) >= 2
-        decayed = matrix and id(p) not in embeddings and not getattr(p, "_no_weight_decay", False)
-        (decay if decayed else no_decay).append(p)
+        (decay if matrix and id(p) not in excluded else no_decay).append(p)
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 
-def lr_lambda(warmup: int, total: int, min_ratio: float):
-    def factor(step: int) -> float:
-        if step < warmup:
-            return (step + 1) / warmup
-        progress = min(1.0, (step - warmup) / max(1, total - warmup))
-        return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
-
-    return factor
-
-
-def build_optimizer(model: nn.Module, lr: float, weight_decay: float, betas, warmup: int, total: int,
-                    min_ratio: float, loss_scaling: bool = False):
-    """Fused AdamW (one kernel for all parameters) on CUDA, except under fp16 loss scaling (`loss_scaling`):
-    a fused AdamW unscales inside step(), after clipping would have seen the scaled gradients."""
+def build_optimizer(model: nn.Module, train_cfg, loss_scaling: bool = False):
+    """-> (optimizer, LambdaLR scheduler). Fused kernels only on CUDA and never under fp16 loss scaling."""
     fused = all(p.is_cuda for p in model.parameters()) and not loss_scaling
-    optimizer = torch.optim.AdamW(param_groups(model, weight_decay), lr=lr, betas=tuple(betas), fused=fused)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(warmup, total, min_ratio))
+    groups = param_groups(model, train_cfg.weight_decay)
+    optimizer = OPTIMIZERS[train_cfg.optimizer].build(groups, train_cfg, fused)
+    schedule = SCHEDULES[train_cfg.schedule]
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: schedule.factor(step, train_cfg))
     return optimizer, scheduler

@@ -1,8 +1,8 @@
 """Parameter matching for ablations: resize one width knob so a model has a target parameter count.
 
 `match_params` gives every variant of a sweep the non-embedding parameter count of the first (reference)
-variant, within 2%: the knob is `model.d_ff` when the variant has an FFN, else `model.gau.hidden` (GAU
-layers), else `model.mamba.d_inner` (Mamba layers). Counts come from building the model on the meta device
+variant, within 2%: the knob is the `width_knob` its components declare (model/component.py), its FFNs' first
+(`d_ff`), else its mixers' (`gau.hidden`, `mamba.d_inner`, ...). Counts come from building the model on the meta device
 (no memory, no init cost); the count grows with the integer width, so a binary search finds it.
 """
 
@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import copy
 
+from model.ffn import FFNS
+from model.mixers import MIXERS
 from train.config import Config, ConfigError
 
 TOLERANCE = 0.02
@@ -40,13 +42,14 @@ def count_params(cfg: Config) -> tuple[int, int]:
 
 
 def width_knob(cfg: Config) -> str:
+    """The first width knob declared by the variant's FFNs, else by its mixers, as a dotted config key."""
     mixers = cfg.model.layer_mixers()
-    if any(cfg.model.layer_ffn(m) != "none" for m in mixers):
-        return "model.d_ff"
-    for mixer, knob in (("gau", "model.gau.hidden"), ("mamba", "model.mamba.d_inner")):
-        if mixer in mixers:
-            return knob
-    raise ConfigError("match: params needs a width knob (an FFN, a GAU or a Mamba layer); this variant has none")
+    ffns = [FFNS[f] for f in (cfg.model.layer_ffn(m) for m in mixers) if f != "none"]
+    for component in [*ffns, *(MIXERS[m] for m in mixers)]:
+        if component.width_knob:
+            return f"model.{component.width_knob}"
+    raise ConfigError("match: params needs a width knob (a component declaring `width_knob`); this variant's "
+                      f"mixers {sorted(set(mixers))} and FFNs declare none")
 
 
 def solve_width(cfg: Config, knob: str, target: int) -> tuple[int, int]:
