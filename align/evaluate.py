@@ -1,7 +1,7 @@
 """`python -m align.evaluate base=runs/demo sft=runs/lora dpo=runs/dpo grpo=runs/grpo [--n 100] [--out FILE.md]`
 
 Mean reward on held-out prompts for several runs side by side, as a Markdown table. Each run is
-`name=path[,adapter=DIR]`: a plain run, a LoRA run directory (adapter on its base, finetune/load.py) or a base
+`name=path[,adapter=DIR]`: a plain run, a LoRA run directory (adapter on its base, train/adapter.py) or a base
 run plus an adapter. Runs given under the same name (e.g. two seeds, `dpo=runs/dpo dpo=runs/dpo-1`) form one
 row showing mean ± std over them.
 
@@ -102,11 +102,10 @@ def write_report(path: str | Path, results: dict[str, list[dict]], weights: dict
 
 def main(argv: list[str] | None = None) -> None:
     from data.sft import instruct_examples
-    from finetune.load import load_finetuned
-    from finetune.lora import merge_lora
+    from model.lora import merge_lora
     from train.cli import USER_ERRORS
     from train.config import load_config
-    from train.load import pick_device
+    from train.load import load_run, pick_device
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("runs", nargs="+", help="name=path[,adapter=DIR]; a repeated name averages its runs")
@@ -132,7 +131,7 @@ def main(argv: list[str] | None = None) -> None:
         heldout = instruct_examples(args.data or cfg.data.path, seed, cfg.data.val_fraction)["validation"][: args.n]
         device, results = pick_device(args.device), {}
         for name, path, adapter in specs:
-            _, tokenizer, model = load_finetuned(path, adapter, device)
+            _, tokenizer, model = load_run(path, device, adapter)
             merge_lora(model)  # same function, faster decoding
             scores = reward_scores(model, tokenizer, heldout, weights, args.max_new_tokens, args.batch_size,
                                    args.temperature, args.seed, args.samples)

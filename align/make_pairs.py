@@ -132,10 +132,10 @@ def load_pairs(source: str | Path, split: str = "train") -> list[dict]:
 
 def main(argv: list[str] | None = None) -> None:
     from data.sft import instruct_examples
-    from finetune.load import load_finetuned
-    from finetune.lora import merge_lora
+    from model.lora import merge_lora
     from train.cli import USER_ERRORS
     from train.config import load_config
+    from train.load import load_run
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--run", required=True, help="the SFT run (plain or LoRA run directory)")
@@ -164,7 +164,7 @@ def main(argv: list[str] | None = None) -> None:
         if args.kind == "offline":
             pairs = offline_pairs(examples, weights, args.seed, args.candidates, args.rejected)
         else:
-            _, tokenizer, model = load_finetuned(args.run)
+            _, tokenizer, model = load_run(args.run)
             merge_lora(model)  # same function, no adapter matmuls while sampling
             pairs = on_policy_pairs(model, tokenizer, [ex.prompt for ex in examples], weights, args.k,
                                     args.max_new_tokens, args.temperature, args.seed)

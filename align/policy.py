@@ -1,18 +1,18 @@
 """What DPO and GRPO share: the config, the starting policy, its reference model and the run directory.
 
 Alignment starts from a fine-tuned (SFT) run, `finetune.base`: a plain run directory or a LoRA run directory
-(adapter on a base, finetune/load.py). The reference model pi_ref is that SFT model, frozen:
+(adapter on a base, train/adapter.py). The reference model pi_ref is that SFT model, frozen:
 
     finetune.method=lora  the SFT adapter (if any) is merged into its base, W_sft = W + s B_sft A_sft, and a new
                           adapter trains on top: pi_theta = W_sft + s B A.  pi_ref is the same model with the
-                          adapter switched off (finetune.lora.adapters_disabled): no second copy in memory.
+                          adapter switched off (model.lora.adapters_disabled): no second copy in memory.
                           The run directory is a LoRA run directory (adapter/ + config.yaml); the adapter's
                           base is the SFT run itself when it is plain, else the merged SFT weights written to
                           <run>/reference/ (finetune.merge), which config.yaml's finetune.base then names.
     finetune.method=full  every parameter trains; pi_ref is a frozen copy (2x the weights in memory); the run
                           directory is a plain one (model.safetensors).
 
-Either way `finetune.load.load_finetuned(run)`, `align.evaluate` and `train.generate` read the result.
+Either way `train.load.load_run(run)`, `align.evaluate` and `train.generate` read the result.
 """
 
 from __future__ import annotations
@@ -24,10 +24,10 @@ from pathlib import Path
 from align.losses import LOSSES
 from align.rewards import reward_terms
 from finetune.config import _read_yaml, adapt, finetune_config
-from finetune.load import resolve
-from finetune.lora import LoRAConfig, adapters_disabled, merge_lora
 from finetune.merge import merge_run
 from finetune.sft import LoRALanguageModel
+from model.lora import LoRAConfig, adapters_disabled, merge_lora
+from train.adapter import resolve
 from train.config import Config, ConfigError, merge, parse_overrides
 from train.load import load_run
 

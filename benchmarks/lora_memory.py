@@ -4,7 +4,7 @@
     python benchmarks/lora_memory.py --device cuda        # CUDA: demo (T128 B16) and 110m (T1024 B8), bf16 autocast
 
 A step is forward + cross-entropy + backward + AdamW step on a fixed random batch (B, T). LoRA (Hu et al.
-2021) is r=8, alpha=16 on q/k/v/o and gate/up/down of every layer (finetune.lora.apply_lora): per adapted
+2021) is r=8, alpha=16 on q/k/v/o and gate/up/down of every layer (model.lora.apply_lora): per adapted
 Linear r (d_in + d_out) trainable numbers instead of d_in d_out; on CUDA also lora_bf16, the same with the frozen
 weights stored in bf16 (finetune.lora.base_dtype=bfloat16). Shapes: demo = configs/pretrain/demo.yaml
 (d192 L4 H6 kv2, vocab 4096); 110m = llama2.c's 110M (d768 L12 H12, vocab 32000, tied head).
@@ -40,8 +40,8 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script from any directory
 
-from finetune.lora import LoRAConfig, apply_lora, store_base_weights  # noqa: E402
 from model.config import ModelConfig  # noqa: E402
+from model.lora import LoRAConfig, apply_lora, store_base_weights  # noqa: E402
 from model.transformer import Transformer  # noqa: E402
 
 SHAPES = {"demo": (192, 4, 6, 2, 4096), "110m": (768, 12, 12, 12, 32000)}  # d, L, H, H_kv, V

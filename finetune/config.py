@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 import yaml
 
-from finetune.lora import LoRAConfig, apply_lora, store_base_weights
+from model.lora import LoRAConfig, apply_lora, store_base_weights
 from train.config import Config, ConfigError, LoRASection, load_config, merge, parse_overrides
 
 INHERITED_DATA = ("vocab_size", "seq_len")

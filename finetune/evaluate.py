@@ -138,7 +138,7 @@ def write_report(out_dir: str | Path, results: dict[str, dict]) -> str:
 
 def models_to_compare(run: str | Path, adapter: str | Path | None) -> dict[str, tuple[Path, Path | None]]:
     """name -> (weights run directory, adapter or None): a fine-tuned model is compared with its base."""
-    from finetune.load import resolve
+    from train.adapter import resolve
     from train.config import load_config
 
     weights_dir, adapter_dir = resolve(run, adapter)

@@ -22,11 +22,10 @@ import torch
 
 from data.sft import SFTDataModule, instruct_examples
 from data.tokenizer import token_byte_lengths
-from finetune.adapter import save_adapter
 from finetune.config import adapt, check_base
 from finetune.evaluate import evaluate, write_report
-from finetune.load import ADAPTER_DIR
-from finetune.lora import LoRAConfig, store_base_weights
+from model.lora import LoRAConfig, store_base_weights
+from train.adapter import ADAPTER_DIR, save_adapter
 from train.callbacks import SampleStories
 from train.config import Config, ConfigError
 from train.load import load_run

@@ -139,3 +139,24 @@ def assert_mixer_is_causal(mixer, d_model: int, tol: float = 1e-5) -> None:
         y, y2 = mixer(x)[0], mixer(x2)[0]
     torch.testing.assert_close(y[:, :11], y2[:, :11], rtol=tol, atol=tol)
     assert not torch.allclose(y[:, 11:], y2[:, 11:])
+
+
+def saved_activation_bytes(model, batch: int, seq_len: int, precision: str = "32") -> int:
+    """Bytes of the (distinct, non-parameter) tensors autograd keeps for backward in one training forward."""
+    import torch.nn.functional as F
+
+    storages: dict[int, int] = {}
+    params = {p.untyped_storage().data_ptr() for p in model.parameters()}
+
+    def pack(t):
+        storage = t.untyped_storage()
+        if storage.data_ptr() not in params:
+            storages[storage.data_ptr()] = storage.nbytes()
+        return t
+
+    idx = torch.randint(0, model.cfg.vocab_size, (batch, seq_len), generator=torch.Generator().manual_seed(0))
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision.endswith("mixed")):
+            logits, _ = model(idx)
+            F.cross_entropy(logits.float().flatten(0, 1), idx.flatten())
+    return sum(storages.values())

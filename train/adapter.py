@@ -166,10 +166,11 @@ def load_adapter(model: nn.Module, adapter_dir: str | Path) -> LoRAConfig:
         raise ValueError(f"{adapter_dir}: adapted modules {strangers[:3] or names} are not nn.Linear layers of this "
                          "model; load it into the base model it was trained on")
     if not isinstance(cfg.target_modules, str) or cfg.target_modules.lower() == ALL_LINEAR:  # no regex to run
-        declared = find_targets(model, cfg.target_modules)
-        if sorted(declared) != names:
-            raise ValueError(f"{adapter_dir}: target_modules={cfg.target_modules!r} selects {len(declared)} layers "
-                             f"but the weights adapt {len(names)}; the adapter was made for another model")
+        declared = set(find_targets(model, cfg.target_modules))
+        if declared != set(names):
+            raise ValueError(f"{adapter_dir}: the weights do not fit target_modules={cfg.target_modules!r}: unexpected "
+                             f"{sorted(set(names) - declared)[:3]}, missing {sorted(declared - set(names))[:3]}; "
+                             "load it into the base model it was trained on")
     shapes = {}
     for name in names:
         shapes[f"{name}.lora_A.weight"] = (cfg.r, modules[name].in_features)

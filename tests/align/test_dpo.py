@@ -14,11 +14,11 @@ from safetensors.torch import load_file
 from align.dpo import PairDataModule, main, train_dpo
 from align.make_pairs import save_pairs
 from align.policy import REFERENCE_DIR, align_config
-from finetune.load import load_finetuned
-from finetune.lora import adapters_disabled, lora_parameters, merge_lora
+from model.lora import adapters_disabled, lora_parameters, merge_lora
 from train.cli import run_cli
 from train.config import load_config
 from train.generate import main as generate_main
+from train.load import load_run
 from train.report import read_metrics
 
 METRICS = ["rewards/chosen", "rewards/rejected", "rewards/margins", "rewards/accuracies", "logps/chosen",
@@ -56,7 +56,7 @@ def test_lora_policy_trains_and_reference_is_the_sft_model(lora_dpo, tiny_sft_ru
         lora_key = key.replace(".weight", ".base_layer.weight")
         assert torch.equal(state[lora_key if lora_key in state else key], tensor), key  # bit-identical
     assert any(p.abs().sum() > 0 for n, p in model.named_parameters() if "lora_B" in n)  # the policy moved
-    _, _, sft = load_finetuned(tiny_sft_run[1])
+    _, _, sft = load_run(tiny_sft_run[1])
     idx = torch.randint(0, 300, (2, 24))
     model.eval()
     with torch.no_grad(), adapters_disabled(model):
@@ -68,7 +68,7 @@ def test_lora_run_dir_is_loadable_and_logs_trl_metrics(lora_dpo, capsys):
     run_dir, spy = lora_dpo
     assert (run_dir / "adapter" / "adapter_config.json").is_file() and not (run_dir / "model.safetensors").exists()
     assert load_config(run_dir / "config.yaml").finetune.base == str(run_dir / REFERENCE_DIR)
-    _, _, loaded = load_finetuned(run_dir)
+    _, _, loaded = load_run(run_dir)
     idx = torch.randint(0, 300, (2, 24))
     spy.module.model.eval()
     torch.testing.assert_close(loaded(idx)[0], spy.module.model(idx)[0], atol=1e-5, rtol=1e-5)
@@ -92,7 +92,7 @@ def test_full_method_keeps_a_frozen_reference_copy(tiny_corpus, tiny_sft_run, tm
     module = spy.module
     assert spy.ids == {id(p) for p in module.model.parameters()}
     assert all(not p.requires_grad for p in module.reference.parameters())
-    sft = merge_lora(load_finetuned(tiny_sft_run[1])[2])  # merged SFT weights: what the reference must still be
+    sft = merge_lora(load_run(tiny_sft_run[1])[2])  # merged SFT weights: what the reference must still be
     ref_state = module.reference.state_dict()
     assert all(torch.equal(ref_state[k], v) for k, v in sft.state_dict().items())
     tuned = load_file(str(run_dir / "model.safetensors"))
@@ -125,7 +125,7 @@ def test_loss_type_is_checked_against_the_registry(tiny_sft_run):
 
 
 def test_pair_batches_put_chosen_then_rejected(tiny_sft_run):
-    _, tokenizer, _ = load_finetuned(tiny_sft_run[1])
+    _, tokenizer, _ = load_run(tiny_sft_run[1])
     pairs = [{"prompt": "Words: cat\nStory:\n", "chosen": f"A cat {i}.", "rejected": "No."} for i in range(4)]
     same = {"prompt": "Words: cat\nStory:\n", "chosen": "Same.", "rejected": "Same."}  # no preference: dropped
     dm = PairDataModule(tokenizer, {"train": pairs + [same], "validation": pairs[:2]}, 32, batch_size=2,

@@ -15,9 +15,9 @@ from align.evaluate import main as evaluate_main
 from align.evaluate import parse_run
 from align.grpo import GRPOModel, PromptBatches, length_chunks, main, train_grpo
 from align.policy import REFERENCE_DIR, align_config
-from finetune.load import load_finetuned
-from finetune.lora import adapters_disabled, lora_parameters, merge_lora
+from model.lora import adapters_disabled, lora_parameters, merge_lora
 from train.cli import run_cli
+from train.load import load_run
 from train.report import moving_average, read_metrics
 
 G, P = 4, 2
@@ -92,7 +92,7 @@ def test_policy_trains_and_reference_stays_the_sft_model(grpo_run, tiny_sft_run)
         lora_key = key.replace(".weight", ".base_layer.weight")
         assert torch.equal(state[lora_key if lora_key in state else key], tensor), key
     assert any(p.abs().sum() > 0 for n, p in model.named_parameters() if "lora_B" in n)
-    _, _, sft = load_finetuned(tiny_sft_run[1])
+    _, _, sft = load_run(tiny_sft_run[1])
     idx = torch.randint(0, 300, (2, 24))
     model.eval()
     with torch.no_grad(), adapters_disabled(model):
@@ -120,7 +120,7 @@ def test_full_method_and_single_iteration(tiny_corpus, tiny_sft_run, tmp_path):
     assert isinstance(module, GRPOModel) and len(spy.rollouts) == 2 and spy.rollouts[0].old_logp is None
     assert (run_dir / "model.safetensors").is_file() and spy.ids == {id(p) for p in module.model.parameters()}
     assert all(not p.requires_grad for p in module.reference.parameters())
-    sft = merge_lora(load_finetuned(tiny_sft_run[1])[2]).state_dict()
+    sft = merge_lora(load_run(tiny_sft_run[1])[2]).state_dict()
     assert all(torch.equal(v, sft[k]) for k, v in module.reference.state_dict().items())  # frozen copy unchanged
     assert any(not torch.equal(v, sft[k]) for k, v in module.model.state_dict().items())
 

@@ -22,7 +22,7 @@ from data.corpus import DataError
 from data.instruct import parse_header
 from data.sft import instruct_examples
 from data.words import word_forms
-from finetune.load import load_finetuned
+from train.load import load_run
 
 WEIGHTS = {"word_inclusion": 2.0, "dialogue": 0.5, "finished": 0.25}
 
@@ -87,7 +87,7 @@ def test_bad_pairs_raise_data_errors(tmp_path):
 
 
 def test_on_policy_pairs_best_vs_worst_and_ties_skipped(tiny_sft_run, examples):
-    _, tokenizer, model = load_finetuned(tiny_sft_run[1])
+    _, tokenizer, model = load_run(tiny_sft_run[1])
     prompts = [ex.prompt for ex in examples[:6]]
     pairs = on_policy_pairs(model, tokenizer, prompts, WEIGHTS, k=4, max_new_tokens=12, seed=0)
     assert {p["prompt"] for p in pairs} <= set(prompts)

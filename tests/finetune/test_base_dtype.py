@@ -10,8 +10,8 @@ import torch
 from conftest import tiny_finetune_values, tiny_model_config
 
 from finetune.config import adapt, finetune_config
-from finetune.lora import lora_modules, lora_parameters
 from finetune.sft import finetune
+from model.lora import lora_modules, lora_parameters
 from model.transformer import Transformer
 from train.config import Config, ConfigError
 

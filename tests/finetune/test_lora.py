@@ -1,4 +1,4 @@
-"""LoRA layers, targeting, merging and PEFT-format adapters (finetune/lora.py, finetune/adapter.py)."""
+"""LoRA layers, targeting, merging and PEFT-format adapters (model/lora.py, train/adapter.py)."""
 
 from __future__ import annotations
 
@@ -13,8 +13,8 @@ import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from finetune.adapter import CONFIG_NAME, WEIGHTS_NAME, load_adapter, save_adapter
-from finetune.lora import (
+from model.config import ModelConfig
+from model.lora import (
     LoRAConfig,
     LoRALinear,
     adapters_disabled,
@@ -23,8 +23,8 @@ from finetune.lora import (
     lora_state_dict,
     merge_lora,
 )
-from model.config import ModelConfig
 from model.transformer import Transformer
+from train.adapter import CONFIG_NAME, WEIGHTS_NAME, load_adapter, save_adapter
 
 ATTN = ("q_proj", "k_proj", "v_proj", "o_proj")
 FFN = ("gate_proj", "up_proj", "down_proj")

@@ -20,9 +20,8 @@ from finetune.__main__ import main as finetune_main
 from finetune.config import finetune_config
 from finetune.evaluate import generate_stories
 from finetune.evaluate import main as evaluate_main
-from finetune.load import load_finetuned
-from finetune.lora import lora_parameters
 from finetune.merge import main as merge_main
+from model.lora import lora_parameters
 from train.cli import run_cli
 from train.config import load_config
 from train.generate import main as generate_main
@@ -149,7 +148,7 @@ def test_generate_with_adapter_and_merge_match(lora_run, base_run, tmp_path, cap
     generate_main(["--run", str(base_run), "--adapter", str(run_dir / "adapter"), "--max_new_tokens", "5"])
     assert capsys.readouterr().out.startswith("Once upon a time")
     merge_main(["--run", str(run_dir), "--out", str(tmp_path / "merged")])
-    _, _, adapted = load_finetuned(run_dir)
+    _, _, adapted = load_run(run_dir)
     _, _, merged = load_run(tmp_path / "merged")
     idx = torch.randint(0, 300, (2, 20))
     torch.testing.assert_close(merged(idx)[0], adapted(idx)[0], atol=1e-5, rtol=1e-5)
@@ -168,7 +167,7 @@ def test_eval_table_compares_base_and_fine_tuned(lora_run, tmp_path, capsys):
 
 
 def test_grouped_generation_equals_one_prompt_at_a_time(lora_run, tiny_corpus):
-    _, tokenizer, model = load_finetuned(lora_run[0])
+    _, tokenizer, model = load_run(lora_run[0])
     prompts = [ex.prompt for ex in instruct_examples(str(tiny_corpus), seed=0)["validation"][:6]]
     assert generate_stories(model, tokenizer, prompts, 6) == generate_stories(model, tokenizer, prompts, 6, 1)
 

@@ -6,10 +6,12 @@ from __future__ import annotations
 
 import pytest
 import torch
-import torch.nn.functional as F
+from conftest import saved_activation_bytes
 
 from model.config import ModelConfig
+from model.ffn import FFNS
 from model.ffn.moe import MoEConfig
+from model.mixers import MIXERS
 from model.mixers.gau import GAUConfig
 from model.mixers.linear import LinearAttentionConfig
 from model.mixers.mamba import MambaConfig
@@ -42,26 +44,11 @@ def test_param_count_matches_the_model(name):
     assert counted["block"] == max(sum(p.numel() for p in layer.parameters()) for layer in model.layers)
 
 
-def saved_bytes(model: Transformer, batch: int, seq_len: int, precision: str) -> int:
-    """Bytes of the (distinct, non-parameter) tensors autograd keeps for backward in one training forward."""
-    storages: dict[int, int] = {}
-    params = {p.untyped_storage().data_ptr() for p in model.parameters()}
+REGISTERED = {f"mixer-{name}": dict(mixer=name) for name in MIXERS} | {f"ffn-{name}": dict(ffn=name) for name in FFNS}
+MODELS.update({k: v for k, v in REGISTERED.items() if k not in MODELS})  # every registered component, at defaults
 
-    def pack(t):
-        storage = t.untyped_storage()
-        if storage.data_ptr() not in params:
-            storages[storage.data_ptr()] = storage.nbytes()
-        return t
-
-    idx = torch.randint(0, model.cfg.vocab_size, (batch, seq_len), generator=torch.Generator().manual_seed(0))
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision.endswith("mixed")):
-            logits, _ = model(idx)
-            F.cross_entropy(logits.float().flatten(0, 1), idx.flatten())
-    return sum(storages.values())
-
-
-MEASURED = [(name, precision) for name in ["softmax", "gqa-gelu", "moe", "linear", "gau", "gau-chunked", "mamba-hybrid"]
+MEASURED = [(name, "32") for name in REGISTERED] + [
+    (name, precision) for name in ["softmax", "gqa-gelu", "moe", "linear", "gau", "gau-chunked", "mamba-hybrid"]
             for precision in ["32", "bf16-mixed", "bf16-true"]
             if (name, precision) not in {("moe", "bf16-true"), ("mamba-hybrid", "bf16-true")}]  # slow bf16 CPU kernels
 
@@ -73,7 +60,7 @@ def test_activation_estimate_matches_a_measured_forward(name, precision):
     model = Transformer(cfg).to(torch.bfloat16 if precision == "bf16-true" else torch.float32)
     T = cfg.max_seq_len
     # one sample's worth = the difference between batch 2 and batch 1 (drops per-step constants: weight casts)
-    measured = saved_bytes(model, 2, T, precision) - saved_bytes(model, 1, T, precision)
+    measured = saved_activation_bytes(model, 2, T, precision) - saved_activation_bytes(model, 1, T, precision)
     layers = sum(layer_bytes(cfg, m, cfg.layer_ffn(m), T, precision) for m in cfg.layer_mixers())
     estimated = T * (layers + head_bytes(cfg, precision)[0])
     assert estimated == pytest.approx(measured, rel=0.1), (estimated / measured)

@@ -15,8 +15,8 @@ from conftest import tiny_train_overrides
 from train.checkpoint import AtomicCheckpointIO, read_checkpoint
 from train.config import ConfigError, load_config
 from train.export_hf import main as export_main
-from train.rundir import check_run_name, lock_run_dir, remove_stale_tmp, unlock_run_dir
 from train.run import pretrain
+from train.rundir import check_run_name, lock_run_dir, remove_stale_tmp, unlock_run_dir
 from train.weights import CheckpointError
 
 DEAD_PID = 4_194_305  # above Linux's largest pid_max: never a live process
