@@ -59,3 +59,47 @@ def test_cli_errors_exit_2_with_one_line(tmp_path):
         assert result.returncode == 2, (args, result.stderr[-500:])
         assert "Traceback" not in result.stderr and expected in result.stderr
         assert len(result.stderr.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize("override, words", [
+    ("--model.n_heads=0", ["model.n_heads=0", "at least 1"]),
+    ("--model.n_kv_heads=-2", ["model.n_kv_heads=-2", "at least 0"]),
+    ("--model.d_model=0", ["model.d_model=0"]),
+    ("--model.dropout=1.0", ["model.dropout=1.0", "below 1"]),
+    ("--model.dropout=-0.1", ["model.dropout"]),
+    ("--train.lr=.nan", ["train.lr=nan", "finite"]),
+    ("--train.lr=-1e-3", ["train.lr=-0.001", "above 0"]),
+    ("--train.lr=0", ["train.lr=0.0"]),
+    ("--train.max_steps=-5", ["train.max_steps=-5"]),
+    ("--train.max_steps=0", ["train.max_steps=0", "at least 1"]),
+    ("--train.betas=[0.9]", ["train.betas", "two numbers"]),
+    ("--train.betas=[0.9,1.5]", ["train.betas"]),
+    ("--train.val_every=0", ["train.val_every=0"]),
+    ("--train.ckpt_every=0", ["train.ckpt_every=0"]),
+    ("--train.log_every=0", ["train.log_every=0"]),
+    ("--train.devices=abc", ["train.devices='abc'", "auto"]),
+    ("--train.devices=0", ["train.devices=0"]),
+    ("--train.optimizer=lion", ["train.optimizer", "adamw"]),
+    ("--train.schedule=step", ["train.schedule", "cosine, constant"]),
+    ("--data.val_fraction=1.0", ["data.val_fraction=1.0"]),
+    ("--model.moe.top_k=5", ["model.moe.top_k=5", "num_experts"]),
+    ("--model.linear.chunk_size=0", ["model.linear.chunk_size=0"]),
+    ("--model.linear.feature_map=identity", ["model.linear.feature_map=identity", "normalize=false"]),
+    ("--model.mamba.d_state=0", ["model.mamba.d_state=0"]),
+    ("--model.mixer=[]", ["model.mixer", "empty"]),
+    ("--finetune.lora.r=0", ["finetune.lora.r=0"]),
+    ("--align.temperature=0", ["align.temperature=0.0", "above 0"]),
+    ("--align.max_new_tokens=0", ["align.max_new_tokens=0"]),
+])
+def test_out_of_range_values_name_the_key(override, words):
+    with pytest.raises(ConfigError) as err:
+        load_config(DEMO, [override])
+    for word in words:
+        assert word in str(err.value), str(err.value)
+    assert "\n" not in str(err.value)
+
+
+def test_a_range_error_exits_2_before_anything_is_written(tmp_path):
+    result = cli("--config", str(DEMO), "--train.lr=-1", f"--train.out_dir={tmp_path / 'runs'}")
+    assert result.returncode == 2 and result.stderr.startswith("error: train.lr=-1.0")
+    assert len(result.stderr.strip().splitlines()) == 1 and not (tmp_path / "runs").exists()
