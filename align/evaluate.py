@@ -25,10 +25,10 @@ from pathlib import Path
 
 import yaml
 
+from align.config import AlignConfig
 from align.rewards import combined_reward, reward_terms, word_inclusion
 from data.instruct import InstructExample, parse_header
 from finetune.evaluate import generate_stories
-from train.config import AlignConfig
 
 
 def parse_run(spec: str) -> tuple[str, str, str | None]:
@@ -126,7 +126,7 @@ def main(argv: list[str] | None = None) -> None:
     try:
         reward_terms(weights)  # a bad --rewards stops before any model is loaded
         specs = [parse_run(spec) for spec in args.runs]
-        cfg = load_config(Path(specs[0][1]) / "config.yaml")
+        cfg = load_config(Path(specs[0][1]) / "config.yaml", run_file=True)
         seed = cfg.train.seed if args.prompt_seed is None else args.prompt_seed
         heldout = instruct_examples(args.data or cfg.data.path, seed, cfg.data.val_fraction)["validation"][: args.n]
         device, results = pick_device(args.device), {}

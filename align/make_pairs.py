@@ -31,11 +31,11 @@ from pathlib import Path
 
 import yaml
 
+from align.config import AlignConfig
 from align.rewards import combined_reward, reward_terms
 from data.corpus import DataError
 from data.instruct import InstructExample, parse_header
 from data.words import word_pattern
-from train.config import AlignConfig
 
 COLUMNS = ("prompt", "chosen", "rejected")
 REJECTED = ("other", "swapped")
@@ -158,7 +158,7 @@ def main(argv: list[str] | None = None) -> None:
         print(f"error: --rewards: {err}", file=sys.stderr)
         sys.exit(2)
     try:
-        cfg = load_config(Path(args.run) / "config.yaml")
+        cfg = load_config(Path(args.run) / "config.yaml", run_file=True)
         examples = instruct_examples(args.data or cfg.data.path, cfg.train.seed, cfg.data.val_fraction)["train"]
         examples = examples[: args.n]
         if args.kind == "offline":

@@ -21,14 +21,13 @@ import copy
 from contextlib import contextmanager
 from pathlib import Path
 
-from align.losses import LOSSES
-from align.rewards import reward_terms
+from align.config import AlignTree
 from finetune.config import _read_yaml, adapt, finetune_config
 from finetune.merge import merge_run
 from finetune.sft import LoRALanguageModel
 from model.lora import LoRAConfig, adapters_disabled, merge_lora
 from train.adapter import resolve
-from train.config import Config, ConfigError, merge, parse_overrides
+from train.config import Config, merge, parse_overrides
 from train.load import load_run
 
 REFERENCE_DIR = "reference"
@@ -45,15 +44,8 @@ def align_config(path: str | Path | None = None, overrides: list[str] | dict | N
         user = merge(user, {"finetune": {"base": str(weights_dir)}})
     if path is not None and not (user.get("train") or {}).get("name"):
         user = merge(user, {"train": {"name": Path(path).stem}})
-    cfg = finetune_config(None, user)
+    cfg = finetune_config(None, user, tree=AlignTree)  # align.* is checked there (align/config.py)
     cfg.finetune.base = start or cfg.finetune.base
-    if cfg.align.loss_type not in LOSSES:
-        raise ConfigError(f"align.loss_type: invalid choice {cfg.align.loss_type!r}; valid choices: "
-                          + ", ".join(LOSSES))
-    try:
-        reward_terms(cfg.align.rewards)
-    except ValueError as err:
-        raise ConfigError(f"align.rewards: {err}") from None
     return cfg
 
 

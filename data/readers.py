@@ -5,8 +5,8 @@
               of memory (`datasets`' sample_by="document" makes the file one Arrow row and fails at 2 GB).
     .jsonl    one JSON object per line with a `text` string; read line by line. A `.json` file holding one
               JSON list of such objects (or of strings) is read whole: that layout is only used for small files.
-    .parquet  a `text` string column (the hub's TinyStories layout, one story per row); read in record
-              batches with pyarrow, which decodes one row group at a time.
+    .parquet  a `text` string column (the hub's TinyStories layout, one story per row); read
+              one row group at a time with pyarrow (one decoded row group in memory).
     hub       a `datasets` split (Arrow files memory-mapped from the local hub cache), iterated in batches.
 
 `batches()` yields `(stories, progress)`: stripped non-empty stories and how far the reader moved (bytes of
@@ -139,12 +139,17 @@ class ParquetReader:
             raise DataError(f"{path}: column 'text' holds {kind}, not strings; the corpus needs one story per row")
 
     def batches(self) -> Iterator[tuple[list[str], int]]:
-        rows, done = max(1, self.file.metadata.num_rows), 0
-        for i, batch in enumerate(self.file.iter_batches(batch_size=BATCH, columns=["text"])):
-            texts = batch.column(0).to_pylist()
-            step = self.total * (i * BATCH + len(texts)) // rows - done  # bytes, pro rata by rows
-            done += step
-            yield [t.strip() for t in texts if t and t.strip()], step
+        """One row group at a time, as Python strings one slice at a time (`iter_batches` kept growing: +180 MB
+        of RSS per 400k rows, where this stays flat)."""
+        rows, read, done = max(1, self.file.metadata.num_rows), 0, 0
+        for group in range(self.file.num_row_groups):
+            column = self.file.read_row_group(group, columns=["text"]).column(0)
+            for start in range(0, len(column), BATCH):
+                texts = column.slice(start, BATCH).to_pylist()
+                read += len(texts)
+                step = self.total * read // rows - done  # bytes, pro rata by rows
+                done += step
+                yield [t.strip() for t in texts if t and t.strip()], step
 
 
 class HubReader:

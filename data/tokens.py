@@ -12,7 +12,9 @@ needs the count), one encodes batches with `encode_batch_fast` (Rust threads, al
 the token files. Memory stays at one batch plus the sample, whatever the corpus size.
 
 Splits: a validation file is used as is; otherwise story i of N goes to validation when i >= N - n_val
-(`held_out`). `max_stories` keeps the first N training stories, as data/corpus.py `load_stories` does.
+(`held_out`). `max_stories` keeps the first N training stories, as data/corpus.py `load_stories` does. The
+tokenizer sample is drawn before the count is known, so without a validation file it may include held-out
+stories: they shape the vocabulary (a few merges), never the model's weights.
 """
 
 from __future__ import annotations

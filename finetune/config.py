@@ -10,15 +10,41 @@ so `model.*` and `data.vocab_size` follow the base run, and `data.seq_len` does 
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 import yaml
 
 from model.lora import LoRAConfig, apply_lora, store_base_weights
-from train.config import Config, ConfigError, LoRASection, load_config, merge, parse_overrides
+from model.options import Options, option
+from train.config import Config, ConfigError, extend, load_config, merge, parse_overrides
 
 INHERITED_DATA = ("vocab_size", "seq_len")
+
+
+@dataclass
+class LoRASection(Options):
+    r: int = option(8, min=1)  # rank of the update B A
+    alpha: float = option(16.0, above=0.0)  # scaling alpha / r (alpha / sqrt(r) with rslora)
+    dropout: float = option(0.0, min=0.0, below=1.0)  # dropout on the LoRA branch input
+    target_modules: str | list[str] = "auto"  # auto (every component's own lora_targets), module names/suffixes,
+    # a regex, or "all-linear"
+    rslora: bool = False  # rank-stabilised scaling (Kalajdzievski 2023)
+    base_dtype: str = option("float32", choices=("float32", "bfloat16"))  # storage of the adapted layers' frozen
+    # weights: bfloat16 = half the memory, no per-step autocast copies; needs train.precision=bf16-mixed
+
+
+@dataclass
+class FinetuneConfig(Options):
+    base: str = ""  # the pretrained run directory to start from
+    method: str = option("lora", choices=("lora", "full"))
+    lora: LoRASection = field(default_factory=LoRASection)
+    eval_prompts: int = option(100, min=0)  # held-out prompts for word inclusion
+    eval_tokens: int = option(160, min=1)  # max new tokens per evaluated story
+
+
+FinetuneTree = extend(Config, finetune=FinetuneConfig)  # the config tree of a fine-tuning run
 
 
 def _read_yaml(path: Path) -> dict:
@@ -42,8 +68,15 @@ def check_base(base: str) -> Path:
     return path
 
 
-def finetune_config(path: str | Path | None = None, overrides: list[str] | dict | None = None) -> Config:
-    """Load a fine-tuning config (same CLI contract as train.config.load_config) merged over the base run."""
+def read_run_config(run_dir: str | Path) -> Config:
+    """A run directory's config.yaml as a fine-tuning tree (a pretraining run's has the defaults of `finetune`)."""
+    return load_config(Path(run_dir) / "config.yaml", tree=FinetuneTree, run_file=True)
+
+
+def finetune_config(path: str | Path | None = None, overrides: list[str] | dict | None = None,
+                    tree: type = FinetuneTree) -> Config:
+    """Load a fine-tuning config (same CLI contract as train.config.load_config) merged over the base run;
+    `tree`: a later stage's extension of FinetuneTree (align/config.py)."""
     user = _read_yaml(Path(path)) if path is not None else {}
     user = merge(user, overrides if isinstance(overrides, dict) else parse_overrides(list(overrides or [])))
     if "model" in user:
@@ -54,7 +87,7 @@ def finetune_config(path: str | Path | None = None, overrides: list[str] | dict 
     base_values = _read_yaml(base / "config.yaml")
     data = base_values.get("data") or {}
     inherited = {"model": base_values.get("model") or {}, "data": {k: data[k] for k in INHERITED_DATA if k in data}}
-    cfg = load_config(None, merge(inherited, user))
+    cfg = load_config(None, merge(inherited, user), tree=tree)
     if not cfg.train.name:
         cfg.train.name = Path(path).stem if path is not None else f"{base.name}-{cfg.finetune.method}"
     return cfg

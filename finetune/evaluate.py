@@ -138,13 +138,13 @@ def write_report(out_dir: str | Path, results: dict[str, dict]) -> str:
 
 def models_to_compare(run: str | Path, adapter: str | Path | None) -> dict[str, tuple[Path, Path | None]]:
     """name -> (weights run directory, adapter or None): a fine-tuned model is compared with its base."""
+    from finetune.config import read_run_config
     from train.adapter import resolve
-    from train.config import load_config
 
     weights_dir, adapter_dir = resolve(run, adapter)
     if adapter_dir is not None:
         return {"base": (weights_dir, None), "lora fine-tuned": (weights_dir, adapter_dir)}
-    base = load_config(weights_dir / "config.yaml").finetune.base
+    base = read_run_config(weights_dir).finetune.base
     if base and Path(base, "model.safetensors").is_file() and Path(base).resolve() != weights_dir.resolve():
         return {"base": (Path(base), None), "fine-tuned": (weights_dir, None)}
     return {"model": (weights_dir, None)}
@@ -172,10 +172,10 @@ def main(argv: list[str] | None = None) -> None:
     try:
         device = pick_device(args.device)
         config = Path(args.run) / "config.yaml"
-        cfg = load_config(config) if config.is_file() else None  # checked by load_run below otherwise
+        cfg = load_config(config, run_file=True) if config.is_file() else None  # else checked by load_run below
         models = models_to_compare(args.run, args.adapter)
         first = next(iter(models.values()))[0]
-        cfg = cfg or load_config(first / "config.yaml")
+        cfg = cfg or load_config(first / "config.yaml", run_file=True)
         examples = instruct_examples(args.data or cfg.data.path, cfg.train.seed, cfg.data.val_fraction, 0,
                                      load_tokenizer(first / "tokenizer.json"), cfg.data.seq_len)
         heldout = examples["validation"][: args.n]

@@ -14,10 +14,11 @@ import argparse
 import sys
 from pathlib import Path
 
+from finetune.config import read_run_config
 from model.lora import merge_lora
 from train.adapter import resolve
 from train.cli import USER_ERRORS
-from train.config import load_config, save_config
+from train.config import save_config
 from train.load import load_run
 from train.rundir import check_out_dir
 from train.weights import CheckpointError, save_weights
@@ -31,8 +32,8 @@ def merge_run(run: str | Path, out: str | Path, adapter: str | Path | None = Non
     out = check_out_dir(out, run, weights_dir, adapter_dir)
     cfg, tokenizer, model = load_run(weights_dir, "cpu", adapter_dir)
     merge_lora(model)
-    if (Path(run) / "config.yaml").is_file() and Path(run).resolve() != weights_dir.resolve():
-        cfg = load_config(Path(run) / "config.yaml")  # the LoRA run's: how the weights were made
+    source = Path(run) if (Path(run) / "config.yaml").is_file() else weights_dir  # the LoRA run's: how the
+    cfg = read_run_config(source)  # weights were made (finetune.* included)
     cfg.finetune.base = cfg.finetune.base or str(weights_dir)
     out.mkdir(parents=True, exist_ok=True)
     save_config(cfg, out / "config.yaml")

@@ -26,11 +26,11 @@ import re
 from pathlib import Path
 
 import torch
+import yaml
 from safetensors.torch import load_file, save_file
 from torch import nn
 
 from model.lora import ALL_LINEAR, LoRAConfig, apply_lora, find_targets, lora_modules, lora_state_dict
-from train.config import load_config
 from train.weights import CheckpointError
 
 CONFIG_NAME = "adapter_config.json"
@@ -201,6 +201,16 @@ def check_adapter_base(adapter_dir: Path, weights_dir: Path) -> None:
         raise ValueError(f"trained on {named}, not on {weights_dir}; pass --run {named}")
 
 
+def _read_yaml(path: Path) -> dict:
+    """A run's config.yaml as plain data: the `finetune` section belongs to a later stage, so train/ reads only
+    the one key it needs (finetune.base) instead of the typed config."""
+    try:
+        values = yaml.safe_load(path.read_text())
+    except (OSError, yaml.YAMLError) as err:
+        raise CheckpointError(f"{path}: not a readable YAML file ({str(err).splitlines()[0]})") from None
+    return values if isinstance(values, dict) else {}
+
+
 def is_lora_run(run_dir: str | Path) -> bool:
     run_dir = Path(run_dir)
     return (run_dir / ADAPTER_DIR).is_dir() and not (run_dir / WEIGHTS).is_file()
@@ -212,7 +222,7 @@ def base_of(run_dir: str | Path) -> Path:
     run_dir = Path(run_dir)
     if (run_dir / REFERENCE_DIR / WEIGHTS).is_file():
         return run_dir / REFERENCE_DIR
-    base = load_config(run_dir / "config.yaml").finetune.base
+    base = str(((_read_yaml(run_dir / "config.yaml").get("finetune") or {}).get("base")) or "")
     if not base or not (Path(base) / "config.yaml").is_file():
         raise CheckpointError(f"{run_dir} is a LoRA run (adapter/, no {WEIGHTS}) whose base run {base!r} is not "
                               f"here; copy the base run to that path or pass --run <base> --adapter "

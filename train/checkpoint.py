@@ -87,20 +87,14 @@ def resolve_resume(resume: bool | str, ckpt_dir: Path) -> Path | None:
     return path
 
 
-def check_compatible(path: Path, model_cfg: dict, tokenizer_hash: str, state_keys: set[str]) -> None:
+def check_compatible(path: Path, model_cfg: dict, tokenizer_hash: str, state_keys: set[str] | None = None
+                     ) -> None:
     """Refuse a checkpoint of another model, tokenizer or stage (`state_keys`: the module's state-dict names, so
     a LoRA fine-tune's checkpoint never resumes a pretraining run or the reverse)."""
     checkpoint = read_checkpoint(path)
     saved = checkpoint.get("tinystack", {})
     if not saved:
         raise CheckpointError(f"{path} was not written by this tool (no 'tinystack' section)")
-    keys = set(checkpoint.get("state_dict", {}))
-    if keys != state_keys:
-        extra, missing = sorted(keys - state_keys), sorted(state_keys - keys)
-        lora = any(".lora_" in k for k in extra)
-        lora = " (it holds LoRA adapters: resume it with python -m finetune)" if lora else ""
-        raise CheckpointError(f"{path} was written by another kind of run{lora}: unexpected {extra[:2]}, missing "
-                              f"{missing[:2]}; resume with the stage and config that wrote it")
     for key, value in model_cfg.items():
         if saved["model"].get(key) != value:
             raise CheckpointError(f"{path} was trained with model.{key}={saved['model'].get(key)!r} but the config "
@@ -108,3 +102,10 @@ def check_compatible(path: Path, model_cfg: dict, tokenizer_hash: str, state_key
     if saved.get("tokenizer_hash") != tokenizer_hash:
         raise CheckpointError(f"{path} was trained with another tokenizer (hash {saved.get('tokenizer_hash')} != "
                               f"{tokenizer_hash}); use the same data.path and data.vocab_size")
+    keys = set(checkpoint.get("state_dict", {}))
+    if state_keys is not None and keys != state_keys:
+        extra, missing = sorted(keys - state_keys), sorted(state_keys - keys)
+        lora = any(".lora_" in k for k in extra)
+        lora = " (it holds LoRA adapters: resume it with python -m finetune)" if lora else ""
+        raise CheckpointError(f"{path} was written by another kind of run{lora}: unexpected {extra[:2]}, missing "
+                              f"{missing[:2]}; resume with the stage and config that wrote it")

@@ -95,54 +95,20 @@ class LogConfig(Options):
 
 
 @dataclass
-class LoRASection(Options):
-    r: int = option(8, min=1)  # rank of the update B A
-    alpha: float = option(16.0, above=0.0)  # scaling alpha / r (alpha / sqrt(r) with rslora)
-    dropout: float = option(0.0, min=0.0, below=1.0)  # dropout on the LoRA branch input
-    target_modules: str | list[str] = "auto"  # auto (every component's own lora_targets), module names/suffixes,
-    # a regex, or "all-linear"
-    rslora: bool = False  # rank-stabilised scaling (Kalajdzievski 2023)
-    base_dtype: str = option("float32", choices=("float32", "bfloat16"))  # storage of the adapted layers' frozen
-    # weights: bfloat16 = half the memory, no per-step autocast copies; needs train.precision=bf16-mixed
-
-
-@dataclass
-class FinetuneConfig(Options):
-    base: str = ""  # the pretrained run directory to start from
-    method: str = option("lora", choices=("lora", "full"))
-    lora: LoRASection = field(default_factory=LoRASection)
-    eval_prompts: int = option(100, min=0)  # held-out prompts for word inclusion
-    eval_tokens: int = option(160, min=1)  # max new tokens per evaluated story
-
-
-@dataclass
-class AlignConfig(Options):
-    pairs: str = ""  # DPO: JSONL (prompt/chosen/rejected) or a hub dataset id; empty = make offline pairs
-    beta: float = option(0.1, min=0.0)  # DPO temperature / GRPO KL weight
-    loss_type: str = option("sigmoid", choices=("sigmoid", "ipo", "hinge", "simpo"))  # DPO loss
-    simpo_gamma: float = option(0.5, min=0.0)  # SimPO target margin gamma (eq. 6; absolute)
-    label_smoothing: float = option(0.0, min=0.0, below=0.5)  # DPO sigmoid (conservative DPO)
-    group_size: int = option(8, min=2)  # GRPO: completions per prompt
-    prompts_per_step: int = option(4, min=1)  # GRPO: prompts per step
-    num_iterations: int = option(1, min=1)  # GRPO: updates per batch of samples (old log-probs reused)
-    epsilon: float = option(0.2, min=0.0, below=1.0)  # GRPO clip range (lower)
-    epsilon_high: float = option(0.0, min=0.0)  # GRPO upper clip (DAPO clip-higher); 0 = same as epsilon
-    scale: str = option("group", choices=("group", "batch", "none"))  # GRPO advantage scaling
-    level: str = option("token", choices=("token", "sequence"))  # GRPO loss averaging
-    max_new_tokens: int = option(128, min=1)  # GRPO sampling length
-    temperature: float = option(1.0, above=0.0)  # GRPO sampling temperature
-    rewards: dict = field(default_factory=lambda: {"word_inclusion": 1.0, "dialogue": 0.5, "length": 0.25,
-                                                   "repetition": 0.25, "finished": 0.25})  # reward weights
-
-
-@dataclass
 class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     log: LogConfig = field(default_factory=LogConfig)
-    finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
-    align: AlignConfig = field(default_factory=AlignConfig)
+
+
+def extend(tree: type, **sections: type) -> type:
+    """`tree` plus more top-level sections: each stage owns its own (finetune/config.py adds `finetune`,
+    align/config.py `align`), so train/ knows nothing of the stages built on it."""
+    fields = [(name, section, field(default_factory=section)) for name, section in sections.items()]
+    extended = dataclasses.make_dataclass(f"{tree.__name__}_{'_'.join(sections)}", fields, bases=(tree,))
+    extended.__module__ = tree.__module__
+    return extended
 
 
 def _check_type(key: str, value, hint):
@@ -247,7 +213,10 @@ def merge(base: dict, update: dict) -> dict:
     return out
 
 
-def load_config(path: str | Path | None = None, overrides: list[str] | dict | None = None) -> Config:
+def load_config(path: str | Path | None = None, overrides: list[str] | dict | None = None, tree: type = Config,
+                run_file: bool = False) -> Config:
+    """The config of `tree` (Config, or a stage's extension of it) from a YAML file and overrides. `run_file`: the
+    file is a run directory's config.yaml, whose sections of later stages (finetune, align) are skipped."""
     values: dict = {}
     if path is not None:
         path = Path(path)
@@ -259,7 +228,9 @@ def load_config(path: str | Path | None = None, overrides: list[str] | dict | No
             raise ConfigError(f"{path}: not valid YAML ({str(err).splitlines()[0]})") from None
     if overrides:
         values = merge(values, overrides if isinstance(overrides, dict) else parse_overrides(list(overrides)))
-    cfg = _build(Config, values, "")
+    if run_file and isinstance(values, dict):
+        values = {k: v for k, v in values.items() if k in tree.__dataclass_fields__}
+    cfg = _build(tree, values, "")
     if not cfg.train.name and path is not None:
         cfg.train.name = path.stem
     return cfg

@@ -140,7 +140,7 @@ def export(run_dir: str | Path, out_dir: str | Path) -> Path:
     run_dir = Path(run_dir)
     out_dir = check_out_dir(out_dir, run_dir, *resolve(run_dir))
     if (run_dir / "config.yaml").is_file():  # name the non-Llama field before building the model
-        check_llama(load_config(run_dir / "config.yaml").model)
+        check_llama(load_config(run_dir / "config.yaml", run_file=True).model)
     cfg, tokenizer, model = load_run(run_dir)
     merge_lora(model)  # a LoRA run exports as its merged weights, W + s B A
     transformers = _transformers()

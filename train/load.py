@@ -29,7 +29,7 @@ def load_run(run_dir: str | Path, device: str = "cpu", adapter: str | Path | Non
     if not (run_dir / "config.yaml").is_file():
         raise CheckpointError(f"{run_dir} is not a run directory (no config.yaml); pass --run runs/<name>")
     weights_dir, adapter_dir = resolve(run_dir, adapter)
-    cfg = load_config(weights_dir / "config.yaml")
+    cfg = load_config(weights_dir / "config.yaml", run_file=True)
     tokenizer = _tokenizer(run_dir, weights_dir, cfg)
     weights = weights_dir / "model.safetensors"
     check_fits(weights, read_shapes(weights), cfg)

@@ -106,7 +106,7 @@ def check_inputs(cfg: Config, module: L.LightningModule, run_dir: Path, tok_hash
 
     The checkpoint is read here with the safe loader (train/checkpoint.py), also for Lightning's FSDP resume,
     which unpickles full checkpoints with its own loader."""
-    base = cfg.finetune.base
+    base = getattr(getattr(cfg, "finetune", None), "base", "")  # stages that start from a run (finetune/, align/)
     if base and Path(base).resolve() == run_dir.resolve():
         raise ConfigError(f"{run_dir} is the base run finetune.base={base}; fine-tuning into it would replace its "
                           "config.yaml and weights: choose another --train.name")

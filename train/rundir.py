@@ -6,9 +6,10 @@ separator, not absolute): anything else could write over files outside the outpu
 run directory, since their files (config.yaml, model.safetensors, tokenizer.json) would replace the run's.
 
 A run directory in use holds `.lock` (the owner's PID) under an exclusive `fcntl.flock`: a second process on the
-same folder is refused instead of interleaving checkpoints. The OS drops the lock when the process dies, so a
-killed run never leaves the folder locked. Atomic writes go through `.<name>.tmp<PID>`; a SIGKILL between
-write and rename leaves that file behind, so a starting run deletes those whose PID is no longer alive.
+same folder is refused instead of interleaving checkpoints. The file is removed when the run ends, and the OS
+drops the lock when the process dies, so a killed run never leaves the folder locked. Atomic writes go through
+`.<name>.tmp<PID>`; a SIGKILL between write and rename leaves that file behind, so a starting run deletes those
+whose PID is no longer alive.
 """
 
 from __future__ import annotations
@@ -61,14 +62,19 @@ def lock_run_dir(run_dir: Path) -> bool:
     if run_dir in _held:
         return False
     run_dir.mkdir(parents=True, exist_ok=True)
-    fd = os.open(run_dir / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError:
-        owner = os.read(fd, 32).decode(errors="replace").strip() or "?"
-        os.close(fd)
-        raise CheckpointError(f"{run_dir} is in use by another run (PID {owner}); wait for it to finish or choose "
-                              "another --train.name") from None
+    path = run_dir / LOCK_FILE
+    while True:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            owner = os.read(fd, 32).decode(errors="replace").strip() or "?"
+            os.close(fd)
+            raise CheckpointError(f"{run_dir} is in use by another run (PID {owner}); wait for it to finish or "
+                                  "choose another --train.name") from None
+        if path.exists() and os.stat(path).st_ino == os.fstat(fd).st_ino:
+            break
+        os.close(fd)  # the owner removed the file between our open and flock: lock the new one
     os.ftruncate(fd, 0)
     os.write(fd, str(os.getpid()).encode())
     _held[run_dir] = fd
@@ -76,8 +82,11 @@ def lock_run_dir(run_dir: Path) -> bool:
 
 
 def unlock_run_dir(run_dir: Path) -> None:
-    fd = _held.pop(run_dir.resolve(), None)
+    """Remove `.lock` and release it (unlink first: a process that opened the old file sees it is stale)."""
+    run_dir = run_dir.resolve()
+    fd = _held.pop(run_dir, None)
     if fd is not None:
+        (run_dir / LOCK_FILE).unlink(missing_ok=True)
         os.close(fd)  # closing the descriptor releases the flock
 
 

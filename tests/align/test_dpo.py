@@ -14,9 +14,9 @@ from safetensors.torch import load_file
 from align.dpo import PairDataModule, main, train_dpo
 from align.make_pairs import save_pairs
 from align.policy import REFERENCE_DIR, align_config
+from finetune.config import read_run_config
 from model.lora import adapters_disabled, lora_parameters, merge_lora
 from train.cli import run_cli
-from train.config import load_config
 from train.generate import main as generate_main
 from train.load import load_run
 from train.report import read_metrics
@@ -67,7 +67,7 @@ def test_lora_policy_trains_and_reference_is_the_sft_model(lora_dpo, tiny_sft_ru
 def test_lora_run_dir_is_loadable_and_logs_trl_metrics(lora_dpo, capsys):
     run_dir, spy = lora_dpo
     assert (run_dir / "adapter" / "adapter_config.json").is_file() and not (run_dir / "model.safetensors").exists()
-    assert load_config(run_dir / "config.yaml").finetune.base == str(run_dir / REFERENCE_DIR)
+    assert read_run_config(run_dir).finetune.base == str(run_dir / REFERENCE_DIR)
     _, _, loaded = load_run(run_dir)
     idx = torch.randint(0, 300, (2, 24))
     spy.module.model.eval()

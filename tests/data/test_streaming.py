@@ -34,8 +34,10 @@ def test_parquet_and_jsonl_stream_in_batches(tmp_path, monkeypatch):
     texts = [f"Parquet story {i}." for i in range(30)] + ["  ", None]
     pq.write_table(pa.table({"text": texts}), tmp_path / "train.parquet", row_group_size=10)
     (tmp_path / "valid.jsonl").write_text("\n".join(json.dumps({"text": f"Json story {i}."}) for i in range(20)))
+    (tmp_path / "more.json").write_text(json.dumps([{"text": "A listed story."}, "A bare string story."]))
     stories = load_stories(str(tmp_path))
-    assert stories["train"] == texts[:30] and len(stories["validation"]) == 20
+    assert stories["train"] == ["A listed story.", "A bare string story."] + texts[:30]  # files in name order
+    assert len(stories["validation"]) == 20
 
 
 def test_reservoir_sample_is_seeded_uniform_and_counts():

@@ -9,15 +9,15 @@ import pytest
 import torch
 from conftest import tiny_finetune_values, tiny_model_config
 
-from finetune.config import adapt, finetune_config
+from finetune.config import FinetuneTree, adapt, finetune_config
 from finetune.sft import finetune
 from model.lora import lora_modules, lora_parameters
 from model.transformer import Transformer
-from train.config import Config, ConfigError
+from train.config import ConfigError
 
 
-def config(precision: str, base_dtype: str) -> Config:
-    cfg = Config()
+def config(precision: str, base_dtype: str):
+    cfg = FinetuneTree()
     cfg.train.precision, cfg.finetune.lora.base_dtype = precision, base_dtype
     return cfg
 

@@ -17,7 +17,7 @@ from data.corpus import EOT
 from data.instruct import format_header
 from data.sft import IGNORE, SFTDataModule, example_tensors, instruct_examples, pad_batch, tokenize_examples
 from finetune.__main__ import main as finetune_main
-from finetune.config import finetune_config
+from finetune.config import finetune_config, read_run_config
 from finetune.evaluate import generate_stories
 from finetune.evaluate import main as evaluate_main
 from finetune.merge import main as merge_main
@@ -129,7 +129,7 @@ def test_lora_run_freezes_base_and_saves_a_peft_adapter(lora_run, base_run):
         assert (run_dir / name).is_file(), name
     assert not (run_dir / "model.safetensors").exists()
     assert (run_dir / "tokenizer.json").read_text() == (base_run / "tokenizer.json").read_text()
-    assert load_config(run_dir / "config.yaml").finetune.base == str(base_run)
+    assert read_run_config(run_dir).finetune.base == str(base_run)
     base = load_file(str(base_run / "model.safetensors"))
     tuned = spy.model.state_dict()
     for key, tensor in base.items():

@@ -119,6 +119,7 @@ def test_a_locked_run_folder_is_refused(tmp_path):
         os.close(fd)
     assert lock_run_dir(run_dir) and (run_dir / ".lock").read_text() == str(os.getpid())
     unlock_run_dir(run_dir)
+    assert not (run_dir / ".lock").exists()  # a finished run leaves no lock file behind
 
 
 def test_stale_temp_files_of_dead_writers_are_removed(tmp_path):
