@@ -92,8 +92,10 @@ def test_cli_errors_exit_2_with_one_line(tmp_path):
     ("--align.max_new_tokens=0", ["align.max_new_tokens=0"]),
 ])
 def test_out_of_range_values_name_the_key(override, words):
+    from align.config import AlignTree  # the stages' own sections (finetune.*, align.*) extend the tree
+
     with pytest.raises(ConfigError) as err:
-        load_config(DEMO, [override])
+        load_config(DEMO, [override], tree=AlignTree)
     for word in words:
         assert word in str(err.value), str(err.value)
     assert "\n" not in str(err.value)
