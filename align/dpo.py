@@ -141,12 +141,13 @@ def train_dpo(cfg: Config, callbacks: list = ()) -> Path:
     t = cfg.train
     L.seed_everything(t.seed, workers=True, verbose=False)
     run_dir = make_run_dir(cfg)
-    tokenizer, model, lora_cfg = start_policy(cfg, run_dir)
+    tokenizer, model, lora_cfg, run_files = start_policy(cfg, run_dir)
     pairs = preference_pairs(cfg)
     datamodule = PairDataModule(tokenizer, pairs, cfg.data.seq_len, t.batch_size, t.grad_accum, t.max_steps,
                                 t.seed, t.val_batches, cfg.data.num_workers)
     module = DPOModel(cfg, token_byte_lengths(tokenizer), model, lora_cfg)
-    trainer = fit(cfg, module, datamodule, run_dir, tokenizer, callbacks, monitor_val=len(datamodule.val_set) > 0)
+    trainer = fit(cfg, module, datamodule, run_dir, tokenizer, callbacks, monitor_val=len(datamodule.val_set) > 0,
+                  run_files=run_files)
     if trainer.is_global_zero:
         logs = {k: float(v) for k, v in trainer.callback_metrics.items() if "rewards/" in k or k.endswith("/loss")}
         print(f"run: {run_dir}  pairs={len(datamodule.train_set)}  "

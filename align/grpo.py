@@ -244,12 +244,12 @@ def train_grpo(cfg: Config, callbacks: list = ()) -> Path:
                           f"align.prompts_per_step >= 1 (got {a.num_iterations}, {a.prompts_per_step})")
     L.seed_everything(t.seed, workers=True, verbose=False)
     run_dir = make_run_dir(cfg)
-    tokenizer, model, lora_cfg = start_policy(cfg, run_dir)
+    tokenizer, model, lora_cfg, run_files = start_policy(cfg, run_dir)
     examples = instruct_examples(cfg.data.path, t.seed, cfg.data.val_fraction, cfg.data.max_stories)["train"]
     datamodule = PromptDataModule(tokenizer, [ex.prompt for ex in examples], cfg.data.seq_len, a.prompts_per_step,
                                   t.grad_accum, a.num_iterations, t.max_steps, t.seed)
     module = GRPOModel(cfg, tokenizer, model, lora_cfg)
-    trainer = fit(cfg, module, datamodule, run_dir, tokenizer, callbacks, monitor_val=False)
+    trainer = fit(cfg, module, datamodule, run_dir, tokenizer, callbacks, monitor_val=False, run_files=run_files)
     if trainer.is_global_zero:
         logs = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("train/")}
         print(f"run: {run_dir}  " + "  ".join(f"{k}={v:.4f}" for k, v in sorted(logs.items()) if "/lr" not in k))

@@ -49,25 +49,31 @@ def align_config(path: str | Path | None = None, overrides: list[str] | dict | N
     return cfg
 
 
-def start_policy(cfg: Config, run_dir: Path) -> tuple[object, object, LoRAConfig | None]:
-    """Load the SFT run as one plain model and prepare it for alignment -> (tokenizer, model, lora_cfg or None).
+def start_policy(cfg: Config, run_dir: Path) -> tuple[object, object, LoRAConfig | None, object]:
+    """Load the SFT run as one plain model and prepare it for alignment -> (tokenizer, model, lora_cfg or None,
+    run_files: what `fit` writes into the run directory once its inputs are checked, or None).
 
-    For LoRA on a LoRA SFT run, writes (or, on resume, reuses) <run_dir>/reference and sets cfg.finetune.base
-    to it, so the saved run directory names the weights its adapter applies to."""
+    For LoRA on a LoRA SFT run, the SFT adapter is merged in memory and cfg.finetune.base set to
+    <run_dir>/reference, which `run_files` writes (finetune.merge) after the run's checks, so the saved run
+    directory names the weights its adapter applies to and a refused start writes nothing. On resume the
+    reference already there is used."""
     weights_dir, adapter_dir = resolve(cfg.finetune.base)
+    run_files = None
     if cfg.finetune.method == "lora" and adapter_dir is not None:
-        reference = run_dir / REFERENCE_DIR
-        if not (reference / "model.safetensors").is_file():
-            merge_run(cfg.finetune.base, reference)
-        weights_dir, adapter_dir = reference, None
+        reference, sft = run_dir / REFERENCE_DIR, cfg.finetune.base
+        if (reference / "model.safetensors").is_file():
+            weights_dir, adapter_dir = reference, None
+        else:
+            def run_files(run_dir: Path) -> None:
+                merge_run(sft, run_dir / REFERENCE_DIR)
         cfg.finetune.base = str(reference)
     _, tokenizer, model = load_run(weights_dir, "cpu", adapter_dir)
     if adapter_dir is not None:
-        merge_lora(model)  # full fine-tuning of a LoRA SFT run: start from W_sft
+        merge_lora(model)  # start from W_sft
     model.train()
     if cfg.finetune.method == "full":
-        return tokenizer, model.requires_grad_(True), None
-    return tokenizer, model, adapt(model, cfg)
+        return tokenizer, model.requires_grad_(True), None, None
+    return tokenizer, model, adapt(model, cfg), run_files
 
 
 class PolicyModel(LoRALanguageModel):

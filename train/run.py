@@ -117,9 +117,10 @@ def check_inputs(cfg: Config, module: L.LightningModule, run_dir: Path, tok_hash
 
 
 def fit(cfg: Config, module: L.LightningModule, datamodule: L.LightningDataModule, run_dir: Path, tokenizer,
-        callbacks: list = (), monitor_val: bool = True) -> L.Trainer:
+        callbacks: list = (), monitor_val: bool = True, run_files=None) -> L.Trainer:
     """Check the inputs, lock and write the run directory, train (resuming if asked), save final weights, metrics
-    and plot. The lock is held (rank 0) until training ends, so a second run on the same folder is refused."""
+    and plot. The lock is held (rank 0) until training ends, so a second run on the same folder is refused.
+    `run_files(run_dir)`: a stage's own files (alignment's merged reference), written after the checks too."""
     tok_hash = content_hash(tokenizer.to_str())
     ckpt = check_inputs(cfg, module, run_dir, tok_hash)
     module.run_info = {"model": asdict(cfg.model), "tokenizer_hash": tok_hash}
@@ -130,6 +131,8 @@ def fit(cfg: Config, module: L.LightningModule, datamodule: L.LightningDataModul
             remove_stale_tmp(run_dir, run_dir / "checkpoints")
             save_config(cfg, run_dir / "config.yaml")
             tokenizer.save(str(run_dir / "tokenizer.json"))
+            if run_files is not None:
+                run_files(run_dir)
         _train(cfg, trainer, module, datamodule, run_dir, ckpt, monitor_val)
     finally:
         if locked:

@@ -141,3 +141,12 @@ def test_command_errors_exit_2(tiny_corpus, tmp_path, capsys):
     with pytest.raises(SystemExit) as exit_info:
         run_cli(main, [f"--data.path={tiny_corpus}", f"--finetune.base={tmp_path}"], load=align_config)
     assert exit_info.value.code == 2 and "finetune.base" in capsys.readouterr().err
+
+
+def test_a_refused_start_writes_no_run_folder(tiny_corpus, tiny_sft_run, tmp_path):
+    """The merged reference is written only after the run's inputs are checked: a refused resume leaves nothing."""
+    missing = tmp_path / "elsewhere" / "step=1.ckpt"
+    cfg = align_config(None, dpo_values(tiny_corpus, tiny_sft_run[1], tmp_path, **{"train.resume": str(missing)}))
+    with pytest.raises(Exception, match="not found"):
+        train_dpo(cfg)
+    assert not (tmp_path / "dpo-lora").exists()

@@ -16,7 +16,7 @@ def test_save_final_weights_writes_the_gathered_state(tiny_corpus, tiny_sft_run,
         run_dir = tmp_path / method
         run_dir.mkdir()
         cfg = align_config(None, tiny_finetune_values(tiny_corpus, tmp_path, tiny_sft_run[1], {"method": method}))
-        tokenizer, model, lora_cfg = start_policy(cfg, run_dir)
+        tokenizer, model, lora_cfg, _ = start_policy(cfg, run_dir)
         module = PolicyModel(cfg, [1] * tokenizer.get_vocab_size(), model, lora_cfg)
         state = {k: torch.full_like(v, 0.5) for k, v in model.state_dict().items()}  # FSDP's full state dict
         module.save_final_weights(run_dir, state=state)
