@@ -23,10 +23,8 @@ import sys
 import time
 from pathlib import Path
 
-import yaml
-
 from align.config import AlignConfig
-from align.rewards import combined_reward, reward_terms, word_inclusion
+from align.rewards import combined_reward, read_rewards, reward_terms, word_inclusion
 from data.instruct import InstructExample, parse_header
 from finetune.evaluate import generate_stories
 
@@ -100,6 +98,17 @@ def write_report(path: str | Path, results: dict[str, list[dict]], weights: dict
     return table
 
 
+def check_arguments(args) -> None:
+    """The numeric and path arguments, before any model is loaded (one line each)."""
+    for name in ("n", "max_new_tokens", "samples", "batch_size"):
+        if getattr(args, name) < 1:
+            raise ValueError(f"--{name}={getattr(args, name)}: must be at least 1")
+    if args.temperature < 0:
+        raise ValueError(f"--temperature={args.temperature}: must be 0 (greedy) or positive")
+    if args.out and Path(args.out).is_dir():
+        raise ValueError(f"--out {args.out} is a folder; give a file name, e.g. {Path(args.out) / 'rewards.md'}")
+
+
 def main(argv: list[str] | None = None) -> None:
     from data.sft import instruct_examples
     from model.lora import merge_lora
@@ -122,8 +131,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out", default=None, help="write the table here (Markdown) and the details to .json")
     parser.add_argument("--device", default="auto")
     args = parser.parse_args(argv)
-    weights = yaml.safe_load(args.rewards) if args.rewards else AlignConfig().rewards
     try:
+        check_arguments(args)
+        weights = read_rewards(args.rewards) if args.rewards else AlignConfig().rewards
         reward_terms(weights)  # a bad --rewards stops before any model is loaded
         specs = [parse_run(spec) for spec in args.runs]
         cfg = load_config(Path(specs[0][1]) / "config.yaml", run_file=True)

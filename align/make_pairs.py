@@ -29,10 +29,8 @@ import re
 import sys
 from pathlib import Path
 
-import yaml
-
 from align.config import AlignConfig
-from align.rewards import combined_reward, reward_terms
+from align.rewards import combined_reward, read_rewards, reward_terms
 from data.corpus import DataError
 from data.instruct import InstructExample, parse_header
 from data.words import word_pattern
@@ -110,8 +108,16 @@ def load_pairs(source: str | Path, split: str = "train") -> list[dict]:
     """prompt/chosen/rejected rows from a JSONL file, or a Hugging Face dataset (hub id or local folder)."""
     path = Path(source)
     if path.is_file() and path.suffix in (".jsonl", ".json"):
-        with path.open() as f:
-            rows = [json.loads(line) for line in f if line.strip()]
+        rows = []
+        with path.open("rb") as f:
+            for number, line in enumerate(f, 1):
+                try:
+                    row = json.loads(line) if line.strip() else None
+                except (json.JSONDecodeError, UnicodeDecodeError) as err:
+                    raise DataError(f"{path}:{number}: not a JSON object ({err}); one pair per line: "
+                                    '{"prompt": ..., "chosen": ..., "rejected": ...}') from None
+                if row is not None:
+                    rows.append(row if isinstance(row, dict) else {"<not an object>": row})
     else:
         from datasets import load_dataset
 
@@ -127,6 +133,10 @@ def load_pairs(source: str | Path, split: str = "train") -> list[dict]:
                         f"format); got keys {sorted(rows[bad])}")
     if not rows:
         raise DataError(f"{source}: no preference pairs")
+    empty = next((i for i, row in enumerate(rows) if not all(row[c].strip() for c in COLUMNS)), None)
+    if empty is not None:  # an empty prompt would train on one token; an empty completion on none
+        raise DataError(f"{source}: row {empty} has an empty {next(c for c in COLUMNS if not rows[empty][c].strip())}"
+                        "; every pair needs a prompt and two non-empty completions")
     return [{c: row[c] for c in COLUMNS} for row in rows]
 
 
@@ -151,11 +161,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--data", default=None, help="corpus (default: the run's data.path)")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
-    weights = yaml.safe_load(args.rewards) if args.rewards else AlignConfig().rewards
     try:
+        weights = read_rewards(args.rewards) if args.rewards else AlignConfig().rewards
         reward_terms(weights)
+        for name in ("n", "k", "max_new_tokens", "candidates"):
+            if getattr(args, name) < 1:
+                raise ValueError(f"--{name}={getattr(args, name)}: must be at least 1")
     except ValueError as err:
-        print(f"error: --rewards: {err}", file=sys.stderr)
+        print(f"error: {err if str(err).startswith('--') else f'--rewards: {err}'}", file=sys.stderr)
         sys.exit(2)
     try:
         cfg = load_config(Path(args.run) / "config.yaml", run_file=True)

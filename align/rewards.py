@@ -26,6 +26,8 @@ import re
 from collections.abc import Callable, Mapping
 from functools import partial
 
+import yaml
+
 from data.instruct import has_dialogue
 from data.words import word_inclusion as _included
 
@@ -133,3 +135,11 @@ def combined_reward(
     total = sum(weight * per[name] for name, (weight, _) in terms.items())
     return total / sum(weight for weight, _ in terms.values()), per
 
+
+def read_rewards(text: str):
+    """A reward spec given as YAML text on a command line (`--rewards`); ValueError with one line if not YAML."""
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as err:
+        raise ValueError(f"--rewards is not valid YAML ({str(err).splitlines()[0]}); e.g. "
+                         "--rewards '{word_inclusion: 1.0, length: 0.5}'") from None

@@ -84,6 +84,16 @@ def test_bad_pairs_raise_data_errors(tmp_path):
         load_pairs(path)
     with pytest.raises(DataError, match="could not load preference pairs"):
         load_pairs(tmp_path / "missing-folder")
+    good = json.dumps({"prompt": "p", "chosen": "c", "rejected": "r"})
+    path.write_text(good + "\n{not json\n")
+    with pytest.raises(DataError, match=r"bad.jsonl:2: not a JSON object"):
+        load_pairs(path)
+    path.write_text(good + "\n[1, 2]\n")
+    with pytest.raises(DataError, match="row 1 lacks string fields"):
+        load_pairs(path)
+    path.write_text(good + "\n" + json.dumps({"prompt": " ", "chosen": "c", "rejected": "r"}) + "\n")
+    with pytest.raises(DataError, match="row 1 has an empty prompt"):  # would train on one token
+        load_pairs(path)
 
 
 def test_on_policy_pairs_best_vs_worst_and_ties_skipped(tiny_sft_run, examples):
@@ -116,3 +126,28 @@ def test_a_bad_rewards_spec_exits_2(tmp_path, capsys):
         main(["--run", str(tmp_path), "--out", str(tmp_path / "p.jsonl"), "--rewards", "{length: {target: 3}}"])
     assert exit_info.value.code == 2
     assert "error: --rewards: length: unknown parameter(s) ['target']" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--rewards", "{length: [1"], "--rewards is not valid YAML"),
+    (["--n", "0"], "--n=0: must be at least 1"),
+])
+def test_bad_arguments_exit_2_in_one_line(tmp_path, capsys, args, message):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--run", str(tmp_path), "--out", str(tmp_path / "p.jsonl"), *args])
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2 and message in err and len(err.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--n", "0"], "--n=0: must be at least 1"),
+    (["--rewards", "{a: [1"], "--rewards is not valid YAML"),
+    (["--out", "."], "is a folder"),
+])
+def test_evaluate_refuses_bad_arguments_before_loading(tmp_path, capsys, args, message):
+    from align.evaluate import main as evaluate
+
+    with pytest.raises(SystemExit) as exit_info:
+        evaluate([f"model={tmp_path}", *args])
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2 and message in err and len(err.strip().splitlines()) == 1
