@@ -6,6 +6,8 @@ from model.component import Mixer, Registry
 from model.mixers.gau import GAU
 from model.mixers.linear import LinearAttention
 from model.mixers.mamba import Mamba
+from model.mixers.sliding import SlidingWindowAttention
 from model.mixers.softmax import SoftmaxAttention
 
-MIXERS = Registry("mixer", Mixer, {"softmax": SoftmaxAttention, "linear": LinearAttention, "gau": GAU, "mamba": Mamba})
+MIXERS = Registry("mixer", Mixer, {"softmax": SoftmaxAttention, "linear": LinearAttention, "gau": GAU, "mamba": Mamba,
+                                   "sliding": SlidingWindowAttention})

@@ -1,0 +1,114 @@
+"""Sliding-window causal softmax attention with grouped-query heads (`model.mixer=sliding`).
+
+Beltagy et al. 2020, "Longformer: The Long-Document Transformer" (arXiv:2004.05150), its causal sliding window;
+Jiang et al. 2023, "Mistral 7B" (arXiv:2310.06825), §2 "Sliding Window Attention" with a rolling buffer cache.
+Query i attends to the last W = `model.sliding.window` keys only (itself included):
+
+    A_ij = exp(q_i . k_j / sqrt(d)) / sum_{l = max(0, i-W+1)}^{i} exp(q_i . k_l / sqrt(d))   for i-W+1 <= j <= i,
+    A_ij = 0 otherwise;   y_i = sum_j A_ij v_j
+
+W >= T is full causal attention (`model.mixer=softmax`). Grouped-query heads as softmax.py: H query heads share
+Hk = n_kv_heads key/value heads; q and k rotated by the model's position (`rotate(q, k, offset)`, absolute offset).
+
+Shapes: x (B, T, D) -> q (B, H, T, d), k/v (B, Hk, T, d), d = D / H -> y (B, T, D).
+Training: `F.scaled_dot_product_attention` with `is_causal=True` when W >= T, else a banded boolean mask (T, T)
+(dense: the masked-out scores are still computed, so the kernel's cost stays 12 H d T per token; the band only
+saves work in a kernel that skips masked blocks).
+Cache: the rotated keys and values of the last at most W - 1 positions, (B, Hk, P, d) each, P <= W - 1: exactly
+what the next query can still see, so decoding memory is bounded by W, not by the generated length. Keys are
+cached after RoPE, so a cached key keeps its absolute position; the offset passed in (absolute position of x's
+first token) rotates the new q/k, while the masks use the cache length P (no longer equal to the offset once the
+buffer has been truncated): new query i sits at index P + i of the concatenated keys (P + T of them).
+
+Activation bytes (measured with saved-tensor hooks on CPU, torch 2.13): both paths run the CPU flash kernel
+(`ScaledDotProductFlashAttentionForCpuBackward0`) and keep q, k, v, the output and an fp32 log-sum-exp (B, H, T),
+never the (B, H, T, T) probabilities. The mask path also keeps the mask, converted to the compute dtype,
+(T, T) once per step, shared across the batch: T^2 s bytes per step, not per sample, so the per-token formula
+below (the same as softmax's) leaves it out; at W < T it matched a measured forward within 10% (tests/model/
+test_sliding.py). On CUDA a boolean mask routes SDPA to the memory-efficient kernel (flash takes no mask),
+which also keeps only the log-sum-exp; not measured here.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from model.component import Mixer
+from model.options import Options, option
+
+
+@dataclass
+class SlidingConfig(Options):
+    window: int = option(256, min=1)  # W: keys a query sees, itself included (Mistral 7B: 4096); W >= T = softmax
+
+
+class SlidingWindowAttention(Mixer):
+    section = SlidingConfig
+    lora_targets = ("q_proj", "k_proj", "v_proj", "o_proj")
+    # llama_module stays None: Llama's attention is full causal, so export_hf refuses this mixer by name
+
+    def __init__(self, cfg, position: nn.Module):
+        super().__init__()
+        assert cfg.d_model % cfg.n_heads == 0, "d_model must be divisible by n_heads"
+        assert cfg.n_heads % cfg.kv_heads == 0, "n_heads must be a multiple of n_kv_heads"
+        self.n_heads, self.n_kv_heads, self.head_dim = cfg.n_heads, cfg.kv_heads, cfg.head_dim
+        self.window = cfg.sliding.window
+        self.position = position
+        self.q_proj = nn.Linear(cfg.d_model, cfg.n_heads * self.head_dim, bias=False)
+        self.k_proj = nn.Linear(cfg.d_model, self.n_kv_heads * self.head_dim, bias=False)
+        self.v_proj = nn.Linear(cfg.d_model, self.n_kv_heads * self.head_dim, bias=False)
+        self.o_proj = nn.Linear(cfg.n_heads * self.head_dim, cfg.d_model, bias=False)
+
+    def residual_projections(self) -> list[nn.Linear]:
+        return [self.o_proj]
+
+    @staticmethod
+    def flops_per_token(cfg, seq_len: int) -> float:
+        # Q K^T and A V over at most W keys (2 min(W, T) H d each), forward + backward (x3): the band's work, as
+        # softmax counts T for its causal triangle (a dense masked kernel computes the full T, see the docstring)
+        return 12 * cfg.n_heads * cfg.head_dim * min(cfg.sliding.window, seq_len)
+
+    @staticmethod
+    def activation_bytes(cfg, seq_len: int, s: int) -> float:
+        """Its input, q and the output (D each), k and v (D_kv each) in the compute dtype, SDPA's fp32
+        log-sum-exp per head (never the T x T scores; the (T, T) mask is per step, not per token)."""
+        return s * (3 * cfg.d_model + 2 * cfg.kv_heads * cfg.head_dim) + 4 * cfg.n_heads
+
+    def init_cache(self, batch_size: int, device, dtype) -> tuple[Tensor, Tensor]:
+        empty = torch.zeros(batch_size, self.n_kv_heads, 0, self.head_dim, device=device, dtype=dtype)
+        return empty, empty
+
+    def band(self, T: int, past: int, device) -> Tensor:
+        """(T, past + T) bool, True where query i (key index past + i) may see key j: 0 <= past + i - j < W."""
+        i = torch.arange(past, past + T, device=device)
+        j = torch.arange(past + T, device=device)
+        lag = i[:, None] - j[None, :]  # (T, past + T)
+        return (lag >= 0) & (lag < self.window)
+
+    def forward(self, x: Tensor, cache: tuple[Tensor, Tensor] | None = None, offset: int = 0):
+        B, T, _ = x.shape
+        q = self.q_proj(x).view(B, T, self.n_heads, self.head_dim).transpose(1, 2)  # (B, H, T, d)
+        k = self.k_proj(x).view(B, T, self.n_kv_heads, self.head_dim).transpose(1, 2)  # (B, Hk, T, d)
+        v = self.v_proj(x).view(B, T, self.n_kv_heads, self.head_dim).transpose(1, 2)  # (B, Hk, T, d)
+        past = 0 if cache is None else cache[0].shape[2]  # cached keys P <= W - 1 (not the offset once truncated)
+        q, k = self.position.rotate(q, k, offset=offset)  # absolute positions offset .. offset + T - 1
+        if cache is not None:
+            k = torch.cat([cache[0], k], dim=2)  # (B, Hk, P + T, d)
+            v = torch.cat([cache[1], v], dim=2)
+            keep = min(self.window - 1, past + T)  # what the next query can still see
+            cache = (k[:, :, past + T - keep:], v[:, :, past + T - keep:])  # (B, Hk, <= W - 1, d)
+        if past == 0 and T <= self.window:
+            mask, causal = None, True  # the band covers the whole causal triangle
+        elif T == 1 and past < self.window:
+            mask, causal = None, False  # one new query sees every cached key (P <= W - 1)
+        else:  # W < T, or a chunk after a prefix: query i sits at key index P + i
+            mask, causal = self.band(T, past, x.device), False
+        y = F.scaled_dot_product_attention(
+            q, k, v, attn_mask=mask, is_causal=causal, enable_gqa=self.n_kv_heads != self.n_heads
+        )  # (B, H, T, d)
+        y = y.transpose(1, 2).reshape(B, T, self.n_heads * self.head_dim)  # (B, T, H*d)
+        return self.o_proj(y), cache
