@@ -34,10 +34,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
-from model.component import Mixer
+from model.mixers.softmax import SoftmaxAttention
 from model.options import Options, option
 
 
@@ -46,41 +45,22 @@ class SlidingConfig(Options):
     window: int = option(256, min=1)  # W: keys a query sees, itself included (Mistral 7B: 4096); W >= T = softmax
 
 
-class SlidingWindowAttention(Mixer):
+class SlidingWindowAttention(SoftmaxAttention):
+    """Softmax attention's projections, init, cache layout and memory (inherited), with a banded mask and a
+    cache cut to the last W - 1 positions."""
+
     section = SlidingConfig
-    lora_targets = ("q_proj", "k_proj", "v_proj", "o_proj")
-    # llama_module stays None: Llama's attention is full causal, so export_hf refuses this mixer by name
+    llama_module = None  # Llama's attention is full causal: export_hf refuses this mixer
 
     def __init__(self, cfg, position: nn.Module):
-        super().__init__()
-        assert cfg.d_model % cfg.n_heads == 0, "d_model must be divisible by n_heads"
-        assert cfg.n_heads % cfg.kv_heads == 0, "n_heads must be a multiple of n_kv_heads"
-        self.n_heads, self.n_kv_heads, self.head_dim = cfg.n_heads, cfg.kv_heads, cfg.head_dim
+        super().__init__(cfg, position)
         self.window = cfg.sliding.window
-        self.position = position
-        self.q_proj = nn.Linear(cfg.d_model, cfg.n_heads * self.head_dim, bias=False)
-        self.k_proj = nn.Linear(cfg.d_model, self.n_kv_heads * self.head_dim, bias=False)
-        self.v_proj = nn.Linear(cfg.d_model, self.n_kv_heads * self.head_dim, bias=False)
-        self.o_proj = nn.Linear(cfg.n_heads * self.head_dim, cfg.d_model, bias=False)
-
-    def residual_projections(self) -> list[nn.Linear]:
-        return [self.o_proj]
 
     @staticmethod
     def flops_per_token(cfg, seq_len: int) -> float:
         # Q K^T and A V over at most W keys (2 min(W, T) H d each), forward + backward (x3): the band's work, as
         # softmax counts T for its causal triangle (a dense masked kernel computes the full T, see the docstring)
         return 12 * cfg.n_heads * cfg.head_dim * min(cfg.sliding.window, seq_len)
-
-    @staticmethod
-    def activation_bytes(cfg, seq_len: int, s: int) -> float:
-        """Its input, q and the output (D each), k and v (D_kv each) in the compute dtype, SDPA's fp32
-        log-sum-exp per head (never the T x T scores; the (T, T) mask is per step, not per token)."""
-        return s * (3 * cfg.d_model + 2 * cfg.kv_heads * cfg.head_dim) + 4 * cfg.n_heads
-
-    def init_cache(self, batch_size: int, device, dtype) -> tuple[Tensor, Tensor]:
-        empty = torch.zeros(batch_size, self.n_kv_heads, 0, self.head_dim, device=device, dtype=dtype)
-        return empty, empty
 
     def band(self, T: int, past: int, device) -> Tensor:
         """(T, past + T) bool, True where query i (key index past + i) may see key j: 0 <= past + i - j < W."""
@@ -90,12 +70,9 @@ class SlidingWindowAttention(Mixer):
         return (lag >= 0) & (lag < self.window)
 
     def forward(self, x: Tensor, cache: tuple[Tensor, Tensor] | None = None, offset: int = 0):
-        B, T, _ = x.shape
-        q = self.q_proj(x).view(B, T, self.n_heads, self.head_dim).transpose(1, 2)  # (B, H, T, d)
-        k = self.k_proj(x).view(B, T, self.n_kv_heads, self.head_dim).transpose(1, 2)  # (B, Hk, T, d)
-        v = self.v_proj(x).view(B, T, self.n_kv_heads, self.head_dim).transpose(1, 2)  # (B, Hk, T, d)
+        T = x.shape[1]
+        q, k, v = self.qkv(x, offset)  # absolute positions offset .. offset + T - 1
         past = 0 if cache is None else cache[0].shape[2]  # cached keys P <= W - 1 (not the offset once truncated)
-        q, k = self.position.rotate(q, k, offset=offset)  # absolute positions offset .. offset + T - 1
         if cache is not None:
             k = torch.cat([cache[0], k], dim=2)  # (B, Hk, P + T, d)
             v = torch.cat([cache[1], v], dim=2)
@@ -107,8 +84,4 @@ class SlidingWindowAttention(Mixer):
             mask, causal = None, False  # one new query sees every cached key (P <= W - 1)
         else:  # W < T, or a chunk after a prefix: query i sits at key index P + i
             mask, causal = self.band(T, past, x.device), False
-        y = F.scaled_dot_product_attention(
-            q, k, v, attn_mask=mask, is_causal=causal, enable_gqa=self.n_kv_heads != self.n_heads
-        )  # (B, H, T, d)
-        y = y.transpose(1, 2).reshape(B, T, self.n_heads * self.head_dim)  # (B, T, H*d)
-        return self.o_proj(y), cache
+        return self.attend(q, k, v, mask, causal), cache

@@ -51,13 +51,28 @@ class SoftmaxAttention(Mixer):
         empty = torch.zeros(batch_size, self.n_kv_heads, 0, self.head_dim, device=device, dtype=dtype)
         return empty, empty
 
-    def forward(self, x: Tensor, cache: tuple[Tensor, Tensor] | None = None, offset: int = 0):
+    def qkv(self, x: Tensor, offset: int) -> tuple[Tensor, Tensor, Tensor]:
+        """x (B, T, D) -> q (B, H, T, d), k, v (B, Hk, T, d); q and k rotated from absolute position `offset`."""
         B, T, _ = x.shape
         q = self.q_proj(x).view(B, T, self.n_heads, self.head_dim).transpose(1, 2)  # (B, H, T, d)
         k = self.k_proj(x).view(B, T, self.n_kv_heads, self.head_dim).transpose(1, 2)  # (B, Hk, T, d)
         v = self.v_proj(x).view(B, T, self.n_kv_heads, self.head_dim).transpose(1, 2)  # (B, Hk, T, d)
-        past = 0 if cache is None else cache[0].shape[2]  # cached keys (= offset: the cache keeps them all)
         q, k = self.position.rotate(q, k, offset=offset)
+        return q, k, v
+
+    def attend(self, q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, causal: bool) -> Tensor:
+        """SDPA over the (cached + new) keys, then the output projection -> (B, T, D)."""
+        y = F.scaled_dot_product_attention(
+            q, k, v, attn_mask=mask, is_causal=causal, enable_gqa=self.n_kv_heads != self.n_heads
+        )  # (B, H, T, d)
+        B, _, T, _ = q.shape
+        y = y.transpose(1, 2).reshape(B, T, self.n_heads * self.head_dim)  # (B, T, H*d)
+        return self.o_proj(y)
+
+    def forward(self, x: Tensor, cache: tuple[Tensor, Tensor] | None = None, offset: int = 0):
+        T = x.shape[1]
+        q, k, v = self.qkv(x, offset)
+        past = 0 if cache is None else cache[0].shape[2]  # cached keys (= offset: the cache keeps them all)
         if cache is not None:
             k = torch.cat([cache[0], k], dim=2)  # (B, Hk, past + T, d)
             v = torch.cat([cache[1], v], dim=2)
@@ -69,8 +84,4 @@ class SoftmaxAttention(Mixer):
         else:  # a chunk after a prefix: query i sits at absolute position past + i
             mask = torch.ones(T, past + T, dtype=torch.bool, device=x.device).tril(diagonal=past)
             causal = False
-        y = F.scaled_dot_product_attention(
-            q, k, v, attn_mask=mask, is_causal=causal, enable_gqa=self.n_kv_heads != self.n_heads
-        )  # (B, H, T, d)
-        y = y.transpose(1, 2).reshape(B, T, self.n_heads * self.head_dim)  # (B, T, H*d)
-        return self.o_proj(y), cache
+        return self.attend(q, k, v, mask, causal), cache
