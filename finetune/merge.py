@@ -14,6 +14,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from data.tokens import content_hash
 from finetune.config import read_run_config
 from model.lora import merge_lora
 from train.adapter import resolve
@@ -38,7 +39,8 @@ def merge_run(run: str | Path, out: str | Path, adapter: str | Path | None = Non
     out.mkdir(parents=True, exist_ok=True)
     save_config(cfg, out / "config.yaml")
     tokenizer.save(str(out / "tokenizer.json"))
-    save_weights(model, out / "model.safetensors", tied=cfg.model.tie_embeddings)
+    save_weights(model, out / "model.safetensors", tied=cfg.model.tie_embeddings,
+                 tokenizer_hash=content_hash(tokenizer.to_str()))
     return out
 
 

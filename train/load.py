@@ -15,10 +15,11 @@ import torch
 
 from data.corpus import DataError
 from data.tokenizer import load_tokenizer
+from data.tokens import content_hash
 from model.transformer import Transformer
 from train.adapter import check_adapter_base, load_adapter, resolve
 from train.config import Config, ConfigError, load_config
-from train.weights import CheckpointError, check_shapes, load_weights, read_shapes
+from train.weights import TOKENIZER_HASH, CheckpointError, check_shapes, load_weights, read_metadata, read_shapes
 
 
 def load_run(run_dir: str | Path, device: str = "cpu", adapter: str | Path | None = None
@@ -33,6 +34,10 @@ def load_run(run_dir: str | Path, device: str = "cpu", adapter: str | Path | Non
     tokenizer = _tokenizer(run_dir, weights_dir, cfg)
     weights = weights_dir / "model.safetensors"
     check_fits(weights, read_shapes(weights), cfg)
+    trained_with = read_metadata(weights).get(TOKENIZER_HASH)
+    if trained_with and trained_with != content_hash(tokenizer.to_str()):
+        raise DataError(f"{run_dir}/tokenizer.json is not the tokenizer {weights} was trained with (hash "
+                        f"{trained_with}); the run directory mixes files from different runs: copy its own back")
     model = Transformer(cfg.model)
     load_weights(model, weights, tied=cfg.model.tie_embeddings)
     if adapter_dir is not None:

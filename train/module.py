@@ -73,7 +73,7 @@ class LanguageModel(L.LightningModule):
         """The run directory's weights at the end of training (`state`: the model's full state dict under FSDP);
         a stage that shares something else (a LoRA adapter) overrides this."""
         save_weights(self.model, Path(run_dir) / "model.safetensors", tied=self.cfg.model.tie_embeddings,
-                     state=state)
+                     state=state, tokenizer_hash=self.run_info.get("tokenizer_hash"))
 
     def configure_model(self) -> None:
         remember_shapes(self.model)  # before FSDP flattens the parameters (weight decay goes by shape)

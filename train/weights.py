@@ -14,17 +14,28 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+TOKENIZER_HASH = "tokenizer_hash"  # metadata key: the tokenizer the weights were trained with
+
 
 class CheckpointError(ValueError):
     """A checkpoint that is missing, corrupt, or made for another model; the CLI exits with code 2."""
 
 
-def save_weights(model: nn.Module, path: str | Path, tied: bool = True, state: dict | None = None) -> None:
-    """`state`: the model's full state dict when `model` itself is sharded (FSDP gathers it)."""
+def save_weights(model: nn.Module, path: str | Path, tied: bool = True, state: dict | None = None,
+                 tokenizer_hash: str | None = None) -> None:
+    """`state`: the model's full state dict when `model` itself is sharded (FSDP gathers it). `tokenizer_hash`
+    (data.tokens.content_hash of the tokenizer's JSON) goes into the file's metadata, so a run directory whose
+    tokenizer.json was swapped for another run's is refused when it is loaded."""
     state = {k: v.detach().contiguous().cpu() for k, v in (model.state_dict() if state is None else state).items()}
     if tied:
         state.pop("lm_head.weight", None)
-    save_file(state, str(path))
+    save_file(state, str(path), metadata={TOKENIZER_HASH: tokenizer_hash} if tokenizer_hash else None)
+
+
+def read_metadata(path: str | Path) -> dict[str, str]:
+    """The safetensors header's metadata ({} if none); the file is known readable (read_shapes ran first)."""
+    with safe_open(str(path), framework="pt") as f:
+        return f.metadata() or {}
 
 
 def read_shapes(path: str | Path) -> dict[str, tuple[int, ...]]:

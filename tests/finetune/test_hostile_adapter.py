@@ -141,6 +141,16 @@ def test_another_runs_tokenizer_in_a_lora_run_is_refused(tiny_sft_run, tmp_path,
     assert "differs from its base" in generate_fails(run, capsys)
 
 
+def test_another_runs_tokenizer_in_a_plain_run_is_refused(tiny_sft_run, tmp_path, capsys):
+    """Same vocabulary size, other merges: only the tokenizer hash in the weights' metadata can tell."""
+    run = copy_run(tiny_sft_run[0], tmp_path / "plain")
+    stories = ["Once upon a time there was a cat.", "The dog ran to the park and played."] * 20
+    train_tokenizer(stories, 120).save(str(run / "tokenizer.json"))
+    assert "is not the tokenizer" in generate_fails(run, capsys)
+    copy_run(tiny_sft_run[0], tmp_path / "ok")  # the run's own tokenizer still loads
+    generate_main(["--run", str(tmp_path / "ok"), "--max_new_tokens", "4"])
+
+
 def test_pretraining_never_resumes_a_lora_checkpoint(tiny_sft_run, tiny_corpus, tmp_path):
     ckpt = tiny_sft_run[1] / "checkpoints" / "last.ckpt"
     values = tiny_train_overrides(tiny_corpus, tmp_path, **{"train.resume": str(ckpt), "train.name": "p",
