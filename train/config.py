@@ -1,4 +1,5 @@
-"""The typed config tree (model, data, train, log, finetune, align), YAML files and dotted CLI overrides.
+"""The typed config tree (model, data, train, log; the stages `extend` it with their own sections: finetune/config.py,
+align/config.py), YAML files and dotted CLI overrides.
 
     cfg = load_config("configs/pretrain/demo.yaml", ["--model.mixer=linear", "--train.lr=3e-4"])
 
@@ -23,7 +24,9 @@ import yaml
 from model.config import ModelConfig
 from model.options import Options, option
 from train.optimizers import OPTIMIZERS
+from train.optimizers.muon import MuonConfig
 from train.schedules import SCHEDULES
+from train.schedules.wsd import WSDConfig
 
 
 class ConfigError(ValueError):
@@ -56,6 +59,10 @@ class TrainConfig(Options):
     warmup_steps: int = option(100, min=0)  # linear warm-up from 0 (every schedule)
     weight_decay: float = option(0.1, min=0.0)  # AdamW decay on matrices only (not norms, biases, embeddings)
     betas: list[float] = field(default_factory=lambda: [0.9, 0.95])  # AdamW betas
+    # Sections of one optimizer / schedule (their registry entry's `section`), listed here until TrainConfig is
+    # composed from the registries: read only when that entry is chosen.
+    muon: MuonConfig = field(default_factory=MuonConfig)  # train.optimizer=muon: lr_ratio, momentum, ns_steps
+    wsd: WSDConfig = field(default_factory=WSDConfig)  # train.schedule=wsd: decay_fraction, shape
     grad_clip: float = option(1.0, min=0.0)  # max global grad norm (0 = off)
     precision: str = option("32", choices=("32", "bf16-mixed", "16-mixed", "bf16-true"))  # 16-mixed: fp16, CUDA
     compile: bool = False  # torch.compile the model

@@ -4,6 +4,7 @@ its hyperparameters from `train.*` or from its own `section` (nested under `trai
 
 from model.component import Registry
 from train.optimizers.adamw import AdamW
+from train.optimizers.muon import Muon
 from train.optimizers.recipe import OptimizerRecipe
 
-OPTIMIZERS = Registry("optimizer", OptimizerRecipe, {"adamw": AdamW})
+OPTIMIZERS = Registry("optimizer", OptimizerRecipe, {"adamw": AdamW, "muon": Muon})

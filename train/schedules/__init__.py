@@ -5,5 +5,6 @@ from model.component import Registry
 from train.schedules.constant import Constant
 from train.schedules.cosine import Cosine
 from train.schedules.schedule import Schedule
+from train.schedules.wsd import WSD
 
-SCHEDULES = Registry("schedule", Schedule, {"cosine": Cosine, "constant": Constant})
+SCHEDULES = Registry("schedule", Schedule, {"cosine": Cosine, "constant": Constant, "wsd": WSD})
