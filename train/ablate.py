@@ -6,7 +6,7 @@ An ablation file names a base config and the variants to compare; every variant 
     name: mixer                        # optional; default: the file's name. Runs: <train.out_dir>/ablate-<name>/
     overrides: {train.max_steps: 300}  # optional, applied to every variant (dotted keys or nested mappings)
     seeds: [0, 1]                      # train.seed of each run: same init and data order for every variant
-    match: params                      # optional: params | none (default)
+    match: params                      # optional: params | flops (training FLOPs per token) | none (default)
     threads: 1                         # optional: torch CPU threads (0 = torch's default)
     variants:                          # name -> overrides; the first variant is the reference
       softmax: {model.mixer: softmax}
@@ -15,7 +15,8 @@ An ablation file names a base config and the variants to compare; every variant 
 Values merge in this order: base < overrides < command-line overrides < variant < the sweep's own keys
 (train.seed, train.name = <variant>-s<seed>, train.out_dir = the sweep folder, train.resume = auto). A
 command-line key that a variant also sets is an error (it would erase the difference). Sweep keys can be
-overridden too: `--seeds=[0] --match=none --threads=2 --name=mixer-big`.
+overridden too: `--seeds=[0] --match=none --threads=2 --name=mixer-big`. `match: flops` resizes the same knob to
+the reference's training FLOPs per token instead (train/param_match.py).
 
 Fair comparison: every variant shares the token budget and the data (train.max_steps, batch_size,
 grad_accum, data.seq_len, data.path, data.max_stories), checked up front. `match: params` resizes one width
@@ -46,7 +47,7 @@ import yaml
 
 from train.cli import USER_ERRORS, parse_args
 from train.config import Config, ConfigError, load_config, merge, parse_overrides, to_dict
-from train.param_match import count_params, get, match_params
+from train.param_match import MEASURES, count_flops, count_params, get, match_params
 
 SWEEP_KEYS = ("base", "name", "overrides", "seeds", "match", "threads", "variants")
 SHARED = ("train.max_steps", "train.batch_size", "train.grad_accum", "data.seq_len", "data.path", "data.max_stories")
@@ -115,8 +116,8 @@ def load_sweep(path: str | None, argv: list[str]) -> tuple[dict, dict]:
         if not re.fullmatch(r"[A-Za-z0-9_.+-]+", str(name)) or not isinstance(values or {}, dict):
             raise ConfigError(f"variant {name!r}: names use letters, digits, _ . + -, and map to overrides")
     sweep["match"] = sweep.get("match") or "none"
-    if sweep["match"] not in ("params", "none"):
-        raise ConfigError(f"match: invalid choice {sweep['match']!r}; valid choices: params, none")
+    if sweep["match"] not in (*MEASURES, "none"):
+        raise ConfigError(f"match: invalid choice {sweep['match']!r}; valid choices: {', '.join(MEASURES)}, none")
     return sweep, cli
 
 
@@ -188,7 +189,7 @@ def run_sweep(sweep: dict, configs: dict[str, dict[int, Config]], widths: dict[s
                     print(f"warning: {cfg.train.name} halted: {err}", file=sys.stderr)
                 total, non_emb = count_params(cfg)
                 info = {"wall_s": time.perf_counter() - t0, "params": total, "non_embedding_params": non_emb,
-                        "halted": halted}
+                        "flops_per_token": count_flops(cfg), "halted": halted}
                 run_dir.mkdir(parents=True, exist_ok=True)
                 info_file.write_text(json.dumps(info))
             results.append(RunResult.read(name, seed, run_dir, widths[name]))
@@ -206,7 +207,8 @@ def main(argv: list[str] | None = None) -> None:
         path, rest = parse_args(argv)
         sweep, cli = load_sweep(path, rest)
         configs = build_configs(sweep, cli)
-        widths = match_params(configs) if sweep.get("match") == "params" else {v: "" for v in configs}
+        match = sweep.get("match")
+        widths = match_params(configs, by=match) if match in MEASURES else {v: "" for v in configs}
         if sweep.get("threads"):
             import torch
 

@@ -1,8 +1,8 @@
 """The results of an ablation sweep (`train/ablate.py`): one row per variant, aggregated over its seeds.
 
-    <sweep>/results.csv   variant, width, params, non_embedding_params, seeds, val_loss_mean, val_loss_std,
-                          val_bpb_mean, val_bpb_std, tokens_per_s, wall_s, and against the reference (the first
-                          variant; its row has verdict "reference" and the rest empty): paired_seeds,
+    <sweep>/results.csv   variant, width, params, non_embedding_params, flops_per_token, seeds, val_loss_mean,
+                          val_loss_std, val_bpb_mean, val_bpb_std, tokens_per_s, wall_s, and against the reference
+                          (the first variant; its row has verdict "reference" and the rest empty): paired_seeds,
                           val_loss_diff_mean, val_loss_diff_ci_low, val_loss_diff_ci_high, val_loss_p,
                           val_bpb_diff_mean, val_bpb_diff_ci_low, val_bpb_diff_ci_high, val_bpb_p, verdict,
                           excluded_seeds (the variant's seeds left out of the pairing: halted/NaN here or in
@@ -42,6 +42,7 @@ class RunResult:
     width: str  # the matched knob, e.g. "d_ff=347" ("" when not resized)
     params: int
     non_embedding_params: int
+    flops_per_token: float  # training FLOPs per token (NaN for runs recorded before it was kept)
     val_loss: float
     val_bpb: float
     tokens_per_s: float
@@ -58,7 +59,7 @@ class RunResult:
         nan = math.nan
         finished = losses and not info.get("halted")  # a halted run's last validation is not its result
         return cls(variant, seed, width, info["params"], info["non_embedding_params"],
-                   losses[-1] if finished else nan, bpb[-1] if finished else nan,
+                   info.get("flops_per_token", nan), losses[-1] if finished else nan, bpb[-1] if finished else nan,
                    statistics.median(tok_s) if tok_s else nan, info["wall_s"], dict(zip(steps, losses)))
 
 
@@ -83,7 +84,8 @@ def aggregate(results: list[RunResult]) -> list[dict]:
         loss, loss_std = _mean_std([r.val_loss for r in runs])
         bpb, bpb_std = _mean_std([r.val_bpb for r in runs])
         rows.append({"variant": variant, "width": runs[0].width, "params": runs[0].params,
-                     "non_embedding_params": runs[0].non_embedding_params, "seeds": len(runs),
+                     "non_embedding_params": runs[0].non_embedding_params,
+                     "flops_per_token": runs[0].flops_per_token, "seeds": len(runs),
                      "val_loss_mean": loss, "val_loss_std": loss_std, "val_bpb_mean": bpb, "val_bpb_std": bpb_std,
                      "tokens_per_s": statistics.fmean(r.tokens_per_s for r in runs),
                      "wall_s": statistics.fmean(r.wall_s for r in runs), **dict.fromkeys(STATS, "")})
@@ -135,12 +137,14 @@ def _p(r: dict, key: str) -> str:
 
 
 def markdown(rows: list[dict], title: str, notes: list[str] = ()) -> str:
-    lines = [title, "", "| variant | params | non-emb. params | width | val loss | val bpb | Δ val loss [95% CI] | "
-             "p (loss) | Δ val bpb [95% CI] | p (bpb) | seeds paired | verdict | tokens/s | wall (s) |",
-             "| --- | ---: | ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- | ---: | ---: |"]
+    lines = [title, "", "| variant | params | non-emb. params | MFLOPs/token | width | val loss | val bpb | "
+             "Δ val loss [95% CI] | p (loss) | Δ val bpb [95% CI] | p (bpb) | seeds paired | verdict | tokens/s | "
+             "wall (s) |",
+             "| --- | ---: | ---: | ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- | ---: | ---: |"]
     for r in rows:
         paired_seeds = "-" if r["paired_seeds"] == "" else r["paired_seeds"]
-        lines.append(f"| {r['variant']} | {r['params']:,} | {r['non_embedding_params']:,} | {r['width'] or '-'} | "
+        lines.append(f"| {r['variant']} | {r['params']:,} | {r['non_embedding_params']:,} | "
+                     f"{r['flops_per_token'] / 1e6:,.2f} | {r['width'] or '-'} | "
                      f"{r['val_loss_mean']:.4f} ± {r['val_loss_std']:.4f} | {r['val_bpb_mean']:.4f} ± "
                      f"{r['val_bpb_std']:.4f} | {_diff(r, 'val_loss')} | {_p(r, 'val_loss')} | "
                      f"{_diff(r, 'val_bpb')} | {_p(r, 'val_bpb')} | {paired_seeds} | {r['verdict']} | "

@@ -1,9 +1,11 @@
-"""Parameter matching for ablations: resize one width knob so a model has a target parameter count.
+"""Matching for ablations: resize one width knob so a model has a target parameter count or compute.
 
-`match_params` gives every variant of a sweep the non-embedding parameter count of the first (reference)
-variant, within 2%: the knob is the `width_knob` its components declare (model/component.py), its FFNs' first
-(`d_ff`), else its mixers' (`gau.hidden`, `mamba.d_inner`, ...). Counts come from building the model on the meta device
-(no memory, no init cost); the count grows with the integer width, so a binary search finds it.
+`match_params(configs, by="params")` gives every variant of a sweep the non-embedding parameter count of the first
+(reference) variant, within 2%; `by="flops"` its training FLOPs per token instead (`Transformer.flops_per_token` at
+data.seq_len: 6 N plus what each mixer declares, so attention's T-dependent work and Mamba's scan count). The
+knob is the `width_knob` its components declare (model/component.py), its FFNs' first (`d_ff`), else its
+mixers' (`gau.hidden`, `mamba.d_inner`, ...). Counts come from building the model on the meta device (no memory,
+no init cost); both grow with the integer width, so a binary search finds it.
 """
 
 from __future__ import annotations
@@ -28,8 +30,8 @@ def put(cfg, dotted: str, value) -> None:
     setattr(get(cfg, ".".join(parents)) if parents else cfg, leaf, value)
 
 
-def count_params(cfg: Config) -> tuple[int, int]:
-    """(total, non-embedding) parameters of cfg's model, built on the meta device (no memory, no init cost)."""
+def meta_model(cfg: Config):
+    """cfg's model built on the meta device (no memory, no init cost)."""
     import torch
 
     from model.transformer import Transformer
@@ -37,8 +39,22 @@ def count_params(cfg: Config) -> tuple[int, int]:
     m = copy.deepcopy(cfg.model)
     m.vocab_size, m.max_seq_len = m.vocab_size or cfg.data.vocab_size, m.max_seq_len or cfg.data.seq_len
     with torch.device("meta"):
-        model = Transformer(m)
+        return Transformer(m)
+
+
+def count_params(cfg: Config) -> tuple[int, int]:
+    """(total, non-embedding) parameters of cfg's model."""
+    model = meta_model(cfg)
     return model.num_params(), model.num_params(non_embedding=True)
+
+
+def count_flops(cfg: Config) -> float:
+    """Training FLOPs per token of cfg's model at data.seq_len."""
+    return meta_model(cfg).flops_per_token(cfg.data.seq_len)
+
+
+MEASURES = {"params": lambda cfg: count_params(cfg)[1], "flops": count_flops}  # what `match:` can equalise
+UNITS = {"params": "non-embedding parameters", "flops": "training FLOPs per token"}
 
 
 def width_knob(cfg: Config) -> str:
@@ -52,12 +68,14 @@ def width_knob(cfg: Config) -> str:
                       f"mixers {sorted(set(mixers))} and FFNs declare none")
 
 
-def solve_width(cfg: Config, knob: str, target: int) -> tuple[int, int]:
+def solve_width(cfg: Config, knob: str, target: float, measure=None) -> tuple[int, float]:
     """The integer width of `knob` whose non-embedding parameter count is closest to target (binary search on
     the smallest width reaching it, then that or the one below); returns (width, count). Changes cfg."""
-    def params(width: int) -> int:
+    measure = measure or MEASURES["params"]
+
+    def params(width: int) -> float:
         put(cfg, knob, width)
-        return count_params(cfg)[1]
+        return measure(cfg)
 
     lo, hi = 1, 64  # the smallest width reaching the target is in (lo, hi]
     while params(hi) < target and hi < 1 << 22:
@@ -69,11 +87,13 @@ def solve_width(cfg: Config, knob: str, target: int) -> tuple[int, int]:
     return best, params(best)
 
 
-def match_params(configs: dict[str, dict[int, Config]]) -> dict[str, str]:
-    """Resize every non-reference variant (all its seeds) to the reference's non-embedding parameter count.
-    Returns variant -> 'knob=width' (empty for the reference)."""
+def match_params(configs: dict[str, dict[int, Config]], by: str = "params") -> dict[str, str]:
+    """Resize every non-reference variant (all its seeds) to the reference's non-embedding parameter count
+    (`by="params"`) or training FLOPs per token (`by="flops"`). Returns variant -> 'knob=width' ('' for the
+    reference)."""
+    measure, unit = MEASURES[by], UNITS[by]
     names = list(configs)
-    target = count_params(next(iter(configs[names[0]].values())))[1]
+    target = measure(next(iter(configs[names[0]].values())))
     widths = {names[0]: ""}
     for name in names[1:]:
         cfg = copy.deepcopy(next(iter(configs[name].values())))
@@ -81,10 +101,10 @@ def match_params(configs: dict[str, dict[int, Config]]) -> dict[str, str]:
             knob = width_knob(cfg)
         except ConfigError as err:
             raise ConfigError(f"variant {name!r}: {err}") from None
-        best, got = solve_width(cfg, knob, target)
+        best, got = solve_width(cfg, knob, target, measure)
         if abs(got - target) > TOLERANCE * target:
-            raise ConfigError(f"variant {name!r}: {knob}={best} gives {got:,} non-embedding parameters, not within "
-                              f"{TOLERANCE:.0%} of the reference's {target:,}")
+            raise ConfigError(f"variant {name!r}: {knob}={best} gives {got:,.0f} {unit}, not within "
+                              f"{TOLERANCE:.0%} of the reference's {target:,.0f}")
         for run in configs[name].values():
             put(run, knob, best)
         widths[name] = f"{knob.removeprefix('model.')}={best}"

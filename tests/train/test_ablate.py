@@ -90,3 +90,30 @@ def test_bad_variant_exits_2_before_training(tiny_corpus, tmp_path, capsys, vari
     err = capsys.readouterr().err
     assert err.startswith("error:") and message in err and "'bad'" in err
     assert not (tmp_path / "ablate-sweep").exists()
+
+
+def test_match_flops_equalises_training_flops_per_token(tiny_corpus, tmp_path):
+    """Matching by compute: FLOPs per token (6 N + each mixer's own term) land within 2% of the reference's,
+    and they differ from matching by parameters (softmax's attention FLOPs grow with T, Mamba's scan does not)."""
+    from train.param_match import count_flops
+
+    variants = {"softmax": {"model.mixer": "softmax"}, "mamba": {"model.mixer": "mamba", "model.ffn": "none"},
+                "linear": {"model.mixer": "linear"}}
+    by_flops = build_configs(*load_sweep(str(write_sweep(tmp_path, tiny_corpus, variants, match="flops")), []))
+    by_params = build_configs(*load_sweep(str(write_sweep(tmp_path, tiny_corpus, variants)), []))
+    flops_widths, param_widths = match_params(by_flops, by="flops"), match_params(by_params)
+    target = count_flops(by_flops["softmax"][0])
+    for name in variants:
+        assert count_flops(by_flops[name][0]) == pytest.approx(target, rel=0.02), name
+    assert flops_widths["mamba"] != param_widths["mamba"]
+
+
+def test_results_table_shows_flops_per_token(tiny_corpus, tmp_path):
+    path = write_sweep(tmp_path, tiny_corpus, {"softmax": {}, "gelu": {"model.ffn": "gelu"}}, match="flops",
+                       seeds=[0])
+    main(["--config", str(path)])
+    table = (tmp_path / "ablate-sweep" / "results.md").read_text()
+    assert "MFLOPs/token" in table and "match: flops" in table
+    with (tmp_path / "ablate-sweep" / "results.csv").open() as f:
+        rows = list(csv.DictReader(f))
+    assert float(rows[1]["flops_per_token"]) == pytest.approx(float(rows[0]["flops_per_token"]), rel=0.02)

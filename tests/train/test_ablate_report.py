@@ -24,7 +24,7 @@ BPB = 0.4  # val bpb = 0.4 * val loss: the bpb differences are 0.4 times those o
 
 
 def results(losses: dict[str, list[float]], seeds=(0, 1, 2)) -> list[RunResult]:
-    return [RunResult(variant, seed, "", 1000, 800, loss, BPB * loss, 5000.0, 10.0, {1: loss + 1, 2: loss})
+    return [RunResult(variant, seed, "", 1000, 800, 2e6, loss, BPB * loss, 5000.0, 10.0, {1: loss + 1, 2: loss})
             for variant, values in losses.items() for seed, loss in zip(seeds, values)]
 
 
@@ -66,9 +66,9 @@ def test_verdicts_and_reference_row():
     assert [r["verdict"] for r in rows] == ["reference", "better", "worse", "no detectable difference"]
     assert all(rows[0][key] == "" for key in STATS if key != "verdict")  # no difference against itself
     table = markdown(rows, "### t")
-    assert "| better | 1,000 | 800 | - | 2.8967 ± 0.0850 | 1.1587 ± 0.0340 | -0.1033 [-0.1413, -0.0654] | 0.007 | " \
-           "-0.0413 [-0.0565, -0.0262] | 0.007 | 3 | better | 5,000 | 10 |" in table
-    assert "| ref | 1,000 | 800 | - | 3.0000 ± 0.1000 | 1.2000 ± 0.0400 | reference | - | reference | - | - | " \
+    assert "| better | 1,000 | 800 | 2.00 | - | 2.8967 ± 0.0850 | 1.1587 ± 0.0340 | -0.1033 [-0.1413, -0.0654] | " \
+           "0.007 | -0.0413 [-0.0565, -0.0262] | 0.007 | 3 | better | 5,000 | 10 |" in table
+    assert "| ref | 1,000 | 800 | 2.00 | - | 3.0000 ± 0.1000 | 1.2000 ± 0.0400 | reference | - | reference | - | - | " \
            "reference |" in table
     assert len(table.splitlines()) == 2 + 2 + len(rows)  # one row per variant
 
@@ -130,9 +130,10 @@ def test_write_results_adds_the_columns(tmp_path):
     with (tmp_path / "results.csv").open() as f:
         reader = csv.DictReader(f)
         rows = list(reader)
-    assert reader.fieldnames[:11] == ["variant", "width", "params", "non_embedding_params", "seeds", "val_loss_mean",
-                                      "val_loss_std", "val_bpb_mean", "val_bpb_std", "tokens_per_s", "wall_s"]
-    assert reader.fieldnames[11:] == list(STATS)
+    assert reader.fieldnames[:12] == ["variant", "width", "params", "non_embedding_params", "flops_per_token", "seeds",
+                                      "val_loss_mean", "val_loss_std", "val_bpb_mean", "val_bpb_std", "tokens_per_s",
+                                      "wall_s"]
+    assert reader.fieldnames[12:] == list(STATS)
     assert rows[0]["verdict"] == "reference" and rows[0]["val_loss_p"] == ""
     assert rows[1]["paired_seeds"] == "2" and float(rows[1]["val_loss_p"]) == pytest.approx(
         hand([2.90 - 3.00, 2.98 - 3.10])[3], rel=1e-9)
