@@ -24,7 +24,8 @@ def remember_shapes(model: nn.Module) -> None:
 
 def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
     """[decayed matrices, the rest at weight decay 0]. Also tags each trainable parameter with `_hidden_matrix`:
-    a decayed matrix that is not the output head (tied or not), the parameters Muon orthogonalises."""
+    a decayed 2-D matrix that is not the output head (tied or not), the parameters Muon orthogonalises (conv kernels,
+    e.g. Mamba's depthwise (E, 1, K), are per-channel filters, not matrices: they stay with AdamW)."""
     excluded = {id(m.weight) for m in model.modules() if isinstance(m, nn.Embedding)}
     excluded |= {id(p) for p in getattr(model, "no_decay_parameters", list)()}
     head = getattr(getattr(model, "lm_head", None), "weight", None)
@@ -34,7 +35,7 @@ def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
             continue
         matrix = getattr(p, "_orig_ndim", p.ndim) >= 2
         (decay if matrix and id(p) not in excluded else no_decay).append(p)
-        p._hidden_matrix = matrix and id(p) not in excluded and p is not head
+        p._hidden_matrix = getattr(p, "_orig_ndim", p.ndim) == 2 and id(p) not in excluded and p is not head
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 
