@@ -11,12 +11,11 @@ object is built, so a choice is spelled once, where the field is. Component file
 
 from __future__ import annotations
 
-import dataclasses
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from model.ffn import DEFAULT_FFN, FFNS
 from model.mixers import MIXERS
-from model.options import Options, option
+from model.options import Options, compose, option
 from model.positions import POSITIONS
 
 
@@ -80,19 +79,4 @@ class CoreModelConfig(Options):
         return FFNS[kind].hidden_width(self)
 
 
-def compose(base: type, registries: list[dict]) -> type:
-    """`base` plus a field `<name>: Section` for every registered component that declares a section."""
-    sections = {}
-    for registry in registries:
-        for name, cls in registry.items():
-            if getattr(cls, "section", None) is not None:
-                if name in sections or name in base.__dataclass_fields__:
-                    raise TypeError(f"config section {name!r} is declared twice")
-                sections[name] = cls.section
-    fields = [(name, section, field(default_factory=section)) for name, section in sections.items()]
-    composed = dataclasses.make_dataclass("ModelConfig", fields, bases=(base,))
-    composed.__module__, composed.__doc__ = __name__, "The model config: core fields + component sections."
-    return composed
-
-
-ModelConfig = compose(CoreModelConfig, [MIXERS, FFNS, POSITIONS])
+ModelConfig = compose(CoreModelConfig, [MIXERS, FFNS, POSITIONS], "ModelConfig", __name__)

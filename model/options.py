@@ -58,3 +58,19 @@ class Options:
 
     def check(self) -> None:
         """Rules between fields; raise ValueError naming the fields and the fix."""
+
+
+def compose(base: type, registries: list[dict], name: str, module: str) -> type:
+    """`base` plus a field `<entry name>: Section` for every registered entry that declares a `section`, so a
+    component's options live in its own file and appear in the config tree under its registry name."""
+    sections = {}
+    for registry in registries:
+        for entry, cls in registry.items():
+            if getattr(cls, "section", None) is not None:
+                if entry in sections or entry in base.__dataclass_fields__:
+                    raise TypeError(f"config section {entry!r} is declared twice")
+                sections[entry] = cls.section
+    fields = [(entry, section, dataclasses.field(default_factory=section)) for entry, section in sections.items()]
+    composed = dataclasses.make_dataclass(name, fields, bases=(base,))
+    composed.__module__, composed.__doc__ = module, f"{base.__doc__ or name}; plus the registered sections."
+    return composed

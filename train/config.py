@@ -22,11 +22,9 @@ from pathlib import Path
 import yaml
 
 from model.config import ModelConfig
-from model.options import Options, option
+from model.options import Options, compose, option
 from train.optimizers import OPTIMIZERS
-from train.optimizers.muon import MuonConfig
 from train.schedules import SCHEDULES
-from train.schedules.wsd import WSDConfig
 
 
 class ConfigError(ValueError):
@@ -46,7 +44,7 @@ class DataConfig(Options):
 
 
 @dataclass
-class TrainConfig(Options):
+class CoreTrainConfig(Options):
     name: str = ""  # run name under out_dir; default: the config file's name
     out_dir: str = "runs"  # runs are written to out_dir/<name>/
     max_steps: int = option(1000, min=1)  # optimizer steps
@@ -59,10 +57,6 @@ class TrainConfig(Options):
     warmup_steps: int = option(100, min=0)  # linear warm-up from 0 (every schedule)
     weight_decay: float = option(0.1, min=0.0)  # AdamW decay on matrices only (not norms, biases, embeddings)
     betas: list[float] = field(default_factory=lambda: [0.9, 0.95])  # AdamW betas
-    # Sections of one optimizer / schedule (their registry entry's `section`), listed here until TrainConfig is
-    # composed from the registries: read only when that entry is chosen.
-    muon: MuonConfig = field(default_factory=MuonConfig)  # train.optimizer=muon: lr_ratio, momentum, ns_steps
-    wsd: WSDConfig = field(default_factory=WSDConfig)  # train.schedule=wsd: decay_fraction, shape
     grad_clip: float = option(1.0, min=0.0)  # max global grad norm (0 = off)
     precision: str = option("32", choices=("32", "bf16-mixed", "16-mixed", "bf16-true"))  # 16-mixed: fp16, CUDA
     compile: bool = False  # torch.compile the model
@@ -91,6 +85,9 @@ class TrainConfig(Options):
             raise ValueError(f"devices={devices}: must be at least 1 (or -1 / auto for all)")
         if isinstance(self.resume, str) and self.resume not in ("auto", "true", "false") and not self.resume:
             raise ValueError("resume: an empty path; give false, true, auto or a checkpoint path")
+
+
+TrainConfig = compose(CoreTrainConfig, [OPTIMIZERS, SCHEDULES], "TrainConfig", __name__)  # + train.<name>.*
 
 
 @dataclass
