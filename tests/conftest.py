@@ -160,3 +160,23 @@ def saved_activation_bytes(model, batch: int, seq_len: int, precision: str = "32
             logits, _ = model(idx)
             F.cross_entropy(logits.float().flatten(0, 1), idx.flatten())
     return sum(storages.values())
+
+
+def train_losses(run_dir: Path) -> dict[int, float]:
+    """step -> logged train/loss of a run directory's metrics.csv."""
+    import csv
+
+    with (run_dir / "metrics.csv").open() as f:
+        return {int(float(r["step"])): float(r["train/loss"]) for r in csv.DictReader(f) if r.get("train/loss")}
+
+
+def stop_at(step: int):
+    """A callback interrupting training after `step` optimizer steps, like a crash right after a checkpoint."""
+    import lightning as L
+
+    class StopAt(L.Callback):
+        def on_train_batch_end(self, trainer, *args):
+            if trainer.global_step >= step:
+                trainer.should_stop = True
+
+    return StopAt()

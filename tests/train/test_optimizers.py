@@ -4,14 +4,12 @@ exact resume, and the WSD schedule's factor by hand (warm-up, stable, decay endp
 from __future__ import annotations
 
 import copy
-import csv
 import math
 from types import SimpleNamespace
 
-import lightning as L
 import pytest
 import torch
-from conftest import tiny_train_overrides
+from conftest import stop_at, tiny_train_overrides, train_losses
 from safetensors.torch import load_file
 
 from model.config import ModelConfig
@@ -21,22 +19,6 @@ from train.optim import build_optimizer, remember_shapes
 from train.optimizers.muon import MuonAdamW
 from train.run import pretrain
 from train.schedules import SCHEDULES
-
-
-def train_losses(run_dir):
-    with (run_dir / "metrics.csv").open() as f:
-        return {int(float(r["step"])): float(r["train/loss"]) for r in csv.DictReader(f) if r.get("train/loss")}
-
-
-class StopAt(L.Callback):
-    """Interrupts training after `step` optimizer steps, like a crash right after a checkpoint."""
-
-    def __init__(self, step: int):
-        self.step = step
-
-    def on_train_batch_end(self, trainer, *args):
-        if trainer.global_step >= self.step:
-            trainer.should_stop = True
 
 pytestmark = pytest.mark.skipif(not hasattr(torch.optim, "Muon"), reason="torch.optim.Muon needs torch >= 2.9")
 
@@ -134,7 +116,7 @@ def test_muon_training_reduces_the_loss(muon_run):
 
 
 def test_muon_resume_is_exact(tiny_corpus, muon_run, tmp_path):
-    first = run(tiny_corpus, tmp_path, callbacks=[StopAt(4)])
+    first = run(tiny_corpus, tmp_path, callbacks=[stop_at(4)])
     assert sorted(train_losses(first)) == list(range(4))
     resumed = run(tiny_corpus, tmp_path, **{"train.resume": True})
     assert resumed == first

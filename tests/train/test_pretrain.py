@@ -3,32 +3,14 @@ sampling from a run directory."""
 
 from __future__ import annotations
 
-import csv
 from pathlib import Path
 
-import lightning as L
 import pytest
-from conftest import tiny_train_overrides
+from conftest import stop_at, tiny_train_overrides, train_losses
 
 from train.config import load_config
 from train.generate import main as generate_main
 from train.run import pretrain
-
-
-def train_losses(run_dir: Path) -> dict[int, float]:
-    with (run_dir / "metrics.csv").open() as f:
-        return {int(float(r["step"])): float(r["train/loss"]) for r in csv.DictReader(f) if r.get("train/loss")}
-
-
-class StopAt(L.Callback):
-    """Interrupts training after `step` optimizer steps, like a crash right after a checkpoint."""
-
-    def __init__(self, step: int):
-        self.step = step
-
-    def on_train_batch_end(self, trainer, *args):
-        if trainer.global_step >= self.step:
-            trainer.should_stop = True
 
 
 def run(corpus, out, callbacks=(), **extra) -> Path:
@@ -50,7 +32,7 @@ def test_run_directory_is_self_contained(full_run, capsys):
 
 
 def test_resume_gives_the_same_losses(tiny_corpus, full_run, tmp_path):
-    first = run(tiny_corpus, tmp_path, callbacks=[StopAt(4)])
+    first = run(tiny_corpus, tmp_path, callbacks=[stop_at(4)])
     assert sorted(train_losses(first)) == list(range(4))
     assert (first / "checkpoints" / "last.ckpt").is_file()
     resumed = run(tiny_corpus, tmp_path, **{"train.resume": True})
