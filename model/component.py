@@ -16,8 +16,8 @@ A mixer (`Mixer`) declares:
                         being the absolute position of x's first token (given by the model, never re-derived)
     flops_per_token(cfg, T)        training FLOPs per token (forward + backward) NOT counted by 6 N: attention
                         scores, scans, state updates (PaLM appendix B counts 6 N for the parameter matmuls)
-    activation_bytes(cfg, T, s)    bytes per token kept for backward inside the mixer, s = compute dtype bytes
-                        (the block's norm and the projections' shared input are counted by `train.estimate`)
+    activation_bytes(cfg, T, s)    bytes per token kept for backward by the mixer, s = compute dtype bytes, its
+                        input included (the norm's output its projections read); `train.estimate` adds the norms
 An FFN (`FFN`) declares section, width_knob, lora_targets, residual_projections(), no_decay_parameters(),
 `hidden_width(cfg)`, `inactive_params` (parameters a token skips, MoE) and activation_bytes(cfg, s, mixed).
 A position (`Position`) is an object with `embed(h, offset)` and `rotate(q, k, offset)` (model/positions.py).

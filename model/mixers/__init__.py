@@ -4,10 +4,13 @@ incremental decoding starts from, `offset` the absolute position of x's first to
 
 from model.component import Mixer, Registry
 from model.mixers.gau import GAU
+from model.mixers.gla import GatedLinearAttention
 from model.mixers.linear import LinearAttention
 from model.mixers.mamba import Mamba
+from model.mixers.retnet import RetNet
 from model.mixers.sliding import SlidingWindowAttention
 from model.mixers.softmax import SoftmaxAttention
 
 MIXERS = Registry("mixer", Mixer, {"softmax": SoftmaxAttention, "linear": LinearAttention, "gau": GAU, "mamba": Mamba,
-                                   "sliding": SlidingWindowAttention})
+                                   "sliding": SlidingWindowAttention, "retnet": RetNet,
+                                   "gla": GatedLinearAttention})
