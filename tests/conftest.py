@@ -180,3 +180,14 @@ def stop_at(step: int):
                 trainer.should_stop = True
 
     return StopAt()
+
+
+def decode_in_pieces(mixer, x, sizes):
+    """Feed x (B, T, D) through the mixer's cache in pieces of the given sizes (each with its absolute offset)
+    -> (the outputs concatenated (B, T, D), the final cache)."""
+    cache, ys, start = mixer.init_cache(x.shape[0], x.device, x.dtype), [], 0
+    for size in sizes:
+        y, cache = mixer(x[:, start:start + size], cache, offset=start)
+        ys.append(y)
+        start += size
+    return torch.cat(ys, dim=1), cache

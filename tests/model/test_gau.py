@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import assert_decodes_like_full_forward, assert_mixer_is_causal
+from conftest import assert_decodes_like_full_forward, assert_mixer_is_causal, decode_in_pieces
 from torch.testing import assert_close
 
 from model.config import ModelConfig
@@ -58,14 +58,6 @@ def reference(m: GAU, x: torch.Tensor) -> torch.Tensor:
     return m.o_proj(u * torch.stack(outs, dim=1))
 
 
-def decode(m, x, sizes):
-    cache, ys, start = m.init_cache(x.shape[0], x.device, x.dtype), [], 0
-    for size in sizes:
-        y, cache = m(x[:, start:start + size], cache, offset=start)
-        ys.append(y)
-        start += size
-    return torch.cat(ys, dim=1), cache
-
 
 @pytest.mark.parametrize("position", ["rope", "none"])
 @pytest.mark.parametrize("form,scores", VARIANTS)
@@ -87,7 +79,7 @@ def test_cached_decoding_equals_full_forward(form, scores, sizes):
     m = make(form, scores)
     x = torch.randn(2, 21, 32)
     with torch.no_grad():
-        y, cache = decode(m, x, sizes)
+        y, cache = decode_in_pieces(m, x, sizes)
         assert_close(y, m(x)[0], **TOL)
     if form == "chunked":  # 21 = 2 chunks in the state + 5 tokens of keys and values
         S, k, v = cache

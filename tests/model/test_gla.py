@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import assert_decodes_like_full_forward, assert_mixer_is_causal, saved_activation_bytes
+from conftest import assert_decodes_like_full_forward, assert_mixer_is_causal, decode_in_pieces, saved_activation_bytes
 from torch.testing import assert_close
 
 from model.config import ModelConfig
@@ -58,14 +58,6 @@ def recurrent_reference(m: GatedLinearAttention, x: torch.Tensor, offset: int = 
     return m.o_proj(F.silu(m.r_proj(x)) * o)
 
 
-def decode(m, x, sizes):
-    cache, ys, start = m.init_cache(x.shape[0], x.device, x.dtype), [], 0
-    for size in sizes:
-        y, cache = m(x[:, start:start + size], cache, offset=start)
-        ys.append(y)
-        start += size
-    return torch.cat(ys, dim=1), cache
-
 
 @pytest.mark.parametrize("position", ["none", "rope"])
 @pytest.mark.parametrize("chunk_size", [1, 5, 8, 21, 32])
@@ -95,7 +87,7 @@ def test_cached_decoding_equals_full_forward(sizes, position):
     m = make(8, position)
     x = torch.randn(2, 21, 32)
     with torch.no_grad():
-        y, S = decode(m, x, sizes)
+        y, S = decode_in_pieces(m, x, sizes)
         assert_close(y, m(x)[0], **TOL)
     assert S.dtype == torch.float32 and S.shape == (2, 4, 8, 8)
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import assert_decodes_like_full_forward, assert_mixer_is_causal
+from conftest import assert_decodes_like_full_forward, assert_mixer_is_causal, decode_in_pieces
 from torch.testing import assert_close
 
 from model.config import ModelConfig
@@ -47,15 +47,6 @@ def recurrent_reference(m: LinearAttention, x: torch.Tensor) -> torch.Tensor:
     return m.o_proj(y.transpose(1, 2).reshape(B, T, H * d))
 
 
-def decode(m, x, sizes):
-    """Feed x (B, T, D) in pieces of the given sizes through the cache; concatenate the outputs."""
-    cache, ys, start = m.init_cache(x.shape[0], x.device, x.dtype), [], 0
-    for size in sizes:
-        y, cache = m(x[:, start:start + size], cache, offset=start)
-        ys.append(y)
-        start += size
-    return torch.cat(ys, dim=1), cache
-
 
 @pytest.mark.parametrize("position", ["rope", "none"])
 @pytest.mark.parametrize("feature_map,normalize", OPTIONS)
@@ -86,7 +77,7 @@ def test_cached_decoding_equals_full_forward(sizes, feature_map, normalize):
     m = make(feature_map, normalize, n_kv_heads=1)
     x = torch.randn(2, 21, 32)
     with torch.no_grad():
-        y, (S, z) = decode(m, x, sizes)
+        y, (S, z) = decode_in_pieces(m, x, sizes)
         assert_close(y, m(x)[0], **TOL)
     assert S.dtype == z.dtype == torch.float32 and S.shape == (2, 1, 8, 8) and z.shape == (2, 1, 8)
 

@@ -6,7 +6,13 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import assert_decodes_like_full_forward, assert_mixer_is_causal, saved_activation_bytes, tiny_model_config
+from conftest import (
+    assert_decodes_like_full_forward,
+    assert_mixer_is_causal,
+    decode_in_pieces,
+    saved_activation_bytes,
+    tiny_model_config,
+)
 from torch.testing import assert_close
 
 from model.config import ModelConfig
@@ -69,14 +75,6 @@ def parallel_reference(m: RetNet, x):
     return output(m, x, ((q @ k.transpose(-1, -2)) * D) @ v)
 
 
-def decode(m, x, sizes):
-    cache, ys, start = m.init_cache(x.shape[0], x.device, x.dtype), [], 0
-    for size in sizes:
-        y, cache = m(x[:, start:start + size], cache, offset=start)
-        ys.append(y)
-        start += size
-    return torch.cat(ys, dim=1), cache
-
 
 def test_decays_are_the_papers():
     assert_close(decays(4), torch.tensor([1 - 1 / 32, 1 - 1 / 64, 1 - 1 / 128, 1 - 1 / 256]))
@@ -102,7 +100,7 @@ def test_cached_decoding_equals_full_forward(sizes):
     m = make(chunk_size=8)
     x = torch.randn(2, 21, 32)
     with torch.no_grad():
-        y, S = decode(m, x, sizes)
+        y, S = decode_in_pieces(m, x, sizes)
         assert_close(y, m(x)[0], **TOL)
     assert S.dtype == torch.float32 and S.shape == (2, 4, 8, 8)
     # the final state is the recurrence's: sum_t gamma^(T-1-t) k_t^T v_t
