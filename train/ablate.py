@@ -7,16 +7,22 @@ An ablation file names a base config and the variants to compare; every variant 
     overrides: {train.max_steps: 300}  # optional, applied to every variant (dotted keys or nested mappings)
     seeds: [0, 1]                      # train.seed of each run: same init and data order for every variant
     match: params                      # optional: params | flops (training FLOPs per token) | none (default)
-    threads: 1                         # optional: torch CPU threads (0 = torch's default)
+    lrs: [1.0e-3, 3.0e-3]              # optional: train every variant at each train.lr, choose each one's best
+                                       # on the selection split, report the test split (train/ablate_grid.py)
+    jobs: 2                            # optional: runs at once (default: the CPU cores, or one per GPU)
+    threads: 1                         # optional: torch CPU threads per run (default: cores // jobs)
+    launcher: local                    # optional: local | slurm | submitit-local (train/ablate_launch.py)
+    slurm: {partition: gpu, timeout_min: 60}   # optional: submitit executor parameters for launcher: slurm
     variants:                          # name -> overrides; the first variant is the reference
       softmax: {model.mixer: softmax}
       gau: {model.mixer: gau, model.ffn: none}
 
 Values merge in this order: base < overrides < command-line overrides < variant < the sweep's own keys
-(train.seed, train.name = <variant>-s<seed>, train.out_dir = the sweep folder, train.resume = auto). A
-command-line key that a variant also sets is an error (it would erase the difference). Sweep keys can be
-overridden too: `--seeds=[0] --match=none --threads=2 --name=mixer-big`. `match: flops` resizes the same knob to
-the reference's training FLOPs per token instead (train/param_match.py).
+(train.seed, train.name = <variant>-s<seed> or, with `lrs`, <variant>-lr<lr>-s<seed>, train.lr from `lrs`,
+train.out_dir = the sweep folder, train.resume = auto). A command-line key that a variant also sets is an error
+(it would erase the difference). Sweep keys can be overridden too: `--seeds=[0] --match=none --jobs=1
+--name=mixer-big`. `match: flops` resizes the same knob to the reference's
+training FLOPs per token instead (train/param_match.py).
 
 Fair comparison: every variant shares the token budget and the data (train.max_steps, batch_size,
 grad_accum, data.seq_len, data.path, data.max_stories), checked up front. `match: params` resizes one width
@@ -29,14 +35,16 @@ Every variant's config is built and validated (and its parameters matched) befor
 fails in a second with exit code 2. Re-running a sweep reuses finished runs and resumes interrupted ones
 whose config.yaml matches (each finished run leaves `ablate.json`: wall time, parameters); a run folder from a
 different config is an error. A run halted by non-finite losses is reported with NaN losses and the sweep
-goes on; SIGTERM stops the sweep after the run's checkpoint (run it again to resume). Results in the sweep
-folder: results.csv, results.md (printed at the end) and val_loss.png (see train/ablate_report.py).
+goes on. SIGTERM stops the sweep after every running run's checkpoint, a killed worker is reported: run the
+same command again to resume (train/ablate_launch.py). Every finished run is scored on two halves of the
+validation text (train/ablate_eval.py): the selection half picks learning rates, the table reports the test
+half. Results in the sweep folder: results.csv, results.md (printed at the end), val_loss.png,
+val_loss_vs_compute.png and, with `lrs`, lr_grid.csv and lr_grid.png (train/ablate_report.py).
 """
 
 from __future__ import annotations
 
 import copy
-import json
 import os
 import re
 import sys
@@ -45,13 +53,15 @@ from pathlib import Path
 
 import yaml
 
+from train.ablate_launch import LAUNCHERS, Job, default_jobs, launch
 from train.cli import USER_ERRORS, parse_args
 from train.config import Config, ConfigError, load_config, merge, parse_overrides, to_dict
-from train.param_match import MEASURES, count_flops, count_params, get, match_params
+from train.param_match import MEASURES, get, match_params
 
-SWEEP_KEYS = ("base", "name", "overrides", "seeds", "match", "threads", "variants")
+SWEEP_KEYS = ("base", "name", "overrides", "seeds", "match", "lrs", "jobs", "threads", "launcher", "slurm", "variants")
 SHARED = ("train.max_steps", "train.batch_size", "train.grad_accum", "data.seq_len", "data.path", "data.max_stories")
 OWNED = ("train.seed", "train.name", "train.out_dir", "train.resume")  # set by the sweep, per run
+Runs = dict[str, dict[tuple[float, int], Config]]  # variant -> (train.lr, seed) -> its run's config
 
 
 def nest(values: dict) -> dict:
@@ -89,8 +99,8 @@ def load_sweep(path: str | None, argv: list[str]) -> tuple[dict, dict]:
     sweep.update({k: cli.pop(k) for k in list(cli) if k in SWEEP_KEYS and k not in ("base", "variants")})
     for key, value in cli.items():
         if not isinstance(value, dict):
-            raise ConfigError(f"unknown override --{key}; sweep keys: seeds, match, threads, name; config keys look "
-                              "like --section.key=value")
+            raise ConfigError(f"unknown override --{key}; sweep keys: seeds, match, lrs, jobs, threads, launcher, "
+                              "name; config keys look like --section.key=value")
     unknown = sorted(set(sweep) - set(SWEEP_KEYS))
     if unknown:
         raise ConfigError(f"{path}: unknown key(s) {', '.join(unknown)}; valid keys: {', '.join(SWEEP_KEYS)}")
@@ -118,18 +128,43 @@ def load_sweep(path: str | None, argv: list[str]) -> tuple[dict, dict]:
     sweep["match"] = sweep.get("match") or "none"
     if sweep["match"] not in (*MEASURES, "none"):
         raise ConfigError(f"match: invalid choice {sweep['match']!r}; valid choices: {', '.join(MEASURES)}, none")
+    check_run_keys(sweep)
     return sweep, cli
 
 
-def build_configs(sweep: dict, cli: dict) -> dict[str, dict[int, Config]]:
-    """variant -> seed -> validated Config, in the order of the file; raises ConfigError on any problem."""
+def _count(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def check_run_keys(sweep: dict) -> None:
+    """lrs, jobs, threads, launcher and slurm: how the runs train (train/ablate_launch.py)."""
+    lrs = sweep.get("lrs")
+    if lrs is not None and (not isinstance(lrs, list) or not lrs or not all(
+            isinstance(lr, (int, float)) and not isinstance(lr, bool) and 0 < lr < 1 for lr in lrs)):
+        raise ConfigError(f"lrs: expected a list of learning rates in (0, 1), e.g. [1.0e-3, 3.0e-3], got {lrs!r}")
+    if lrs is not None and len(set(lrs)) != len(lrs):
+        raise ConfigError(f"lrs: {lrs!r} repeats a learning rate")
+    for key, low in (("jobs", 1), ("threads", 0)):
+        if sweep.get(key) is not None and not (_count(sweep[key]) and sweep[key] >= low):
+            raise ConfigError(f"{key}: expected an integer >= {low}, got {sweep[key]!r}")
+    sweep.setdefault("launcher", "local")
+    if sweep["launcher"] not in LAUNCHERS:
+        raise ConfigError(f"launcher: invalid choice {sweep['launcher']!r}; valid choices: {', '.join(LAUNCHERS)}")
+    if not isinstance(sweep.get("slurm") or {}, dict):
+        raise ConfigError("slurm: expected a mapping of submitit executor parameters, e.g. {partition: gpu}")
+
+
+def build_configs(sweep: dict, cli: dict) -> Runs:
+    """variant -> (train.lr, seed) -> validated Config, in the order of the file; raises ConfigError on any
+    problem. Without `lrs` every run of a variant has the variant's own train.lr."""
     common = merge(nest(sweep.get("overrides") or {}), cli)
     out_dir = load_config(sweep["base"], common).train.out_dir
     sweep_dir = Path(out_dir) / f"ablate-{sweep['name']}"
-    configs: dict[str, dict[int, Config]] = {}
+    owned = (*OWNED, "train.lr") if sweep.get("lrs") else OWNED
+    configs: Runs = {}
     for name, values in sweep["variants"].items():
         variant = nest(values or {})
-        for keys, why in ((flat(cli), "set on the command line for every variant"), (OWNED, "set by the sweep")):
+        for keys, why in ((flat(cli), "set on the command line for every variant"), (owned, "set by the sweep")):
             clash = sorted(set(flat(variant)).intersection(keys))
             if clash:
                 raise ConfigError(f"variant {name!r} sets {', '.join(clash)}, which is {why}")
@@ -138,15 +173,17 @@ def build_configs(sweep: dict, cli: dict) -> dict[str, dict[int, Config]]:
         except ConfigError as err:
             raise ConfigError(f"variant {name!r}: {err}") from None
         configs[name] = {}
-        for seed in sweep["seeds"]:
-            run = copy.deepcopy(cfg)
-            run.train.seed, run.train.name, run.train.out_dir, run.train.resume = seed, f"{name}-s{seed}", \
-                str(sweep_dir), "auto"
-            configs[name][seed] = run
-    first = next(iter(configs.values()))[sweep["seeds"][0]]
+        for lr in sweep.get("lrs") or [cfg.train.lr]:
+            for seed in sweep["seeds"]:
+                run = copy.deepcopy(cfg)
+                label = f"{name}-lr{lr:g}-s{seed}" if sweep.get("lrs") else f"{name}-s{seed}"
+                run.train.seed, run.train.name, run.train.lr = seed, label, float(lr)
+                run.train.out_dir, run.train.resume = str(sweep_dir), "auto"
+                configs[name][float(lr), seed] = run
+    first = next(iter(next(iter(configs.values())).values()))
     for name, runs in configs.items():
         for key in SHARED:
-            if get(runs[sweep["seeds"][0]], key) != get(first, key):
+            if get(next(iter(runs.values())), key) != get(first, key):
                 raise ConfigError(f"variant {name!r} changes {key}; variants must share the token budget and data")
     return configs
 
@@ -168,33 +205,39 @@ def check_existing(cfg: Config) -> Path:
     return run_dir
 
 
-def run_sweep(sweep: dict, configs: dict[str, dict[int, Config]], widths: dict[str, str]) -> str:
+def run_sweep(sweep: dict, configs: Runs, widths: dict[str, str]) -> str:
+    from train.ablate_grid import choose_lrs
     from train.ablate_report import RunResult, write_results
-    from train.module import TrainingHalted
-    from train.run import pretrain  # Lightning loads only once every config is valid
 
-    run_dirs = {(v, s): check_existing(cfg) for v, runs in configs.items() for s, cfg in runs.items()}
-    results, n, start = [], len(run_dirs), time.perf_counter()
-    for i, seed in enumerate(sweep["seeds"]):  # seed-major: one full comparison as early as possible
-        for j, (name, runs) in enumerate(configs.items()):
-            cfg, run_dir = runs[seed], run_dirs[name, seed]
-            info_file = run_dir / "ablate.json"
-            if not info_file.is_file():
-                print(f"[{i * len(configs) + j + 1}/{n}] {cfg.train.name} {widths[name]}", flush=True)
-                t0, halted = time.perf_counter(), None
-                try:
-                    pretrain(cfg)
-                except TrainingHalted as err:  # a diverged variant is a result too: NaN in the table
-                    halted = str(err)
-                    print(f"warning: {cfg.train.name} halted: {err}", file=sys.stderr)
-                total, non_emb = count_params(cfg)
-                info = {"wall_s": time.perf_counter() - t0, "params": total, "non_embedding_params": non_emb,
-                        "flops_per_token": count_flops(cfg), "halted": halted}
-                run_dir.mkdir(parents=True, exist_ok=True)
-                info_file.write_text(json.dumps(info))
-            results.append(RunResult.read(name, seed, run_dir, widths[name]))
+    jobs = [Job(cfg.train.name, cfg, check_existing(cfg)) for _, runs in configs.items() for cfg in runs.values()]
+    jobs.sort(key=lambda job: sweep["seeds"].index(job.cfg.train.seed))  # seed-major: a full comparison early
+    todo = [job for job in jobs if not (job.run_dir / "ablate.json").is_file()]
+    n_parallel = sweep.get("jobs") or default_jobs()
+    threads = sweep.get("threads")
+    if threads is None:
+        threads = max(1, (os.cpu_count() or 1) // n_parallel)
+    print(f"{len(jobs)} runs ({len(jobs) - len(todo)} finished before), {min(n_parallel, max(len(todo), 1))} at "
+          f"a time, {threads} thread(s) each", flush=True)
+    start = time.perf_counter()
+    unfinished = launch(todo, n_parallel, threads, sweep["launcher"], sweep.get("slurm"),
+                        Path(first_run(configs).train.out_dir) / "submitit")
+    if unfinished:
+        raise SweepIncomplete(f"{len(unfinished)} run(s) did not finish ({', '.join(unfinished)}); run the same "
+                              "command again to resume them (finished runs are reused)")
     print(f"sweep trained in {time.perf_counter() - start:.0f} s")
-    return write_results(Path(configs[next(iter(configs))][sweep["seeds"][0]].train.out_dir), sweep, results)
+    grid = [RunResult.read(name, seed, Path(cfg.train.out_dir) / cfg.train.name, widths[name], lr)
+            for name, runs in configs.items() for (lr, seed), cfg in runs.items()]
+    chosen = choose_lrs(grid)
+    results = [r for r in grid if r.lr == chosen[r.variant]]
+    return write_results(Path(first_run(configs).train.out_dir), sweep, results, grid if sweep.get("lrs") else ())
+
+
+def first_run(configs: Runs) -> Config:
+    return next(iter(next(iter(configs.values())).values()))
+
+
+class SweepIncomplete(RuntimeError):
+    """Some runs were killed or interrupted: exit code 1 and the command to resume."""
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -209,14 +252,13 @@ def main(argv: list[str] | None = None) -> None:
         configs = build_configs(sweep, cli)
         match = sweep.get("match")
         widths = match_params(configs, by=match) if match in MEASURES else {v: "" for v in configs}
-        if sweep.get("threads"):
-            import torch
-
-            torch.set_num_threads(int(sweep["threads"]))
         table = run_sweep(sweep, configs, widths)
     except USER_ERRORS as err:
         print(f"error: {err}", file=sys.stderr)
         sys.exit(2)
+    except SweepIncomplete as err:
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(1)
     print(table)
 
 

@@ -4,14 +4,14 @@ Every variant trains once per seed, and a seed gives every variant the same init
 so a variant and the reference are compared seed by seed. Over the n seeds where both finished (a halted
 run has NaN losses and is left out of every pair it would be in):
 
-    d_i   = x_i(variant) - x_i(ref)                       x: the final val loss (or val bits per byte)
+    d_i   = x_i(variant) - x_i(ref)                       x: the final test loss (or bits per byte)
     mean  = (1/n) sum_i d_i
     s_d   = sqrt( sum_i (d_i - mean)^2 / (n - 1) )        the sample standard deviation of the differences
     CI    = mean ± t_{0.975, n-1} s_d / sqrt(n)           95% confidence interval, Student's t with n-1 df
     t     = mean / (s_d / sqrt(n))
     p     = 2 P(T_{n-1} >= |t|)                           paired t-test over seeds, two-sided (scipy ttest_rel)
 
-The verdict (on val loss; lower is better) is "better" / "worse" when p < 0.05, otherwise "no detectable
+The verdict (on test loss; lower is better) is "better" / "worse" when p < 0.05, otherwise "no detectable
 difference"; with fewer than 2 pairs there is no s_d and it is "n/a (1 seed)" (or "n/a (0 seeds)"). When all
 d_i are equal, s_d = 0: p = 1 if they are all 0 (identical runs), else p = 0 (t is infinite).
 """
@@ -73,6 +73,6 @@ def warnings(seeds_ran: int, ref_losses: list[float], loss_diffs: list[float]) -
     diffs = [abs(x) for x in loss_diffs if math.isfinite(x)]
     if len(ref) > 1 and diffs and statistics.stdev(ref) > min(diffs):
         lines.append(f"seed noise exceeds the smallest difference: more seeds or a longer budget needed "
-                     f"(reference val loss std over seeds {statistics.stdev(ref):.4f} > smallest |mean "
+                     f"(reference test loss std over seeds {statistics.stdev(ref):.4f} > smallest |mean "
                      f"difference| {min(diffs):.4f})")
     return lines

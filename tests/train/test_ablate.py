@@ -20,7 +20,7 @@ def write_sweep(tmp_path: Path, corpus: Path, variants: dict, **top) -> Path:
     base = tiny_train_overrides(corpus, tmp_path, **{"train.max_steps": 2, "train.val_every": 1,
                                                      "train.val_batches": 1, "train.num_samples": 0})
     (tmp_path / "base.yaml").write_text(yaml.safe_dump(base))
-    sweep = {"base": "base.yaml", "seeds": [0, 1], "variants": variants, **top}
+    sweep = {"base": "base.yaml", "seeds": [0, 1], "jobs": 1, "variants": variants, **top}
     path = tmp_path / "sweep.yaml"
     path.write_text(yaml.safe_dump(sweep, sort_keys=False))
     return path
@@ -44,9 +44,9 @@ def test_sweep_writes_results_for_every_variant(tiny_corpus, tmp_path, capsys, m
         rows = list(csv.DictReader(f))
     assert [r["variant"] for r in rows] == ["softmax", "linear", "diverged"]
     out, err = capsys.readouterr()
-    assert math.isnan(float(rows[2]["val_loss_mean"])) and "diverged-s0 halted" in err
+    assert math.isnan(float(rows[2]["test_loss_mean"])) and "diverged-s0 halted" in err
     for row in rows[:2]:
-        assert row["seeds"] == "2" and float(row["val_loss_mean"]) > 0 and float(row["val_loss_std"]) > 0
+        assert row["seeds"] == "2" and float(row["test_loss_mean"]) > 0 and float(row["test_loss_std"]) > 0
         assert float(row["tokens_per_s"]) > 0 and int(row["params"]) > 0
     assert (sweep_dir / "val_loss.png").stat().st_size > 0
     table = (sweep_dir / "results.md").read_text()
@@ -64,7 +64,7 @@ def test_match_params_lands_within_two_percent(tiny_corpus, tmp_path):
                 "mamba": {"model.mixer": "mamba", "model.ffn": "none"},
                 "moe": {"model.ffn": "moe"}, "hybrid": {"model.mixer": ["mamba", "softmax"]}}
     configs = build_configs(*load_sweep(str(write_sweep(tmp_path, tiny_corpus, variants)), []))
-    before = {name: count_params(runs[0])[1] for name, runs in configs.items()}
+    before = {name: count_params(next(iter(runs.values())))[1] for name, runs in configs.items()}
     widths = match_params(configs)
     target = before["swiglu"]
     assert widths["gau"].startswith("gau.hidden=") and widths["mamba"].startswith("mamba.d_inner=")
@@ -102,9 +102,9 @@ def test_match_flops_equalises_training_flops_per_token(tiny_corpus, tmp_path):
     by_flops = build_configs(*load_sweep(str(write_sweep(tmp_path, tiny_corpus, variants, match="flops")), []))
     by_params = build_configs(*load_sweep(str(write_sweep(tmp_path, tiny_corpus, variants)), []))
     flops_widths, param_widths = match_params(by_flops, by="flops"), match_params(by_params)
-    target = count_flops(by_flops["softmax"][0])
+    target = count_flops(next(iter(by_flops["softmax"].values())))
     for name in variants:
-        assert count_flops(by_flops[name][0]) == pytest.approx(target, rel=0.02), name
+        assert count_flops(next(iter(by_flops[name].values()))) == pytest.approx(target, rel=0.02), name
     assert flops_widths["mamba"] != param_widths["mamba"]
 
 

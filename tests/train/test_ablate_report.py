@@ -24,7 +24,7 @@ BPB = 0.4  # val bpb = 0.4 * val loss: the bpb differences are 0.4 times those o
 
 
 def results(losses: dict[str, list[float]], seeds=(0, 1, 2)) -> list[RunResult]:
-    return [RunResult(variant, seed, "", 1000, 800, 2e6, loss, BPB * loss, 5000.0, 10.0, {1: loss + 1, 2: loss})
+    return [RunResult(variant, seed, "", 1000, 800, 2e6, loss, BPB * loss, 5000.0, 10.0, {1: loss + 1, 2: loss}, lr=3e-3)
             for variant, values in losses.items() for seed, loss in zip(seeds, values)]
 
 
@@ -44,21 +44,21 @@ def test_paired_difference_matches_the_formulas():
     rows = {r["variant"]: r for r in aggregate(results(LOSSES))}
     better = rows["better"]
     assert better["paired_seeds"] == 3
-    assert better["val_loss_diff_mean"] == pytest.approx(-0.103333, abs=1e-6)
-    assert better["val_loss_diff_ci_low"] == pytest.approx(-0.141279, abs=1e-6)
-    assert better["val_loss_diff_ci_high"] == pytest.approx(-0.065388, abs=1e-6)
-    assert better["val_loss_p"] == pytest.approx(0.0072054, abs=1e-6)
+    assert better["test_loss_diff_mean"] == pytest.approx(-0.103333, abs=1e-6)
+    assert better["test_loss_diff_ci_low"] == pytest.approx(-0.141279, abs=1e-6)
+    assert better["test_loss_diff_ci_high"] == pytest.approx(-0.065388, abs=1e-6)
+    assert better["test_loss_p"] == pytest.approx(0.0072054, abs=1e-6)
     for name in ("better", "worse", "same"):
         d = [v - r for v, r in zip(LOSSES[name], REF)]
         row = rows[name]
-        got = (row["val_loss_diff_mean"], row["val_loss_diff_ci_low"], row["val_loss_diff_ci_high"], row["val_loss_p"])
+        got = (row["test_loss_diff_mean"], row["test_loss_diff_ci_low"], row["test_loss_diff_ci_high"], row["test_loss_p"])
         assert got == pytest.approx(hand(d), rel=1e-9), name
         mean, low, high, p = hand(d)
-        assert (row["val_bpb_diff_mean"], row["val_bpb_diff_ci_low"], row["val_bpb_diff_ci_high"]) == \
+        assert (row["test_bpb_diff_mean"], row["test_bpb_diff_ci_low"], row["test_bpb_diff_ci_high"]) == \
             pytest.approx((BPB * mean, BPB * low, BPB * high), rel=1e-9)
-        assert row["val_bpb_p"] == pytest.approx(p, rel=1e-6)
-    assert rows["worse"]["val_loss_p"] == pytest.approx(0.0091326, abs=1e-6)
-    assert rows["same"]["val_loss_p"] == pytest.approx(0.8599720, abs=1e-6)
+        assert row["test_bpb_p"] == pytest.approx(p, rel=1e-6)
+    assert rows["worse"]["test_loss_p"] == pytest.approx(0.0091326, abs=1e-6)
+    assert rows["same"]["test_loss_p"] == pytest.approx(0.8599720, abs=1e-6)
 
 
 def test_verdicts_and_reference_row():
@@ -66,9 +66,9 @@ def test_verdicts_and_reference_row():
     assert [r["verdict"] for r in rows] == ["reference", "better", "worse", "no detectable difference"]
     assert all(rows[0][key] == "" for key in STATS if key != "verdict")  # no difference against itself
     table = markdown(rows, "### t")
-    assert "| better | 1,000 | 800 | 2.00 | - | 2.8967 ± 0.0850 | 1.1587 ± 0.0340 | -0.1033 [-0.1413, -0.0654] | " \
+    assert "| better | 0.003 | 1,000 | 800 | 2.00 | - | 2.8967 ± 0.0850 | 1.1587 ± 0.0340 | -0.1033 [-0.1413, -0.0654] | " \
            "0.007 | -0.0413 [-0.0565, -0.0262] | 0.007 | 3 | better | 5,000 | 10 |" in table
-    assert "| ref | 1,000 | 800 | 2.00 | - | 3.0000 ± 0.1000 | 1.2000 ± 0.0400 | reference | - | reference | - | - | " \
+    assert "| ref | 0.003 | 1,000 | 800 | 2.00 | - | 3.0000 ± 0.1000 | 1.2000 ± 0.0400 | reference | - | reference | - | - | " \
            "reference |" in table
     assert len(table.splitlines()) == 2 + 2 + len(rows)  # one row per variant
 
@@ -93,8 +93,8 @@ def test_one_seed_is_not_tested():
     res = results({"ref": [3.0], "better": [2.9]}, seeds=(0,))
     rows = aggregate(res)
     row = rows[1]
-    assert row["paired_seeds"] == 1 and row["val_loss_diff_mean"] == pytest.approx(-0.1)
-    assert math.isnan(row["val_loss_p"]) and math.isnan(row["val_loss_diff_ci_low"])
+    assert row["paired_seeds"] == 1 and row["test_loss_diff_mean"] == pytest.approx(-0.1)
+    assert math.isnan(row["test_loss_p"]) and math.isnan(row["test_loss_diff_ci_low"])
     assert row["verdict"] == "n/a (1 seed)"
     lines = table_notes(res, rows)
     assert any(line.startswith("**Warning:** only 1 seed ran (fewer than 3)") for line in lines)
@@ -109,8 +109,8 @@ def test_halted_run_is_left_out_of_the_pairing():
     better = rows["better"]
     assert better["paired_seeds"] == 2 and better["excluded_seeds"] == "1"
     mean, low, high, p = hand([2.90 - 3.00, 2.81 - 2.90])  # seeds 0 and 2
-    assert (better["val_loss_diff_mean"], better["val_loss_diff_ci_low"], better["val_loss_diff_ci_high"],
-            better["val_loss_p"]) == pytest.approx((mean, low, high, p), rel=1e-9)
+    assert (better["test_loss_diff_mean"], better["test_loss_diff_ci_low"], better["test_loss_diff_ci_high"],
+            better["test_loss_p"]) == pytest.approx((mean, low, high, p), rel=1e-9)
     assert p == pytest.approx(0.033475, abs=1e-6) and better["verdict"] == "better"
     assert rows["gone"]["paired_seeds"] == 0 and rows["gone"]["verdict"] == "n/a (0 seeds)"
     notes = table_notes(res, list(rows.values()))
@@ -119,7 +119,7 @@ def test_halted_run_is_left_out_of_the_pairing():
     res = results({"ref": [3.00, math.nan, 2.90], "better": LOSSES["better"]})
     row = aggregate(res)[1]
     assert row["paired_seeds"] == 2 and row["excluded_seeds"] == "1"
-    assert row["val_loss_diff_mean"] == pytest.approx(hand([-0.10, -0.09])[0])
+    assert row["test_loss_diff_mean"] == pytest.approx(hand([-0.10, -0.09])[0])
     assert any("reference seed that halted" in line for line in table_notes(res, aggregate(res)))
 
 
@@ -130,12 +130,12 @@ def test_write_results_adds_the_columns(tmp_path):
     with (tmp_path / "results.csv").open() as f:
         reader = csv.DictReader(f)
         rows = list(reader)
-    assert reader.fieldnames[:12] == ["variant", "width", "params", "non_embedding_params", "flops_per_token", "seeds",
-                                      "val_loss_mean", "val_loss_std", "val_bpb_mean", "val_bpb_std", "tokens_per_s",
-                                      "wall_s"]
-    assert reader.fieldnames[12:] == list(STATS)
-    assert rows[0]["verdict"] == "reference" and rows[0]["val_loss_p"] == ""
-    assert rows[1]["paired_seeds"] == "2" and float(rows[1]["val_loss_p"]) == pytest.approx(
+    assert reader.fieldnames[:13] == ["variant", "lr", "width", "params", "non_embedding_params", "flops_per_token",
+                                      "seeds", "test_loss_mean", "test_loss_std", "test_bpb_mean", "test_bpb_std",
+                                      "tokens_per_s", "wall_s"]
+    assert reader.fieldnames[13:] == list(STATS)
+    assert rows[0]["verdict"] == "reference" and rows[0]["test_loss_p"] == ""
+    assert rows[1]["paired_seeds"] == "2" and float(rows[1]["test_loss_p"]) == pytest.approx(
         hand([2.90 - 3.00, 2.98 - 3.10])[3], rel=1e-9)
     assert text == (tmp_path / "results.md").read_text()
     assert "paired t-test over seeds, two-sided" in text and "**Warning:** only 2 seeds ran" in text
