@@ -1,0 +1,156 @@
+"""How an ablation's runs train and are judged: the learning-rate grid (chosen on the selection split only),
+parallel workers equal to one process bit for bit, a killed worker resumed, the submitit engine's local executor."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+from conftest import tiny_train_overrides
+
+import train.ablate_eval
+from train.ablate import main
+from train.ablate_grid import choose_lrs
+from train.ablate_report import RunResult
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def write_sweep(tmp_path: Path, corpus: Path, variants: dict, steps: int = 4, **top) -> Path:
+    base = tiny_train_overrides(corpus, tmp_path, **{"train.max_steps": steps, "train.val_every": 2,
+                                                     "train.val_batches": 1, "train.num_samples": 0,
+                                                     "train.ckpt_every": 2})
+    (tmp_path / "base.yaml").write_text(yaml.safe_dump(base))
+    sweep = {"base": "base.yaml", "seeds": [0, 1], "threads": 1, "jobs": 1, "variants": variants, **top}
+    path = tmp_path / "sweep.yaml"
+    path.write_text(yaml.safe_dump(sweep, sort_keys=False))
+    return path
+
+
+def rows(sweep_dir: Path, name: str = "results.csv") -> list[dict]:
+    with (sweep_dir / name).open() as f:
+        return list(csv.DictReader(f))
+
+
+def run_numbers(sweep_dir: Path) -> dict:
+    """run -> its split scores and logged validation losses (what the table is computed from)."""
+    from train.report import read_metrics, series
+
+    out = {}
+    for info in sorted(sweep_dir.glob("*/ablate.json")):
+        curve = series(read_metrics(info.parent), "val/loss")
+        out[info.parent.name] = (json.loads(info.read_text())["splits"], curve)
+    return out
+
+
+def grid_result(variant, lr, seed, selection, test) -> RunResult:
+    return RunResult(variant, seed, "", 1, 1, 1.0, test, test / 3, 1.0, 1.0, {}, lr=lr, selection_loss=selection)
+
+
+def test_choice_follows_the_selection_split_even_when_the_test_split_disagrees():
+    grid = [grid_result("a", 1e-3, s, 3.0, 2.0) for s in (0, 1)] + [grid_result("a", 3e-3, s, 2.9, 9.0)
+                                                                     for s in (0, 1)]
+    grid += [grid_result("b", 1e-3, 0, 3.1, 1.0), grid_result("b", 3e-3, 0, math.nan, 1.0)]  # a halted run
+    assert choose_lrs(grid) == {"a": 3e-3, "b": 1e-3}
+
+
+def test_lr_grid_is_chosen_without_reading_the_test_split(tiny_corpus, tmp_path, monkeypatch):
+    variants = {"softmax": {}, "gelu": {"model.ffn": "gelu"}}
+    path = write_sweep(tmp_path, tiny_corpus, variants, lrs=[1e-3, 3e-2])
+    main(["--config", str(path)])
+    sweep_dir = tmp_path / "ablate-sweep"
+    assert sorted(p.name for p in sweep_dir.glob("*-lr*")) == sorted(
+        f"{v}-lr{lr}-s{s}" for v in variants for lr in ("0.001", "0.03") for s in (0, 1))
+    grid, table = rows(sweep_dir, "lr_grid.csv"), rows(sweep_dir)
+    assert len(grid) == 4 and sum(r["chosen"] == "True" for r in grid) == 2
+    for variant in variants:  # the chosen lr has the lowest mean selection loss, and the table uses it
+        mine = [r for r in grid if r["variant"] == variant]
+        best = min(mine, key=lambda r: float(r["selection_loss_mean"]))
+        assert best["chosen"] == "True"
+        assert next(r for r in table if r["variant"] == variant)["lr"] == best["lr"]
+    assert (sweep_dir / "lr_grid.png").stat().st_size > 0 and "| lr |" in (sweep_dir / "results.md").read_text()
+
+    # poison the test half of the validation text and score the finished runs again
+    real = train.ablate_eval.split_tokens
+
+    def poisoned(tokens):
+        halves = real(tokens)
+        rng = np.random.default_rng(0)
+        return {**halves, "test": rng.integers(0, 300, len(halves["test"])).astype(tokens.dtype)}
+
+    monkeypatch.setattr(train.ablate_eval, "split_tokens", poisoned)
+    before = run_numbers(sweep_dir)
+    for info_file in sweep_dir.glob("*/ablate.json"):
+        info = json.loads(info_file.read_text())
+        info_file.write_text(json.dumps({**info, "splits": None}))
+    main(["--config", str(path)])  # every run is reused; only the split scores are computed again
+    after = run_numbers(sweep_dir)
+    for run in before:
+        assert after[run][0]["selection"] == before[run][0]["selection"], run
+        assert abs(after[run][0]["test"]["loss"] - before[run][0]["test"]["loss"]) > 0.05, run  # poisoned
+    assert [r["chosen"] for r in rows(sweep_dir, "lr_grid.csv")] == [r["chosen"] for r in grid]
+
+
+def test_selection_and_test_splits_are_disjoint_halves():
+    tokens = np.arange(1001)
+    halves = train.ablate_eval.split_tokens(tokens)
+    assert len(halves["selection"]) + len(halves["test"]) == 1001
+    assert not set(halves["selection"]).intersection(halves["test"])
+
+
+@pytest.mark.slow
+def test_parallel_jobs_and_submitit_equal_one_process_bit_for_bit(tiny_corpus, tmp_path):
+    variants = {"softmax": {}, "linear": {"model.mixer": "linear"}}
+    numbers, tables = {}, {}
+    for name, top in {"sequential": {"jobs": 1}, "parallel": {"jobs": 2},
+                      "submitit": {"jobs": 2, "launcher": "submitit-local"}}.items():
+        folder = tmp_path / name
+        folder.mkdir()
+        main(["--config", str(write_sweep(folder, tiny_corpus, variants, **top))])
+        numbers[name] = run_numbers(folder / "ablate-sweep")
+        tables[name] = [{k: v for k, v in r.items() if k not in ("tokens_per_s", "wall_s")}
+                        for r in rows(folder / "ablate-sweep")]
+    assert len(numbers["sequential"]) == 4
+    assert numbers["parallel"] == numbers["sequential"] and numbers["submitit"] == numbers["sequential"]
+    assert tables["parallel"] == tables["sequential"] and tables["submitit"] == tables["sequential"]
+    assert (tmp_path / "parallel" / "ablate-sweep" / "softmax-s1" / "train.log").is_file()  # a worker's output
+
+
+def _sweep_process(path: Path) -> subprocess.Popen:
+    env = {**os.environ, "PYTHONPATH": f"{REPO}:{REPO / 'tests'}", "WANDB_MODE": "offline"}
+    return subprocess.Popen([sys.executable, "-m", "train.ablate", "--config", str(path)], cwd=REPO, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+@pytest.mark.slow
+def test_a_killed_worker_is_reported_and_resumed(tiny_corpus, tmp_path):
+    path = write_sweep(tmp_path, tiny_corpus, {"softmax": {}, "gelu": {"model.ffn": "gelu"}}, steps=120,
+                       jobs=2, seeds=[0])
+    sweep_dir = tmp_path / "ablate-sweep"
+    driver = _sweep_process(path)
+    victim = sweep_dir / "gelu-s0"
+    deadline = time.time() + 240
+    while not list(victim.glob("checkpoints/*.ckpt")) and time.time() < deadline:
+        time.sleep(0.2)
+    os.kill(int((victim / ".lock").read_text()), signal.SIGKILL)  # the worker training it
+    _, err = driver.communicate(timeout=300)
+    assert driver.returncode == 1, err
+    assert "gelu-s0 did not finish (signal 9" in err and "run the same command again" in err
+    assert (sweep_dir / "softmax-s0" / "ablate.json").is_file() and not (victim / "ablate.json").exists()
+
+    again = _sweep_process(path)  # resumes the killed run from its checkpoint, reuses the finished one
+    out, err = again.communicate(timeout=300)
+    assert again.returncode == 0, err
+    assert "2 runs (1 finished before)" in out and (victim / "ablate.json").is_file()
+    assert len(list((victim / "logs").glob("version_*"))) == 2  # a second launch: resumed, not restarted
+    assert len(list((sweep_dir / "softmax-s0" / "logs").glob("version_*"))) == 1
