@@ -3,6 +3,7 @@
 incremental decoding starts from, `offset` the absolute position of x's first token."""
 
 from model.component import Mixer, Registry
+from model.mixers.deltanet import DeltaNet
 from model.mixers.gau import GAU
 from model.mixers.gla import GatedLinearAttention
 from model.mixers.linear import LinearAttention
@@ -13,4 +14,4 @@ from model.mixers.softmax import SoftmaxAttention
 
 MIXERS = Registry("mixer", Mixer, {"softmax": SoftmaxAttention, "linear": LinearAttention, "gau": GAU, "mamba": Mamba,
                                    "sliding": SlidingWindowAttention, "retnet": RetNet,
-                                   "gla": GatedLinearAttention})
+                                   "gla": GatedLinearAttention, "deltanet": DeltaNet})

@@ -22,6 +22,9 @@ total decay passes e^-88. The floor is part of the model, so the recurrent and c
 Positions: GLA uses none in the paper (the decay orders the tokens), but q and k go through
 `position.rotate(q, k, offset)` like every mixer: identity for `model.position=none`, RoPE if configured.
 
+Backend `fla` (training only, cache None): fla's `chunk_gla` Triton kernel on the same q, k, v and log alpha,
+(B, T, H, d) layout, scale 1 (q is already scaled); decoding and the norm stay the torch code.
+
 Shapes: x (B, T, D) -> q, k, v, log alpha (B, H, T, d), d = D / H -> o (B, H, T, d) -> y (B, T, D).
 Cache: the state S (B, H, d, d) in fp32; the model passes the absolute position of the first new token.
 The core runs in fp32 with autocast off (the decays are products over many tokens).
@@ -36,6 +39,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from model.component import Mixer
+from model.mixers import kernels
 from model.norm import RMSNorm
 from model.options import Options, option
 
@@ -74,6 +78,7 @@ class GLAConfig(Options):
     chunk_size: int = option(32, min=1)  # quadratic inside a chunk; <= 32 keeps e^-b in fp32 (see GATE_FLOOR)
     gate_rank: int = option(16, min=1)  # rank of W_alpha = W_1 W_2 (the paper's 16): few parameters for the decay
     gate_tau: float = option(16.0, above=0.0)  # alpha = sigmoid(.)^(1/tau): large tau keeps alpha near 1 (long memory)
+    backend: str = option("torch", choices=("torch", "fla"))  # torch (reference) | fla (Triton kernel, GPU only)
 
 
 class GatedLinearAttention(Mixer):
@@ -83,6 +88,7 @@ class GatedLinearAttention(Mixer):
     def __init__(self, cfg, position: nn.Module):
         super().__init__()
         gla = cfg.gla
+        self.kernel = kernels.load("gla", "fla", "fla.ops.gla", "chunk_gla") if gla.backend == "fla" else None
         self.n_heads, self.head_dim = cfg.n_heads, cfg.head_dim
         self.chunk_size, self.tau = gla.chunk_size, gla.gate_tau
         self.position = position
@@ -134,7 +140,17 @@ class GatedLinearAttention(Mixer):
         with torch.autocast(x.device.type, enabled=False):
             q, k = self.position.rotate(q.float() * d ** -0.5, k.float(), offset)
             g = (F.logsigmoid(z.float()) / self.tau).clamp(min=GATE_FLOOR)  # (B, H, T, d): log alpha
-            o, S = chunked_gla(q, k, v.float(), g, S0, self.chunk_size)  # (B, H, T, d)
+            if cache is None and self.kernel is not None:
+                o, S = self.fla(q, k, v.float(), g), None  # (B, H, T, d)
+            else:
+                o, S = chunked_gla(q, k, v.float(), g, S0, self.chunk_size)  # (B, H, T, d)
             o = self.norm(o).transpose(1, 2).reshape(B, T, H * d)  # (B, T, H*d)
             y = (F.silu(r.float()) * o).to(x.dtype)  # (B, T, H*d)
         return self.o_proj(y), (None if cache is None else S)
+
+    def fla(self, q: Tensor, k: Tensor, v: Tensor, g: Tensor) -> Tensor:
+        """fla's chunk kernel on q, k, v, log alpha (B, H, T, d), which it wants as (B, T, H, d) (fla >= 0.2)
+        -> o (B, H, T, d) fp32."""
+        kernels.require_cuda(q, "gla", "fla")
+        o, _ = self.kernel(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), g.transpose(1, 2), scale=1.0)
+        return o.transpose(1, 2).float()

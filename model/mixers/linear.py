@@ -32,6 +32,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from model.component import Mixer
+from model.mixers import kernels
 from model.options import Options, option
 
 FEATURE_MAPS = {"elu": lambda x: F.elu(x) + 1.0, "relu": F.relu, "identity": lambda x: x}
@@ -82,14 +83,8 @@ class LinearAttention(Mixer):
     def __init__(self, cfg, position: nn.Module):
         super().__init__()
         lin = cfg.linear
-        self.fla = None
-        if lin.backend == "fla":
-            try:
-                from fla.ops.linear_attn import chunk_linear_attn
-            except ImportError as err:
-                raise ImportError("model.linear.backend=fla needs flash-linear-attention "
-                                  "(pip install flash-linear-attention) and a CUDA GPU; use backend=torch") from err
-            self.fla = chunk_linear_attn
+        self.fla = (kernels.load("linear", "fla", "fla.ops.linear_attn", "chunk_linear_attn")
+                    if lin.backend == "fla" else None)
         self.n_heads, self.n_kv_heads, self.head_dim = cfg.n_heads, cfg.kv_heads, cfg.head_dim
         self.phi, self.normalize, self.chunk_size = FEATURE_MAPS[lin.feature_map], lin.normalize, lin.chunk_size
         self.position = position
@@ -148,8 +143,7 @@ class LinearAttention(Mixer):
 
         fla wants equal head counts and (B, T, H, d) tensors (fla >= 0.2 layout), so the kv heads are repeated
         and the repeated states (identical within a group) are folded back by taking one per group."""
-        if not q.is_cuda:
-            raise RuntimeError("model.linear.backend=fla runs on CUDA tensors only; use backend=torch on CPU")
+        kernels.require_cuda(q, "linear", "fla")
         B, Hk, G, T, d = q.shape
         q = q.reshape(B, Hk * G, T, d).transpose(1, 2)  # (B, T, H, d)
         k = k.repeat_interleave(G, dim=1).transpose(1, 2)  # (B, T, H, d)

@@ -32,6 +32,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from model.component import Mixer
+from model.mixers import kernels
 from model.mixers.selective_scan import selective_scan
 from model.options import Options, option
 
@@ -47,17 +48,6 @@ class MambaConfig(Options):
     backend: str = option("torch", choices=("torch", "mamba_ssm"))  # torch (reference) | mamba_ssm (CUDA kernels)
 
 
-def load_mamba_ssm_kernel():
-    try:
-        from mamba_ssm.ops.selective_scan_interface import selective_scan_fn
-    except ImportError as err:
-        raise ImportError(
-            "model.mamba.backend=mamba_ssm needs the mamba_ssm package (CUDA; pip install mamba-ssm); "
-            "use model.mamba.backend=torch"
-        ) from err
-    return selective_scan_fn
-
-
 class Mamba(Mixer):
     section = MambaConfig
     width_knob = "mamba.d_inner"
@@ -66,7 +56,8 @@ class Mamba(Mixer):
     def __init__(self, cfg, position: nn.Module | None = None):
         super().__init__()  # `position` is unused: the recurrence and the causal conv carry order
         m = cfg.mamba
-        self.kernel = load_mamba_ssm_kernel() if m.backend == "mamba_ssm" else None
+        self.kernel = (kernels.load("mamba", "mamba_ssm", "mamba_ssm.ops.selective_scan_interface", "selective_scan_fn")
+                       if m.backend == "mamba_ssm" else None)
         self.d_inner, self.d_state, self.d_conv = self.inner(cfg), m.d_state, m.d_conv
         self.dt_rank = m.dt_rank or math.ceil(cfg.d_model / 16)
         self.chunk_size = m.chunk_size
@@ -147,8 +138,7 @@ class Mamba(Mixer):
 
     def kernel_scan(self, x: Tensor, dt: Tensor, A: Tensor, Bm: Tensor, Cm: Tensor) -> Tensor:
         """The fused CUDA selective scan (no initial state): kernel layout is (B, E, T) and (B, N, T)."""
-        if not x.is_cuda:
-            raise RuntimeError("model.mamba.backend=mamba_ssm runs on CUDA only; use model.mamba.backend=torch")
+        kernels.require_cuda(x, "mamba", "mamba_ssm")
         y = self.kernel(x.transpose(1, 2).contiguous(), dt.transpose(1, 2).contiguous(), A,
                         Bm.transpose(1, 2).contiguous(), Cm.transpose(1, 2).contiguous())  # (B, E, T)
         return y.transpose(1, 2)  # (B, T, E)

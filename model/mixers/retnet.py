@@ -24,6 +24,9 @@ carried across the N = T / C chunks by a loop of N (d, d) updates (the decays ga
 trick underflow/overflow at long T). The last chunk may be shorter: padded keys are zero and its decay uses its
 real length, so the returned state is exact. Decoding runs the same code with the cache as S_0.
 
+Backend `fla` (training only, cache None): fla's `chunk_retention` Triton kernel (the same gamma_h) on the rotated
+q, k and v, (B, T, H, d) layout, scale 1 (k is already scaled); decoding and the norm stay the torch code.
+
 Shapes: x (B, T, D) -> q/k/v (B, H, T, d), d = D / H -> o (B, T, H, d) -> y (B, T, D).
 Cache: S (B, H, d, d) in fp32 (decays multiply it at every step); the model passes the absolute position of x's
 first token (rotation offset). The core (rotation, retention, norm) runs in fp32 with autocast off.
@@ -38,6 +41,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from model.component import Mixer
+from model.mixers import kernels
 from model.options import Options, option
 
 EPS = 1e-6  # per-head RMSNorm epsilon
@@ -46,6 +50,7 @@ EPS = 1e-6  # per-head RMSNorm epsilon
 @dataclass
 class RetNetConfig(Options):
     chunk_size: int = option(64, min=1)  # quadratic inside a chunk, decayed (d, d) state across chunks
+    backend: str = option("torch", choices=("torch", "fla"))  # torch (reference) | fla (Triton kernel, GPU only)
 
 
 def decays(n_heads: int) -> Tensor:
@@ -90,6 +95,8 @@ class RetNet(Mixer):
 
     def __init__(self, cfg, position: nn.Module):
         super().__init__()
+        self.kernel = (kernels.load("retnet", "fla", "fla.ops.retention", "chunk_retention")
+                       if cfg.retnet.backend == "fla" else None)
         self.n_heads, self.head_dim = cfg.n_heads, cfg.head_dim
         self.chunk_size = cfg.retnet.chunk_size
         self.position = position
@@ -144,9 +151,18 @@ class RetNet(Mixer):
         S0 = self.init_cache(B, x.device, x.dtype) if cache is None else cache
         with torch.autocast(x.device.type, enabled=False):
             q, k = self.position.rotate(q.float(), k.float() * d ** -0.5, offset)
-            o, S = chunked_retention(q, k, v.float(), S0, self.gamma, self.chunk_size)  # (B, H, T, d)
-            o = o.transpose(1, 2).contiguous()  # (B, T, H, d): one copy, so the reshape below is a view
+            if cache is None and self.kernel is not None:
+                o, S = self.fla(q, k, v.float()), None  # (B, T, H, d)
+            else:
+                o, S = chunked_retention(q, k, v.float(), S0, self.gamma, self.chunk_size)  # (B, H, T, d)
+                o = o.transpose(1, 2).contiguous()  # (B, T, H, d): one copy, so the reshape below is a view
             o = F.rms_norm(o, (d,), eps=EPS) * self.norm_weight.float()  # per-head norm, (B, T, H, d)
         o = o.reshape(B, T, H * d).to(x.dtype)  # (B, T, H*d)
         y = self.o_proj(F.silu(g) * o)
         return y, (None if cache is None else S)
+
+    def fla(self, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
+        """fla's chunk kernel on q, k, v (B, H, T, d); it wants (B, T, H, d) (fla >= 0.2) -> o (B, T, H, d) fp32."""
+        kernels.require_cuda(q, "retnet", "fla")
+        o, _ = self.kernel(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), scale=1.0)
+        return o.float()
