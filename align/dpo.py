@@ -30,11 +30,11 @@ from torch.utils.data import Dataset
 from align.losses import LOSSES, dpo_loss, sequence_logprobs
 from align.make_pairs import load_pairs, offline_pairs
 from align.policy import PolicyModel, align_config, start_policy
-from data.corpus import EOT, DataError
+from data.corpus import DataError
 from data.datamodule import SeededDataModule
 from data.instruct import InstructExample
 from data.sft import IGNORE, example_tensors, instruct_examples, pad_batch, tokenize_examples
-from data.tokenizer import token_byte_lengths
+from data.tokenizer import eot_id, token_byte_lengths
 from train.cli import run_cli
 from train.config import Config
 from train.run import fit, make_run_dir
@@ -79,7 +79,7 @@ class PairDataModule(SeededDataModule):
         if len(self.train_set) < batch_size:
             raise DataError(f"only {len(self.train_set)} preference pairs fit data.seq_len={seq_len} "
                             f"(train.batch_size={batch_size}); make more pairs or raise data.seq_len")
-        self.collate = PairCollate(tokenizer.token_to_id(EOT))
+        self.collate = PairCollate(eot_id(tokenizer))
 
 
 class DPOModel(PolicyModel):

@@ -31,9 +31,10 @@ from pathlib import Path
 import torch
 from torch.utils.data import Dataset
 
-from data.corpus import EOT, DataError, load_stories, split_stories
+from data.corpus import DataError, load_stories, split_stories
 from data.datamodule import SeededDataModule
 from data.instruct import InstructExample, derive_examples, from_instruct_record, make_instruction, sentences
+from data.tokenizer import eot_id
 
 IGNORE = -100
 INSTRUCT_HUB_ID = "roneneldan/TinyStoriesInstruct"
@@ -119,7 +120,7 @@ def instruct_examples(path: str, seed: int, val_fraction: float = 0.05, max_stor
 def tokenize_examples(tokenizer, examples: list[InstructExample], seq_len: int) -> list[tuple[list[int], int]]:
     """-> [(full ids truncated to seq_len + 1, prompt length P)], dropping examples whose prompt leaves no
     story token inside seq_len (nothing would be scored)."""
-    eot = tokenizer.token_to_id(EOT)
+    eot = eot_id(tokenizer)
     prompts = tokenizer.encode_batch([ex.prompt for ex in examples])
     stories = tokenizer.encode_batch([ex.story for ex in examples])
     out = []
@@ -182,4 +183,4 @@ class SFTDataModule(SeededDataModule):
             raise DataError(f"too few instruction examples fit data.seq_len={seq_len}: {len(self.train_set)} "
                             f"training and {len(self.val_set)} validation (batch_size={batch_size}); use more "
                             "stories or a larger data.seq_len")
-        self.collate = Collate(tokenizer.token_to_id(EOT))
+        self.collate = Collate(eot_id(tokenizer))

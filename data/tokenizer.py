@@ -1,7 +1,8 @@
 """Byte-level BPE tokenizer trained on the corpus with Hugging Face `tokenizers` (as GPT-2 does).
 
 Byte-level: text is first mapped to bytes, so every string is encodable and decode(encode(s)) == s.
-`<|endoftext|>` is a special token (id 0), never split, that ends every story.
+`<|endoftext|>` is a special token (id 0), never split, that ends every story. A run imported from Hugging Face
+(train/import_hf.py) keeps its own tokenizer and end-of-text token (data.eos_token): `eot_id` is the run's.
 """
 
 from __future__ import annotations
@@ -27,18 +28,39 @@ def train_tokenizer(stories: list[str], vocab_size: int) -> Tokenizer:
     return tokenizer
 
 
-def load_tokenizer(path: str | Path) -> Tokenizer:
+def load_tokenizer(path: str | Path, eos_token: str | None = None) -> Tokenizer:
+    """The tokenizer in `path`; `eos_token` (a run's data.eos_token) is recorded as its end-of-text token."""
     path = Path(path)
     if not path.is_file():
         raise DataError(f"tokenizer not found: {path}; a run directory must hold tokenizer.json")
     try:
-        return Tokenizer.from_file(str(path))
+        tokenizer = Tokenizer.from_file(str(path))
     except Exception as err:  # tokenizers raises a bare Exception for truncated or invalid JSON
         raise DataError(f"{path}: not a valid tokenizer file ({str(err)[:120]})") from None
+    return tokenizer if eos_token is None else set_eot(tokenizer, eos_token, str(path))
+
+
+def set_eot(tokenizer: Tokenizer, token: str, source: str = "the tokenizer") -> Tokenizer:
+    """Record `token` as the tokenizer's end-of-text token (`eot_id`); a token it lacks raises DataError."""
+    if tokenizer.token_to_id(token) is None:
+        raise DataError(f"{source} has no end-of-text token {token!r} (data.eos_token); the run directory mixes "
+                        "files from different runs")
+    tokenizer.eot_token = token  # an instance attribute: eot_token / eot_id read it
+    return tokenizer
+
+
+def eot_token(tokenizer: Tokenizer) -> str:
+    """The text of the end-of-text token: the run's data.eos_token (set by load_tokenizer), else <|endoftext|>."""
+    return getattr(tokenizer, "eot_token", EOT)
 
 
 def eot_id(tokenizer: Tokenizer) -> int:
-    return tokenizer.token_to_id(EOT)
+    """The id that ends every story and completion, pads batches and stops generation."""
+    idx = tokenizer.token_to_id(eot_token(tokenizer))
+    if idx is None:
+        raise DataError(f"the tokenizer has no end-of-text token {eot_token(tokenizer)!r}; load it with its run "
+                        "(train.load.load_run), which records the run's data.eos_token")
+    return idx
 
 
 def token_byte_lengths(tokenizer: Tokenizer) -> list[int]:

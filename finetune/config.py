@@ -3,9 +3,10 @@
 A fine-tuning YAML needs only `data.path`, `finetune.*` and `train.*`; the rest comes from the base run's
 config.yaml (`finetune.base`), because the weights and the tokenizer fix it:
 
-    values = merge({model: base.model, data: {vocab_size, seq_len: base.data}}, file, --overrides)
+    values = merge({model: base.model, data: {vocab_size, seq_len, eos_token: base.data}}, file, --overrides)
 
-so `model.*` and `data.vocab_size` follow the base run, and `data.seq_len` does unless the user sets it.
+so `model.*`, `data.vocab_size` and `data.eos_token` (its tokenizer's end of text) follow the base run, and
+`data.seq_len` does unless the user sets it.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from model.lora import LoRAConfig, apply_lora, store_base_weights
 from model.options import Options, option
 from train.config import Config, ConfigError, extend, load_config, merge, parse_overrides
 
-INHERITED_DATA = ("vocab_size", "seq_len")
+INHERITED_DATA = ("vocab_size", "seq_len", "eos_token")
 
 
 @dataclass

@@ -1,8 +1,10 @@
 """The two held-out splits of an ablation: *selection* (picks each variant's learning rate) and *test* (reported).
 
-The validation tokens of the run's data (the same file for every variant) are cut in two at their middle:
+The validation stories of the run's data (the same for every variant) are dealt alternately into two halves,
+story by story (a story ends with the end-of-text token), so that both halves follow the same distribution even
+when the validation file is ordered by source (the local sample's second half is harder than its first):
 
-    tokens[:mid]  -> selection    tokens[mid:]  -> test      mid = len(tokens) // 2   (no token in both)
+    stories 0, 2, 4, ... -> selection        stories 1, 3, 5, ... -> test          (no token in both)
 
 Each half is packed into blocks of data.seq_len + 1 tokens as in training (data/blocks.py), and the finished
 model is scored on at most SPLIT_BLOCKS blocks of each: loss = sum CE / tokens (nats per token) and
@@ -27,10 +29,11 @@ SPLIT_BLOCKS = 512  # blocks scored per split (first ones of each half)
 BATCH = 16
 
 
-def split_tokens(tokens: np.ndarray) -> dict[str, np.ndarray]:
-    """The validation tokens cut in two disjoint halves: {'selection': first half, 'test': second half}."""
-    mid = len(tokens) // 2
-    return {"selection": tokens[:mid], "test": tokens[mid:]}
+def split_tokens(tokens: np.ndarray, eot: int) -> dict[str, np.ndarray]:
+    """The validation tokens dealt story by story into two disjoint halves {'selection', 'test'}; a story is
+    the tokens up to and including the end-of-text token `eot`."""
+    stories = np.split(tokens, np.flatnonzero(tokens == eot) + 1)  # [story 0, story 1, ...] (the last may be empty)
+    return {"selection": np.concatenate(stories[0::2]), "test": np.concatenate(stories[1::2] or [tokens[:0]])}
 
 
 @torch.no_grad()
@@ -54,12 +57,12 @@ def score(model, tokens: np.ndarray, seq_len: int, token_bytes: torch.Tensor) ->
 
 def split_scores(run_dir: Path) -> dict[str, dict[str, float]]:
     """{'selection': {'loss', 'bpb'}, 'test': {...}} of the finished run in run_dir (its final weights)."""
-    from data.tokenizer import token_byte_lengths
+    from data.tokenizer import eot_id, token_byte_lengths
     from train.load import load_run
     from train.run import prepare_data
 
     cfg, tokenizer, model = load_run(run_dir)
     _, tokens = prepare_data(cfg, tokenizer)
     token_bytes = torch.tensor(token_byte_lengths(tokenizer), dtype=torch.float32)
-    halves = split_tokens(tokens["validation"])
+    halves = split_tokens(tokens["validation"], eot_id(tokenizer))
     return {name: score(model, halves[name], cfg.data.seq_len, token_bytes) for name in SPLITS}

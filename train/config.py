@@ -21,6 +21,7 @@ from pathlib import Path
 
 import yaml
 
+from data.readers import EOT
 from model.config import ModelConfig
 from model.options import Options, compose, option
 from train.optimizers import OPTIMIZERS
@@ -41,6 +42,8 @@ class DataConfig(Options):
     val_fraction: float = option(0.05, min=0.0, below=1.0)  # held out when the corpus has no validation split
     cache_dir: str = ".cache/tokens"  # tokenizers and token files, keyed by a hash of data + tokenizer
     num_workers: int = option(0, min=0)  # DataLoader workers (blocks are in memory; 0 is usually fastest)
+    eos_token: str = EOT  # the tokenizer's end-of-text token: ends examples, pads, stops generation (an imported
+    # model's own, train/import_hf.py; a pretraining run's tokenizer has only <|endoftext|>)
 
 
 @dataclass

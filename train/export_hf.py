@@ -13,8 +13,9 @@ split and the same bias-free projections. Export is therefore a renaming of tens
     lm_head.weight                  -> lm_head.weight (only when untied; tied heads are re-tied by HF) (V, D)
 
 The folder holds config.json (`llama_config`), model.safetensors, generation_config.json and the BPE
-tokenizer as a `PreTrainedTokenizerFast` (`<|endoftext|>` is bos, eos, unk and pad). `transformers` is an
-optional dependency (`pip install -e '.[bench]'`), imported only when needed.
+tokenizer as a `PreTrainedTokenizerFast` whose bos, eos, unk and pad are the run's end-of-text token
+(`<|endoftext|>`, or an imported model's data.eos_token). `transformers` is an optional dependency
+(`pip install -e '.[bench]'`), imported only when needed.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ from pathlib import Path
 
 from torch import Tensor, nn
 
-from data.corpus import EOT
+from data.tokenizer import eot_id, eot_token
 from model.config import ModelConfig
 from model.ffn import FFNS
 from model.lora import merge_lora
@@ -81,11 +82,11 @@ def check_llama(cfg: ModelConfig) -> None:
 
 
 def llama_config(cfg: ModelConfig, tokenizer=None, **overrides):
-    """The `LlamaConfig` of our model config; bos/eos = the tokenizer's `<|endoftext|>` id (0 without one).
+    """The `LlamaConfig` of our model config; bos/eos = the tokenizer's end-of-text id (0 without one).
 
     `overrides` go to LlamaConfig as they are (e.g. attn_implementation="sdpa" for an in-memory model)."""
     check_llama(cfg)
-    eot = tokenizer.token_to_id(EOT) if tokenizer is not None else 0
+    eot = eot_id(tokenizer) if tokenizer is not None else 0
     ffn = cfg.layer_ffn(cfg.layer_mixers()[0])  # one FFN kind in every layer (check_llama)
     kwargs = dict(
         vocab_size=cfg.vocab_size, hidden_size=cfg.d_model, intermediate_size=cfg.ffn_hidden(ffn),
@@ -116,9 +117,10 @@ def to_hf_state_dict(model: nn.Module) -> dict[str, Tensor]:
 
 
 def hf_tokenizer(tokenizer, max_length: int = DEFAULT_MAX_POSITIONS):
-    """Wrap a `tokenizers.Tokenizer` as a `PreTrainedTokenizerFast` with `<|endoftext|>` as every special."""
-    return _transformers().PreTrainedTokenizerFast(tokenizer_object=tokenizer, bos_token=EOT, eos_token=EOT,
-                                                   unk_token=EOT, pad_token=EOT, model_max_length=max_length)
+    """Wrap a `tokenizers.Tokenizer` as a `PreTrainedTokenizerFast` with its end-of-text token as every special."""
+    eot = eot_token(tokenizer)  # the run's end-of-text token (data.eos_token)
+    return _transformers().PreTrainedTokenizerFast(tokenizer_object=tokenizer, bos_token=eot, eos_token=eot,
+                                                   unk_token=eot, pad_token=eot, model_max_length=max_length)
 
 
 def _save_tokenizer(tokenizer, out_dir: Path, max_length: int) -> None:
@@ -148,7 +150,7 @@ def export(run_dir: str | Path, out_dir: str | Path) -> Path:
     out_dir.mkdir(parents=True, exist_ok=True)
     config.save_pretrained(out_dir)
     save_file(to_hf_state_dict(model), str(out_dir / "model.safetensors"), metadata={"format": "pt"})
-    eot = tokenizer.token_to_id(EOT)
+    eot = eot_id(tokenizer)
     transformers.GenerationConfig(bos_token_id=eot, eos_token_id=eot, pad_token_id=eot, do_sample=True,
                                   temperature=0.8, top_k=50).save_pretrained(out_dir)
     _save_tokenizer(tokenizer, out_dir, config.max_position_embeddings)

@@ -52,7 +52,7 @@ def load_run(run_dir: str | Path, device: str = "cpu", adapter: str | Path | Non
 def _tokenizer(run_dir: Path, weights_dir: Path, cfg: Config):
     """The run's tokenizer, refused where it visibly belongs to another run: more tokens than the model, or a
     LoRA run's copy that differs from its base's."""
-    tokenizer = load_tokenizer(run_dir / "tokenizer.json")
+    tokenizer = load_tokenizer(run_dir / "tokenizer.json", cfg.data.eos_token)
     if tokenizer.get_vocab_size() > cfg.model.vocab_size:
         raise DataError(f"{run_dir}/tokenizer.json has {tokenizer.get_vocab_size()} tokens but the model only "
                         f"{cfg.model.vocab_size}; the run directory mixes files from different runs")

@@ -83,8 +83,8 @@ def test_lr_grid_is_chosen_without_reading_the_test_split(tiny_corpus, tmp_path,
     # poison the test half of the validation text and score the finished runs again
     real = train.ablate_eval.split_tokens
 
-    def poisoned(tokens):
-        halves = real(tokens)
+    def poisoned(tokens, eot):
+        halves = real(tokens, eot)
         rng = np.random.default_rng(0)
         return {**halves, "test": rng.integers(0, 300, len(halves["test"])).astype(tokens.dtype)}
 
@@ -101,11 +101,11 @@ def test_lr_grid_is_chosen_without_reading_the_test_split(tiny_corpus, tmp_path,
     assert [r["chosen"] for r in rows(sweep_dir, "lr_grid.csv")] == [r["chosen"] for r in grid]
 
 
-def test_selection_and_test_splits_are_disjoint_halves():
-    tokens = np.arange(1001)
-    halves = train.ablate_eval.split_tokens(tokens)
-    assert len(halves["selection"]) + len(halves["test"]) == 1001
-    assert not set(halves["selection"]).intersection(halves["test"])
+def test_selection_and_test_splits_deal_the_stories_alternately():
+    eot, tokens = 0, np.array([5, 6, 0, 7, 0, 8, 9, 10, 0, 11, 0, 12])  # stories: 5 6 | 7 | 8 9 10 | 11 | 12
+    halves = train.ablate_eval.split_tokens(tokens, eot)
+    assert halves["selection"].tolist() == [5, 6, 0, 8, 9, 10, 0, 12]
+    assert halves["test"].tolist() == [7, 0, 11, 0]
 
 
 @pytest.mark.slow
