@@ -117,3 +117,14 @@ def test_results_table_shows_flops_per_token(tiny_corpus, tmp_path):
     with (tmp_path / "ablate-sweep" / "results.csv").open() as f:
         rows = list(csv.DictReader(f))
     assert float(rows[1]["flops_per_token"]) == pytest.approx(float(rows[0]["flops_per_token"]), rel=0.02)
+
+
+@pytest.mark.parametrize("path", sorted((Path(__file__).parents[2] / "configs" / "ablations").glob("*.yaml")),
+                         ids=lambda p: p.stem)
+def test_shipped_ablation_files_build_and_match(path):
+    """Every shipped sweep validates, has >= 3 seeds, and its variants match (what `match:` asks) up front."""
+    sweep, cli = load_sweep(str(path), [])
+    configs = build_configs(sweep, cli)
+    assert len(sweep["seeds"]) >= 3 and len(configs) >= 2
+    if sweep["match"] != "none":
+        match_params(configs, by=sweep["match"])
