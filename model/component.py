@@ -20,6 +20,10 @@ A mixer (`Mixer`) declares:
                         input included (the norm's output its projections read); `train.estimate` adds the norms
 An FFN (`FFN`) declares section, width_knob, lora_targets, residual_projections(), no_decay_parameters(),
 `hidden_width(cfg)`, `inactive_params` (parameters a token skips, MoE) and activation_bytes(cfg, s, mixed).
+Every component may also react to the training loop (no-ops by default; `Transformer.notify` calls them, from
+train/module.py): `micro_batch_start()` before a training micro-batch's forward, `micro_batch_end()` after its loss
+(before backward), `optimizer_step_end()` after the optimizer step, `step_skipped()` when a bad step is dropped
+(MoE's routing-bias balancing counts loads and updates its bias through them).
 A position (`Position`) is an object with `embed(h, offset)` and `rotate(q, k, offset)` (model/positions.py).
 """
 
@@ -46,6 +50,20 @@ class Component(nn.Module):
     def no_decay_parameters(self) -> list[nn.Parameter]:
         """Parameters excluded from weight decay beyond the rule for all (vectors and embeddings)."""
         return []
+
+    EVENTS: ClassVar[tuple[str, ...]] = ("micro_batch_start", "micro_batch_end", "optimizer_step_end", "step_skipped")
+
+    def micro_batch_start(self) -> None:
+        """Before a training micro-batch's forward."""
+
+    def micro_batch_end(self) -> None:
+        """After a training micro-batch's loss, before its backward."""
+
+    def optimizer_step_end(self) -> None:
+        """After the optimizer step (identically on every rank: collectives are allowed)."""
+
+    def step_skipped(self) -> None:
+        """The step's gradients were dropped (a non-finite loss): forget what it collected."""
 
 
 class Mixer(Component):

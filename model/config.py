@@ -48,6 +48,8 @@ class CoreModelConfig(Options):
     tie_embeddings: bool = True  # output head shares the token embedding (saves V*d parameters)
     dropout: float = option(0.0, min=0.0, below=1.0)  # residual dropout; 0 for short pretraining runs
     init_std: float = option(0.02, min=0.0)  # normal init; residual projections get init_std / sqrt(2 * n_layers)
+    # activation checkpointing: true = every block, k = every k-th
+    checkpoint_blocks: bool | int = option(False, min=0, runtime=True)
 
     def check(self) -> None:
         if self.d_model % self.n_heads:

@@ -16,9 +16,14 @@ import dataclasses
 import math
 
 
-def option(default=dataclasses.MISSING, *, choices=None, min=None, above=None, max=None, below=None, factory=None):
+def option(default=dataclasses.MISSING, *, choices=None, min=None, above=None, max=None, below=None, factory=None,
+           runtime: bool = False):
+    """A config field with its valid values. `runtime=True`: how the model runs, not what it is (a kernel backend,
+    activation checkpointing): a checkpoint resumes under another value (`identity` leaves it out)."""
     meta = {k: v for k, v in dict(choices=choices, min=min, above=above, max=max, below=below).items()
             if v is not None}
+    if runtime:
+        meta["runtime"] = True
     if factory is not None:
         return dataclasses.field(default_factory=factory, metadata=meta)
     return dataclasses.field(default=default, metadata=meta)
@@ -74,3 +79,20 @@ def compose(base: type, registries: list[dict], name: str, module: str) -> type:
     composed = dataclasses.make_dataclass(name, fields, bases=(base,))
     composed.__module__, composed.__doc__ = module, f"{base.__doc__ or name}; plus the registered sections."
     return composed
+
+
+def identity(opts, prefix: str = "") -> dict[str, tuple]:
+    """dotted field -> (value, default) of every field that defines the model (nested sections recursed, runtime
+    fields left out): what a checkpoint must match to resume. A field without a default gets the value itself."""
+    out = {}
+    for f in dataclasses.fields(opts):
+        if f.metadata.get("runtime"):
+            continue
+        value = getattr(opts, f.name)
+        if dataclasses.is_dataclass(value):
+            out.update(identity(value, f"{prefix}{f.name}."))
+            continue
+        default = f.default if f.default is not dataclasses.MISSING else (
+            f.default_factory() if f.default_factory is not dataclasses.MISSING else value)
+        out[f"{prefix}{f.name}"] = (value, default)
+    return out

@@ -7,6 +7,12 @@ each layer's mixer cache) and gets it back updated, so T can be a prompt (prefil
 Initialisation (GPT-2 / Llama): N(0, init_std) for weights, the residual projections each component declares
 (`residual_projections()`, model/component.py) scaled by 1/sqrt(2 L); components with special parameters (SSM
 decay, scales) re-initialise them in `reset_special_parameters()`.
+
+`forward(idx, head=False)` returns the final-normed hidden states (B, T, D) instead of the logits, for a loss that
+applies the head itself (train/loss.py's chunked cross-entropy). Activation checkpointing (`model.checkpoint_blocks`:
+true = every block, k = every k-th block, blocks 0, k, 2k, ...; false / 0 = off) keeps only a checkpointed block's
+input for backward and recomputes the block there (`torch.utils.checkpoint`, non-reentrant, RNG state restored so
+dropout repeats): in training with gradients and no decoding state only; values and gradients are unchanged.
 """
 
 from __future__ import annotations
@@ -14,9 +20,12 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
+import torch
 from torch import Tensor, nn
+from torch.utils.checkpoint import checkpoint
 
 from model.block import Block
+from model.component import Component
 from model.config import ModelConfig
 from model.generate import generate
 from model.norm import RMSNorm
@@ -66,6 +75,16 @@ class Transformer(nn.Module):
         """Parameters the components exclude from weight decay (beyond vectors and embeddings)."""
         return [p for c in self.components() for p in c.no_decay_parameters()]
 
+    def notify(self, event: str) -> None:
+        """Tell every component about a training-loop event (model/component.py `Component.EVENTS`); only the
+        components overriding it are called (found once per event)."""
+        listeners = self.__dict__.setdefault("_listeners", {})
+        if event not in listeners:
+            base = getattr(Component, event)
+            listeners[event] = [c for c in self.components() if getattr(type(c), event) is not base]
+        for component in listeners[event]:
+            getattr(component, event)()
+
     def lora_targets(self) -> list[str]:
         """The default LoRA target names: the union of every component's `lora_targets`, in first-seen order."""
         return list(dict.fromkeys(name for c in self.components() for name in c.lora_targets))
@@ -75,18 +94,30 @@ class Transformer(nn.Module):
         dtype = dtype or self.embed_tokens.weight.dtype
         return DecodeState(0, [layer.mixer.init_cache(batch_size, device, dtype) for layer in self.layers])
 
-    def forward(self, idx: Tensor, state: DecodeState | None = None) -> tuple[Tensor, DecodeState | None]:
+    def checkpointed(self, i: int) -> bool:
+        """Whether block i is recomputed in backward (`model.checkpoint_blocks`)."""
+        every = int(self.cfg.checkpoint_blocks)  # True = 1, False = 0
+        return every > 0 and i % every == 0
+
+    def forward(self, idx: Tensor, state: DecodeState | None = None, head: bool = True
+                ) -> tuple[Tensor, DecodeState | None]:
         offset = 0 if state is None else state.offset
         h = self.position.embed(self.embed_tokens(idx), offset)  # (B, T, D)
         caches = [None] * len(self.layers) if state is None else state.layers
+        recompute = self.training and state is None and torch.is_grad_enabled()
         new_caches = []
-        for layer, cache in zip(self.layers, caches):
-            h, cache = layer(h, cache, offset)
+        for i, (layer, cache) in enumerate(zip(self.layers, caches)):
+            if recompute and self.checkpointed(i):
+                h, cache = checkpoint(layer, h, None, offset, use_reentrant=False)
+            else:
+                h, cache = layer(h, cache, offset)
             new_caches.append(cache)
-        logits = self.lm_head(self.norm(h))  # (B, T, V)
+        out = self.norm(h)  # (B, T, D)
+        if head:
+            out = self.lm_head(out)  # (B, T, V) logits
         if state is None:
-            return logits, None
-        return logits, DecodeState(offset + idx.shape[1], new_caches)
+            return out, None
+        return out, DecodeState(offset + idx.shape[1], new_caches)
 
     def aux_loss(self) -> Tensor | float:
         """Sum of auxiliary losses left by the last forward (MoE load balancing + z-loss); 0 if none."""

@@ -87,17 +87,23 @@ def resolve_resume(resume: bool | str, ckpt_dir: Path) -> Path | None:
     return path
 
 
-def check_compatible(path: Path, model_cfg: dict, tokenizer_hash: str, state_keys: set[str] | None = None
-                     ) -> None:
+def check_compatible(path: Path, model_cfg, tokenizer_hash: str, state_keys: set[str] | None = None) -> None:
     """Refuse a checkpoint of another model, tokenizer or stage (`state_keys`: the module's state-dict names, so
-    a LoRA fine-tune's checkpoint never resumes a pretraining run or the reverse)."""
+    a LoRA fine-tune's checkpoint never resumes a pretraining run or the reverse). Every field of `model_cfg`
+    (a ModelConfig) that defines the model must match; a field the checkpoint predates counts as its default, and
+    runtime fields (kernel backends, activation checkpointing) may differ."""
+    from model.options import identity
+
     checkpoint = read_checkpoint(path)
     saved = checkpoint.get("tinystack", {})
     if not saved:
         raise CheckpointError(f"{path} was not written by this tool (no 'tinystack' section)")
-    for key, value in model_cfg.items():
-        if saved["model"].get(key) != value:
-            raise CheckpointError(f"{path} was trained with model.{key}={saved['model'].get(key)!r} but the config "
+    for key, (value, default) in identity(model_cfg).items():
+        node = saved["model"]
+        for part in key.split("."):
+            node = node.get(part, default) if isinstance(node, dict) else default
+        if node != value:
+            raise CheckpointError(f"{path} was trained with model.{key}={node!r} but the config "
                                   f"says {value!r}; use the same model config or start a new run")
     if saved.get("tokenizer_hash") != tokenizer_hash:
         raise CheckpointError(f"{path} was trained with another tokenizer (hash {saved.get('tokenizer_hash')} != "

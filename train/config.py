@@ -63,6 +63,7 @@ class CoreTrainConfig(Options):
     grad_clip: float = option(1.0, min=0.0)  # max global grad norm (0 = off)
     precision: str = option("32", choices=("32", "bf16-mixed", "16-mixed", "bf16-true"))  # 16-mixed: fp16, CUDA
     compile: bool = False  # torch.compile the model
+    ce_chunk: int = option(512, min=0)  # rows per chunk of the training cross-entropy (train/loss.py); 0 = plain
     seed: int = option(1337, min=0)  # model init and data order
     resume: bool | str = False  # false | true (this run's last checkpoint) | auto | a checkpoint path
     val_every: int = option(200, min=1)  # validate every N optimizer steps (and at the end)

@@ -16,6 +16,12 @@ every stage gets the same finiteness check, bad-step handling, logging and final
 Bits per byte (comparable across tokenizers): bpb = sum_t CE_t / (ln 2 * sum_t bytes(target_t)).
 A non-finite loss (on any rank) skips its step on every rank (counted as `train/bad_steps`); `train.max_bad_steps`
 in a row stop the run with `TrainingHalted`, naming the step and the last good checkpoint.
+
+The training loss runs the head and the cross-entropy in chunks of `train.ce_chunk` rows (train/loss.py: the
+B x T x V fp32 logits never exist; 0 = the plain `F.cross_entropy` over full logits); validation scores per token
+as before. Training metrics are logged on the steps Lightning writes them (every train.log_every), not built and
+reduced on the others. Components hear the training loop's events (model/component.py: micro-batch start and end,
+optimizer step end, skipped step) through `Transformer.notify`; MoE's `balance=bias` updates its routing bias so.
 """
 
 from __future__ import annotations
@@ -32,6 +38,7 @@ from torch import Tensor, nn
 from model.transformer import Transformer
 from train.config import Config
 from train.faults import last_good_checkpoint
+from train.loss import chunked_cross_entropy
 from train.optim import build_optimizer, remember_shapes
 from train.report import LOSS_PLOTS, Plot
 from train.weights import save_weights
@@ -65,6 +72,7 @@ class LanguageModel(L.LightningModule):
         self.drop_gradients = False  # set by a bad step: this optimizer step's gradients are discarded
         self.val_sums: Tensor | None = None
         self.run_info: dict = {}  # model config + tokenizer hash, stored in checkpoints for resume checks
+        self._unlogged: dict | None = None  # this step's logs when it is no log step (on_train_batch_end)
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         checkpoint["tinystack"] = self.run_info
@@ -84,6 +92,23 @@ class LanguageModel(L.LightningModule):
         """The run directory's plots (train/report.py): training and validation loss."""
         return LOSS_PLOTS
 
+    @property
+    def ce_chunk(self) -> int:
+        """Rows per chunk of the training cross-entropy (`train.ce_chunk`, 0 = plain), where the model has a
+        plain Linear head to chunk (a LoRA-adapted or biased head, or another model, takes the plain form)."""
+        chunk = self.cfg.train.ce_chunk
+        head = getattr(self.model, "lm_head", None)
+        plain_head = isinstance(self.model, Transformer) and type(head) is nn.Linear and head.bias is None
+        return chunk if plain_head else 0
+
+    def loss_sum(self, inputs: Tensor, targets: Tensor) -> Tensor:
+        """(B, T) inputs and targets -> the summed cross-entropy in nats of the scored targets (fp32 scalar)."""
+        chunk = self.ce_chunk
+        if not chunk:
+            return self.token_losses(inputs, targets).sum()
+        h, _ = self.model(inputs, head=False)  # (B, T, D) final-normed hidden states
+        return chunked_cross_entropy(h.flatten(0, 1), self.model.lm_head.weight, targets.flatten(), chunk, IGNORE)
+
     def token_losses(self, inputs: Tensor, targets: Tensor) -> Tensor:
         """(B, T) inputs and targets -> (B, T) cross-entropy in nats (0 where the target is ignored)."""
         logits, _ = self.model(inputs)  # (B, T, V)
@@ -97,21 +122,49 @@ class LanguageModel(L.LightningModule):
     def compute_loss(self, batch) -> tuple[Tensor, dict[str, Tensor]]:
         """Next-token loss (+ the MoE auxiliary loss) -> (loss, logs)."""
         inputs, targets = batch
-        losses = self.token_losses(inputs, targets)
-        lm = losses.sum() / (targets != IGNORE).sum().clamp(min=1)
+        lm = self.loss_sum(inputs, targets) / (targets != IGNORE).sum().clamp(min=1)
         aux = self.model.aux_loss()
         return lm + aux, {"train/loss": lm.detach(), "train/aux_loss": torch.as_tensor(aux, device=lm.device).detach()}
 
     def training_step(self, batch, batch_idx):
+        self.model.notify("micro_batch_start")
         loss, logs = self.compute_loss(self.prepare_batch(batch, batch_idx))
+        self.model.notify("micro_batch_end")  # e.g. MoE's routing loads, for its bias update
         if not self.finite_on_all_ranks(loss):
             return self.skip_bad_step(loss)
         self.bad_steps_in_a_row = 0
+        logged = self.logs_this_step()
+        if logged:
+            self.log_step(logs)
+        self._unlogged = None if logged else logs  # logged after all if a callback stops the run at this step
+        return loss
+
+    def log_step(self, logs: dict[str, Tensor]) -> None:
         # the mean over ranks: the global batch's loss (tensors on this device: NCCL reduces no CPU tensors)
         self.log_dict(logs, prog_bar=False, sync_dist=True)
         self.log("train/lr", self.optimizers().param_groups[0]["lr"])  # the same on every rank
         self.log(self.progress_metric.removeprefix("train/"), logs[self.progress_metric], prog_bar=True, logger=False)
-        return loss
+
+    def on_train_batch_end(self, outputs, batch, batch_idx) -> None:
+        """A callback that stops the run (pre-emption, on every rank alike) makes Lightning write this step's
+        metrics although it is no log step: log them now, or it would write the last logged step's again."""
+        if self._unlogged is not None and self.trainer.should_stop:
+            self.log_step(self._unlogged)
+        self._unlogged = None
+
+    def logs_this_step(self) -> bool:
+        """Whether Lightning writes this step's training metrics (its own rule: every log_every_n_steps optimizer
+        steps, and when stopping); values logged on other steps would be built, reduced over ranks and dropped.
+        The same on every rank, so the reductions of `sync_dist` stay in lockstep."""
+        trainer = self.trainer
+        every = trainer.log_every_n_steps
+        return bool(every) and ((self.global_step + 1) % every == 0 or trainer.should_stop)
+
+    def optimizer_step(self, epoch, batch_idx, optimizer, optimizer_closure=None) -> None:
+        """The optimizer step (its closure runs the step's last training_step and backward), then the components'
+        `optimizer_step_end` (identical on every rank)."""
+        super().optimizer_step(epoch, batch_idx, optimizer, optimizer_closure)
+        self.model.notify("optimizer_step_end")
 
     def finite_on_all_ranks(self, loss: Tensor) -> bool:
         """Whether every rank's loss is finite: ranks must skip a step together, or DDP's all-reduce hangs."""
@@ -142,6 +195,7 @@ class LanguageModel(L.LightningModule):
         if self.drop_gradients:
             optimizer.zero_grad(set_to_none=True)
             self.drop_gradients = False
+            self.model.notify("step_skipped")  # e.g. no routing-bias update
 
     def on_validation_epoch_start(self) -> None:
         self.val_sums = torch.zeros(3, device=self.device, dtype=torch.float64)  # nats, tokens, bytes

@@ -112,7 +112,7 @@ def check_inputs(cfg: Config, module: L.LightningModule, run_dir: Path, tok_hash
                           "config.yaml and weights: choose another --train.name")
     ckpt = resolve_resume(cfg.train.resume, run_dir / "checkpoints")
     if ckpt is not None:
-        check_compatible(ckpt, asdict(cfg.model), tok_hash, set(module.state_dict()))
+        check_compatible(ckpt, cfg.model, tok_hash, set(module.state_dict()))
     return ckpt
 
 

@@ -8,10 +8,11 @@ from model.mixers.gau import GAU
 from model.mixers.gla import GatedLinearAttention
 from model.mixers.linear import LinearAttention
 from model.mixers.mamba import Mamba
+from model.mixers.mamba2 import Mamba2
 from model.mixers.retnet import RetNet
 from model.mixers.sliding import SlidingWindowAttention
 from model.mixers.softmax import SoftmaxAttention
 
 MIXERS = Registry("mixer", Mixer, {"softmax": SoftmaxAttention, "linear": LinearAttention, "gau": GAU, "mamba": Mamba,
                                    "sliding": SlidingWindowAttention, "retnet": RetNet,
-                                   "gla": GatedLinearAttention, "deltanet": DeltaNet})
+                                   "gla": GatedLinearAttention, "deltanet": DeltaNet, "mamba2": Mamba2})

@@ -85,7 +85,8 @@ class DeltaNetConfig(Options):
     conv_size: int = option(4, min=1)  # short causal depthwise conv on q, k, v; 1 = none (a per-channel scale)
     feature_map: str = option("silu", choices=tuple(FEATURE_MAPS))  # on q and k before their L2 norm
     gate: bool = False  # swish output gate W_g (fla's use_gate); False = plain per-head RMSNorm
-    backend: str = option("torch", choices=("torch", "fla"))  # torch (reference) | fla (Triton kernel, GPU only)
+    # torch (reference) | fla (Triton kernel, GPU only)
+    backend: str = option("torch", choices=("torch", "fla"), runtime=True)
 
 
 class DeltaNet(Mixer):

@@ -78,7 +78,8 @@ class GLAConfig(Options):
     chunk_size: int = option(32, min=1)  # quadratic inside a chunk; <= 32 keeps e^-b in fp32 (see GATE_FLOOR)
     gate_rank: int = option(16, min=1)  # rank of W_alpha = W_1 W_2 (the paper's 16): few parameters for the decay
     gate_tau: float = option(16.0, above=0.0)  # alpha = sigmoid(.)^(1/tau): large tau keeps alpha near 1 (long memory)
-    backend: str = option("torch", choices=("torch", "fla"))  # torch (reference) | fla (Triton kernel, GPU only)
+    # torch (reference) | fla (Triton kernel, GPU only)
+    backend: str = option("torch", choices=("torch", "fla"), runtime=True)
 
 
 class GatedLinearAttention(Mixer):

@@ -68,7 +68,8 @@ class LinearAttentionConfig(Options):
     feature_map: str = option("elu", choices=tuple(FEATURE_MAPS))  # phi: elu (elu+1, Katharopoulos) | relu | identity
     normalize: bool = True  # divide by phi(q) . sum phi(k); False = normalisation-free form
     chunk_size: int = option(64, min=1)  # quadratic inside a chunk, running K^T V state across chunks
-    backend: str = option("torch", choices=("torch", "fla"))  # torch (reference) | fla (Triton kernels, GPU only)
+    # torch (reference) | fla (Triton kernels, GPU only)
+    backend: str = option("torch", choices=("torch", "fla"), runtime=True)
 
     def check(self) -> None:
         if self.feature_map == "identity" and self.normalize:

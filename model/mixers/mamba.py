@@ -45,7 +45,8 @@ class MambaConfig(Options):
     d_inner: int = option(0, min=0)  # inner width itself when > 0 (overrides expand), e.g. to match parameters
     dt_rank: int = option(0, min=0)  # rank of the delta projection; 0 = ceil(d_model / 16)
     chunk_size: int = option(64, min=1)  # chunk length of the parallel scan
-    backend: str = option("torch", choices=("torch", "mamba_ssm"))  # torch (reference) | mamba_ssm (CUDA kernels)
+    # torch (reference) | mamba_ssm (CUDA kernels)
+    backend: str = option("torch", choices=("torch", "mamba_ssm"), runtime=True)
 
 
 class Mamba(Mixer):

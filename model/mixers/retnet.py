@@ -50,7 +50,8 @@ EPS = 1e-6  # per-head RMSNorm epsilon
 @dataclass
 class RetNetConfig(Options):
     chunk_size: int = option(64, min=1)  # quadratic inside a chunk, decayed (d, d) state across chunks
-    backend: str = option("torch", choices=("torch", "fla"))  # torch (reference) | fla (Triton kernel, GPU only)
+    # torch (reference) | fla (Triton kernel, GPU only)
+    backend: str = option("torch", choices=("torch", "fla"), runtime=True)
 
 
 def decays(n_heads: int) -> Tensor:

@@ -201,7 +201,8 @@ def test_toy_components_train_match_and_ablate(toys, tiny_corpus, tmp_path):
     widths = match_params(configs)
     assert widths["shift"].startswith("d_ff=")
     assert count_params(configs["shift"][0])[1] == pytest.approx(count_params(configs["softmax"][0])[1], rel=0.02)
-    sweep = {"base": "base.yaml", "seeds": [0], "match": "params", "variants": variants}
+    sweep = {"base": "base.yaml", "seeds": [0], "match": "params", "jobs": 1,  # in this process: toys live here
+             "variants": variants}
     (tmp_path / "sweep.yaml").write_text(yaml.safe_dump(sweep, sort_keys=False))
     ablate(["--config", str(tmp_path / "sweep.yaml")])
     table = (tmp_path / "ablate-sweep" / "results.md").read_text()

@@ -24,7 +24,8 @@ BPB = 0.4  # val bpb = 0.4 * val loss: the bpb differences are 0.4 times those o
 
 
 def results(losses: dict[str, list[float]], seeds=(0, 1, 2)) -> list[RunResult]:
-    return [RunResult(variant, seed, "", 1000, 800, 2e6, loss, BPB * loss, 5000.0, 10.0, {1: loss + 1, 2: loss}, lr=3e-3)
+    return [RunResult(variant, seed, "", 1000, 800, 2e6, loss, BPB * loss, 5000.0, 10.0, {1: loss + 1, 2: loss},
+                      lr=3e-3)
             for variant, values in losses.items() for seed, loss in zip(seeds, values)]
 
 
@@ -51,7 +52,8 @@ def test_paired_difference_matches_the_formulas():
     for name in ("better", "worse", "same"):
         d = [v - r for v, r in zip(LOSSES[name], REF)]
         row = rows[name]
-        got = (row["test_loss_diff_mean"], row["test_loss_diff_ci_low"], row["test_loss_diff_ci_high"], row["test_loss_p"])
+        got = (row["test_loss_diff_mean"], row["test_loss_diff_ci_low"], row["test_loss_diff_ci_high"],
+               row["test_loss_p"])
         assert got == pytest.approx(hand(d), rel=1e-9), name
         mean, low, high, p = hand(d)
         assert (row["test_bpb_diff_mean"], row["test_bpb_diff_ci_low"], row["test_bpb_diff_ci_high"]) == \
@@ -66,10 +68,11 @@ def test_verdicts_and_reference_row():
     assert [r["verdict"] for r in rows] == ["reference", "better", "worse", "no detectable difference"]
     assert all(rows[0][key] == "" for key in STATS if key != "verdict")  # no difference against itself
     table = markdown(rows, "### t")
-    assert "| better | 0.003 | 1,000 | 800 | 2.00 | - | 2.8967 ± 0.0850 | 1.1587 ± 0.0340 | -0.1033 [-0.1413, -0.0654] | " \
-           "0.007 | -0.0413 [-0.0565, -0.0262] | 0.007 | 3 | better | 5,000 | 10 |" in table
-    assert "| ref | 0.003 | 1,000 | 800 | 2.00 | - | 3.0000 ± 0.1000 | 1.2000 ± 0.0400 | reference | - | reference | - | - | " \
-           "reference |" in table
+    assert "| better | 0.003 | 1,000 | 800 | 2.00 | - | 2.8967 ± 0.0850 | 1.1587 ± 0.0340 | " \
+           "-0.1033 [-0.1413, -0.0654] | 0.007 | -0.0413 [-0.0565, -0.0262] | 0.007 | 3 | better | 5,000 | " \
+           "10 |" in table
+    assert "| ref | 0.003 | 1,000 | 800 | 2.00 | - | 3.0000 ± 0.1000 | 1.2000 ± 0.0400 | reference | - | " \
+           "reference | - | - | reference |" in table
     assert len(table.splitlines()) == 2 + 2 + len(rows)  # one row per variant
 
 

@@ -12,7 +12,7 @@ import signal
 import subprocess
 import sys
 import time
-from dataclasses import asdict, replace
+from dataclasses import replace
 from pathlib import Path
 
 import lightning as L
@@ -175,14 +175,27 @@ def test_nan_steps_are_skipped_and_n_in_a_row_halt(tiny_corpus, tmp_path, monkey
     assert torch.equal(w[2], w[1]) and not torch.equal(w[3], w[2]) and not torch.equal(w[1], w[0])
 
 
-def test_checkpoint_from_another_model_or_tokenizer_is_refused(tiny_corpus, reference):
+def test_checkpoint_from_another_model_or_tokenizer_is_refused(tiny_corpus, reference, tmp_path):
     ckpt = reference / "checkpoints" / "step=4.ckpt"
     cfg = load_config(reference / "config.yaml")
     saved_hash = read_checkpoint(ckpt)["tinystack"]["tokenizer_hash"]
-    check_compatible(ckpt, asdict(cfg.model), saved_hash)  # the same model and tokenizer: fine
+    check_compatible(ckpt, cfg.model, saved_hash)  # the same model and tokenizer: fine
     with pytest.raises(CheckpointError, match=r"model\.d_model=32 but the config says 64"):
-        check_compatible(ckpt, asdict(replace(cfg.model, d_model=64)), saved_hash)
+        check_compatible(ckpt, replace(cfg.model, d_model=64), saved_hash)
+    with pytest.raises(CheckpointError, match=r"model\.moe\.num_experts=4 but the config says 8"):  # nested sections
+        check_compatible(ckpt, replace(cfg.model, moe=replace(cfg.model.moe, num_experts=8)), saved_hash)
     with pytest.raises(CheckpointError, match="another tokenizer"):
-        check_compatible(ckpt, asdict(cfg.model), "0" * 16)
+        check_compatible(ckpt, cfg.model, "0" * 16)
+    # runtime fields may change (a kernel backend, activation checkpointing); a field the checkpoint predates
+    # counts as its default
+    check_compatible(ckpt, replace(cfg.model, checkpoint_blocks=True,
+                                   linear=replace(cfg.model.linear, backend="fla")), saved_hash)
+    old = read_checkpoint(ckpt)
+    del old["tinystack"]["model"]["moe"]["balance"], old["tinystack"]["model"]["checkpoint_blocks"]
+    torch.save(old, tmp_path / "old.ckpt")
+    check_compatible(tmp_path / "old.ckpt", cfg.model, saved_hash)
+    with pytest.raises(CheckpointError, match=r"model\.moe\.balance='aux' but the config says 'bias'"):
+        check_compatible(tmp_path / "old.ckpt", replace(cfg.model, moe=replace(cfg.model.moe, balance="bias")),
+                         saved_hash)
     with pytest.raises(CheckpointError, match=r"model\.n_layers=2 but the config says 3"):  # through the pipeline
         run(tiny_corpus, reference.parent, **{"train.resume": str(ckpt), "model.n_layers": 3})
