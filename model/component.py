@@ -51,6 +51,11 @@ class Component(nn.Module):
         """Parameters excluded from weight decay beyond the rule for all (vectors and embeddings)."""
         return []
 
+    @staticmethod
+    def check_config(cfg) -> None:
+        """Cross-field checks of a model config using this component (raise ValueError naming the key without
+        the `model.` prefix); `ModelConfig.check` calls it for every component a layer uses."""
+
     EVENTS: ClassVar[tuple[str, ...]] = ("micro_batch_start", "micro_batch_end", "optimizer_step_end", "step_skipped")
 
     def micro_batch_start(self) -> None:

@@ -56,6 +56,10 @@ class CoreModelConfig(Options):
             raise ValueError(f"d_model={self.d_model} must be divisible by n_heads={self.n_heads}")
         if self.n_heads % self.kv_heads:
             raise ValueError(f"n_heads={self.n_heads} must be a multiple of n_kv_heads={self.n_kv_heads}")
+        mixers = set(self.layer_mixers())
+        for component in [*(MIXERS[m] for m in mixers), *(FFNS[f] for f in {self.layer_ffn(m) for m in mixers}
+                                                           if f != "none")]:
+            component.check_config(self)
 
     @property
     def head_dim(self) -> int:

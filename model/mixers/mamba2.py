@@ -192,13 +192,17 @@ class Mamba2(Mixer):
         self.dt_bias.copy_(dt + torch.log(-torch.expm1(-dt)))  # softplus^-1(dt)
 
     @staticmethod
+    def check_config(cfg) -> None:
+        Mamba2.inner(cfg)
+
+    @staticmethod
     def inner(cfg) -> int:
         m = cfg.mamba2
         if m.heads:
             return m.heads * m.headdim
         E = m.expand * cfg.d_model
         if E % m.headdim:
-            raise ValueError(f"model.mamba2.headdim={m.headdim} must divide the inner width expand * d_model = "
+            raise ValueError(f"mamba2.headdim={m.headdim} must divide the inner width expand * d_model = "
                              f"{m.expand} * {cfg.d_model} = {E}; pick a divisor of {E} or set model.mamba2.heads")
         return E
 

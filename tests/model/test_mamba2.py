@@ -189,10 +189,11 @@ def test_tiny_transformer_decodes_and_generates(mixer):
 
 
 def test_bad_headdim_is_one_line():
-    with pytest.raises(ValueError, match=r"model\.mamba2\.headdim=48 must divide .* = 64; .*model\.mamba2\.heads") \
-            as err:
-        Mamba2(config(headdim=48))
+    with pytest.raises(ConfigError, match=r"model\.mamba2\.headdim=48 must divide .* = 64; .*model\.mamba2\.heads") \
+            as err:  # when the config is read, before any model is built
+        load_config(None, {"model": {"mixer": ["softmax", "mamba2"], "d_model": 32, "mamba2": {"headdim": 48}}})
     assert "\n" not in str(err.value)
+    load_config(None, {"model": {"mixer": "softmax", "d_model": 32, "mamba2": {"headdim": 48}}})  # mamba2 unused
     with pytest.raises(ConfigError, match=r"model\.mamba2\.headdim=0: must be at least 1"):
         load_config(None, {"model": {"mixer": "mamba2", "mamba2": {"headdim": 0}}})
     with pytest.raises(ConfigError, match=r"model\.mamba2\.backend: invalid choice 'cuda'"):
