@@ -13,8 +13,8 @@
     <sweep>/val_loss_vs_compute.png   the same against training tokens, training seconds and training FLOPs
     <sweep>/lr_grid.csv, lr_grid.png  with `lrs:`: every variant at every learning rate (train/ablate_grid.py)
 
-Per run: the test-split loss and bits per byte of the final weights (train/ablate_eval.py: the second half of
-the validation text, which no choice reads), the median of the logged `perf/tokens_per_s` (median: the
+Per run: the test-split loss and bits per byte of the final weights (train/ablate_eval.py: every other validation
+story, which no choice reads), the median of the logged `perf/tokens_per_s` (median: the
 intervals with a validation in them are slower), and the wall time of the run (data preparation and the split
 scoring included). Means and sample standard deviations are over seeds; metrics are
 read with `train.report.read_metrics`. The paired differences, intervals, p-values (paired t-test over
@@ -134,8 +134,8 @@ def table_notes(results: list[RunResult], rows: list[dict]) -> list[str]:
     """The lines under the table: the test used, runs left out of the pairing, and the warnings."""
     lines = [f"Δ = variant − reference (`{rows[0]['variant']}`), paired by seed (a seed gives both the same "
              "initialisation and data order): mean [95% CI, t distribution with n−1 df]; p: paired t-test over "
-             "seeds, two-sided; verdict on test loss (lower is better) at p < 0.05. Test split: the second half of "
-             "the validation text, used by no choice (learning rates are chosen on the first half)."]
+             "seeds, two-sided; verdict on test loss (lower is better) at p < 0.05. Test split: every other "
+             "validation story, used by no choice (learning rates are chosen on the other half)."]
     halted = [f"{r.variant}-s{r.seed}" for r in results if not _finished(r)]
     if halted:
         lines.append(f"Excluded from pairing (halted or NaN loss): {', '.join(halted)}"
