@@ -70,11 +70,19 @@ class RunResult:
         nan = math.nan
         splits = info.get("splits") or {"selection": {"loss": nan}, "test": {"loss": nan, "bpb": nan}}
         log_steps, tok_s = series(rows, "perf/tokens_per_s")
-        per_step = info.get("tokens_per_step", 0)
+        per_step = info.get("tokens_per_step") or _tokens_per_step(run_dir)
         return cls(variant, seed, width, info["params"], info["non_embedding_params"], info["flops_per_token"],
                    splits["test"]["loss"], splits["test"]["bpb"], statistics.median(tok_s) if tok_s else nan,
                    info["wall_s"], dict(zip(steps, losses)), lr, splits["selection"]["loss"],
                    _elapsed(steps, log_steps, tok_s, per_step), per_step)
+
+
+def _tokens_per_step(run_dir: Path) -> int:
+    """Training tokens per optimizer step of one process, from the run's config.yaml."""
+    import yaml
+
+    cfg = yaml.safe_load((run_dir / "config.yaml").read_text())
+    return cfg["train"]["batch_size"] * cfg["train"]["grad_accum"] * cfg["data"]["seq_len"]
 
 
 def _elapsed(at: list[int], log_steps: list[int], tokens_per_s: list[float], tokens_per_step: int) -> dict:

@@ -79,6 +79,9 @@ def test_lr_grid_is_chosen_without_reading_the_test_split(tiny_corpus, tmp_path,
         assert best["chosen"] == "True"
         assert next(r for r in table if r["variant"] == variant)["lr"] == best["lr"]
     assert (sweep_dir / "lr_grid.png").stat().st_size > 0 and "| lr |" in (sweep_dir / "results.md").read_text()
+    run = RunResult.read("softmax", 0, sweep_dir / "softmax-lr0.001-s0", "", 1e-3)  # the compute plots' x values
+    assert run.tokens_per_step == 4 * 32 and list(run.curve) == [1, 3]
+    assert 0 < run.elapsed[1] < run.elapsed[3] and run.flops_per_token > 0
 
     # poison the test half of the validation text and score the finished runs again
     real = train.ablate_eval.split_tokens
