@@ -71,6 +71,7 @@ def train_one(cfg, threads: int) -> dict:
     total, non_emb = count_params(cfg)
     info = {"wall_s": time.perf_counter() - t0, "params": total, "non_embedding_params": non_emb,
             "flops_per_token": count_flops(cfg), "halted": halted, "threads": torch.get_num_threads(),
+            "tokens_per_step": cfg.train.batch_size * cfg.train.grad_accum * cfg.data.seq_len,
             "splits": None if halted else split_scores(run_dir)}
     run_dir.mkdir(parents=True, exist_ok=True)
     tmp = run_dir / "ablate.json.tmp"

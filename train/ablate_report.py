@@ -78,9 +78,12 @@ class RunResult:
 
 
 def _tokens_per_step(run_dir: Path) -> int:
-    """Training tokens per optimizer step of one process, from the run's config.yaml."""
+    """Training tokens per optimizer step of one process, from the run's config.yaml (runs whose ablate.json
+    predates `tokens_per_step`); 0 when there is none (a run halted before it started)."""
     import yaml
 
+    if not (run_dir / "config.yaml").is_file():
+        return 0
     cfg = yaml.safe_load((run_dir / "config.yaml").read_text())
     return cfg["train"]["batch_size"] * cfg["train"]["grad_accum"] * cfg["data"]["seq_len"]
 
