@@ -9,6 +9,8 @@ An ablation file names a base config and the variants to compare; every variant 
     match: params                      # optional: params | flops (training FLOPs per token) | none (default)
     lrs: [1.0e-3, 3.0e-3]              # optional: train every variant at each train.lr, choose each one's best
                                        # on the selection split, report the test split (train/ablate_grid.py)
+    lr_seeds: [0]                      # optional, with lrs: only these seeds train at every lr (the choice
+                                       # reads them); the other seeds train at each variant's chosen lr only
     jobs: 2                            # optional: runs at once (default: the CPU cores, or one per GPU)
     threads: 1                         # optional: torch CPU threads per run (default: cores // jobs)
     launcher: local                    # optional: local | slurm | submitit-local (train/ablate_launch.py)
@@ -58,7 +60,8 @@ from train.cli import USER_ERRORS, parse_args
 from train.config import Config, ConfigError, load_config, merge, parse_overrides, to_dict
 from train.param_match import MEASURES, get, match_params
 
-SWEEP_KEYS = ("base", "name", "overrides", "seeds", "match", "lrs", "jobs", "threads", "launcher", "slurm", "variants")
+SWEEP_KEYS = ("base", "name", "overrides", "seeds", "match", "lrs", "lr_seeds", "jobs", "threads", "launcher", "slurm",
+              "variants")
 SHARED = ("train.max_steps", "train.batch_size", "train.grad_accum", "data.seq_len", "data.path", "data.max_stories")
 OWNED = ("train.seed", "train.name", "train.out_dir", "train.resume")  # set by the sweep, per run
 Runs = dict[str, dict[tuple[float, int], Config]]  # variant -> (train.lr, seed) -> its run's config
@@ -99,8 +102,8 @@ def load_sweep(path: str | None, argv: list[str]) -> tuple[dict, dict]:
     sweep.update({k: cli.pop(k) for k in list(cli) if k in SWEEP_KEYS and k not in ("base", "variants")})
     for key, value in cli.items():
         if not isinstance(value, dict):
-            raise ConfigError(f"unknown override --{key}; sweep keys: seeds, match, lrs, jobs, threads, launcher, "
-                              "name; config keys look like --section.key=value")
+            raise ConfigError(f"unknown override --{key}; sweep keys: seeds, match, lrs, lr_seeds, jobs, threads, "
+                              "launcher, name; config keys look like --section.key=value")
     unknown = sorted(set(sweep) - set(SWEEP_KEYS))
     if unknown:
         raise ConfigError(f"{path}: unknown key(s) {', '.join(unknown)}; valid keys: {', '.join(SWEEP_KEYS)}")
@@ -144,6 +147,14 @@ def check_run_keys(sweep: dict) -> None:
         raise ConfigError(f"lrs: expected a list of learning rates in (0, 1), e.g. [1.0e-3, 3.0e-3], got {lrs!r}")
     if lrs is not None and len(set(lrs)) != len(lrs):
         raise ConfigError(f"lrs: {lrs!r} repeats a learning rate")
+    lr_seeds = sweep.get("lr_seeds")
+    if lr_seeds is not None:
+        if lrs is None:
+            raise ConfigError("lr_seeds: needs `lrs` (it names the seeds that train at every learning rate)")
+        if not isinstance(lr_seeds, list) or not lr_seeds or not all(_count(x) for x in lr_seeds) \
+                or not set(lr_seeds) <= set(sweep["seeds"]):
+            raise ConfigError(f"lr_seeds: expected a non-empty list of seeds from seeds {sweep['seeds']!r}, "
+                              f"got {lr_seeds!r}")
     for key, low in (("jobs", 1), ("threads", 0)):
         if sweep.get(key) is not None and not (_count(sweep[key]) and sweep[key] >= low):
             raise ConfigError(f"{key}: expected an integer >= {low}, got {sweep[key]!r}")
@@ -206,11 +217,41 @@ def check_existing(cfg: Config) -> Path:
 
 
 def run_sweep(sweep: dict, configs: Runs, widths: dict[str, str]) -> str:
+    """Train the runs, choose each variant's lr on the selection split, write and return the results table.
+    With `lr_seeds` the grid trains those seeds only; the other seeds then train at each variant's chosen lr."""
+    from train.ablate_eval import SPLITS
     from train.ablate_grid import choose_lrs
     from train.ablate_report import RunResult, write_results
 
-    jobs = [Job(cfg.train.name, cfg, check_existing(cfg)) for _, runs in configs.items() for cfg in runs.values()]
-    jobs.sort(key=lambda job: sweep["seeds"].index(job.cfg.train.seed))  # seed-major: a full comparison early
+    seeds = sweep["seeds"]
+    grid_seeds = sweep.get("lr_seeds") or seeds
+    splits = SPLITS if sweep.get("lrs") else ("test",)  # without a choice to make, the selection half is unused
+    start = time.perf_counter()
+    grid_runs = {(name, lr, seed): cfg for name, runs in configs.items() for (lr, seed), cfg in runs.items()
+                 if seed in grid_seeds}
+    train_runs(sweep, grid_runs, splits)
+    grid = [RunResult.read(name, seed, run_dir(cfg), widths[name], lr) for (name, lr, seed), cfg in grid_runs.items()]
+    chosen = choose_lrs(grid)
+    rest = {(name, chosen[name], seed): configs[name][chosen[name], seed] for name in configs for seed in seeds
+            if seed not in grid_seeds}
+    if rest:
+        print(f"learning rates chosen on seeds {grid_seeds}: "
+              f"{', '.join(f'{name} {lr:g}' for name, lr in chosen.items())}; now the other seeds", flush=True)
+        train_runs(sweep, rest, splits)
+    print(f"sweep trained in {time.perf_counter() - start:.0f} s")
+    results = [RunResult.read(name, seed, run_dir(configs[name][chosen[name], seed]), widths[name], chosen[name])
+               for name in configs for seed in seeds]
+    return write_results(Path(first_run(configs).train.out_dir), sweep, results, grid if sweep.get("lrs") else ())
+
+
+def run_dir(cfg: Config) -> Path:
+    return Path(cfg.train.out_dir) / cfg.train.name
+
+
+def train_runs(sweep: dict, runs: dict[tuple[str, float, int], Config], splits: tuple[str, ...]) -> None:
+    """Train every unfinished run (seed-major: a full comparison early); SweepIncomplete if any did not finish."""
+    jobs = [Job(cfg.train.name, cfg, check_existing(cfg), splits) for cfg in runs.values()]
+    jobs.sort(key=lambda job: sweep["seeds"].index(job.cfg.train.seed))
     todo = [job for job in jobs if not (job.run_dir / "ablate.json").is_file()]
     n_parallel = sweep.get("jobs") or default_jobs()
     threads = sweep.get("threads")
@@ -218,18 +259,11 @@ def run_sweep(sweep: dict, configs: Runs, widths: dict[str, str]) -> str:
         threads = max(1, (os.cpu_count() or 1) // n_parallel)
     print(f"{len(jobs)} runs ({len(jobs) - len(todo)} finished before), {min(n_parallel, max(len(todo), 1))} at "
           f"a time, {threads} thread(s) each", flush=True)
-    start = time.perf_counter()
     unfinished = launch(todo, n_parallel, threads, sweep["launcher"], sweep.get("slurm"),
-                        Path(first_run(configs).train.out_dir) / "submitit")
+                        Path(next(iter(runs.values())).train.out_dir) / "submitit")
     if unfinished:
         raise SweepIncomplete(f"{len(unfinished)} run(s) did not finish ({', '.join(unfinished)}); run the same "
                               "command again to resume them (finished runs are reused)")
-    print(f"sweep trained in {time.perf_counter() - start:.0f} s")
-    grid = [RunResult.read(name, seed, Path(cfg.train.out_dir) / cfg.train.name, widths[name], lr)
-            for name, runs in configs.items() for (lr, seed), cfg in runs.items()]
-    chosen = choose_lrs(grid)
-    results = [r for r in grid if r.lr == chosen[r.variant]]
-    return write_results(Path(first_run(configs).train.out_dir), sweep, results, grid if sweep.get("lrs") else ())
 
 
 def first_run(configs: Runs) -> Config:

@@ -55,8 +55,9 @@ def score(model, tokens: np.ndarray, seq_len: int, token_bytes: torch.Tensor) ->
     return {"loss": nats / n_tokens, "bpb": nats / (math.log(2) * max(n_bytes, 1))}
 
 
-def split_scores(run_dir: Path) -> dict[str, dict[str, float]]:
-    """{'selection': {'loss', 'bpb'}, 'test': {...}} of the finished run in run_dir (its final weights)."""
+def split_scores(run_dir: Path, splits: tuple[str, ...] = SPLITS) -> dict[str, dict[str, float]]:
+    """{'selection': {'loss', 'bpb'}, 'test': {...}} of the finished run in run_dir (its final weights), for the
+    named splits (a sweep without a choice to make scores only 'test')."""
     from data.tokenizer import eot_id, token_byte_lengths
     from train.load import load_run
     from train.run import prepare_data
@@ -65,4 +66,4 @@ def split_scores(run_dir: Path) -> dict[str, dict[str, float]]:
     _, tokens = prepare_data(cfg, tokenizer)
     token_bytes = torch.tensor(token_byte_lengths(tokenizer), dtype=torch.float32)
     halves = split_tokens(tokens["validation"], eot_id(tokenizer))
-    return {name: score(model, halves[name], cfg.data.seq_len, token_bytes) for name in SPLITS}
+    return {name: score(model, halves[name], cfg.data.seq_len, token_bytes) for name in splits}

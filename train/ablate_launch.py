@@ -42,6 +42,7 @@ class Job:
     label: str  # e.g. "softmax-lr0.003-s1"
     cfg: object  # train.config.Config
     run_dir: Path
+    splits: tuple[str, ...] = ("selection", "test")  # the held-out halves scored (train/ablate_eval.py)
 
 
 def _die_with_parent() -> None:
@@ -50,8 +51,9 @@ def _die_with_parent() -> None:
         ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG = 1
 
 
-def train_one(cfg, threads: int) -> dict:
-    """Train one run to the end (or resume it), score its splits and write `ablate.json`; returns its info."""
+def train_one(cfg, threads: int, splits: tuple[str, ...] = ("selection", "test")) -> dict:
+    """Train one run to the end (or resume it), score the named splits and write `ablate.json`; returns its
+    info."""
     import torch
 
     from train.ablate_eval import split_scores
@@ -72,7 +74,7 @@ def train_one(cfg, threads: int) -> dict:
     info = {"wall_s": time.perf_counter() - t0, "params": total, "non_embedding_params": non_emb,
             "flops_per_token": count_flops(cfg), "halted": halted, "threads": torch.get_num_threads(),
             "tokens_per_step": cfg.train.batch_size * cfg.train.grad_accum * cfg.data.seq_len,
-            "splits": None if halted else split_scores(run_dir)}
+            "splits": None if halted else split_scores(run_dir, splits)}
     run_dir.mkdir(parents=True, exist_ok=True)
     tmp = run_dir / "ablate.json.tmp"
     tmp.write_text(json.dumps(info))
@@ -80,7 +82,7 @@ def train_one(cfg, threads: int) -> dict:
     return info
 
 
-def _worker(cfg, threads: int, env: dict) -> None:
+def _worker(cfg, threads: int, splits: tuple[str, ...], env: dict) -> None:
     """A spawned worker: dies with the driver, writes its output to <run>/train.log, trains one run."""
     _die_with_parent()
     os.environ.update(env)
@@ -89,7 +91,7 @@ def _worker(cfg, threads: int, env: dict) -> None:
     log = os.open(run_dir / "train.log", os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
     for fd in (1, 2):  # the C libraries' output too
         os.dup2(log, fd)
-    train_one(cfg, threads)
+    train_one(cfg, threads, splits)
 
 
 def default_jobs() -> int:
@@ -106,7 +108,7 @@ def launch(jobs: list[Job], n_parallel: int, threads: int, launcher: str = "loca
     if n_parallel <= 1:
         for i, job in enumerate(jobs):
             print(f"[{i + 1}/{len(jobs)}] {job.label}", flush=True)
-            train_one(job.cfg, threads)
+            train_one(job.cfg, threads, job.splits)
         return []
     return _pool(jobs, n_parallel, threads)
 
@@ -129,7 +131,7 @@ def _pool(jobs: list[Job], n_parallel: int, threads: int) -> list[str]:
             while pending and len(running) < n_parallel and stop["signal"] is None:
                 job, slot = pending.pop(0), len(running)
                 env = {"CUDA_VISIBLE_DEVICES": str(slot % gpus)} if gpus else {}
-                proc = ctx.Process(target=_worker, args=(job.cfg, threads, env), name=job.label)
+                proc = ctx.Process(target=_worker, args=(job.cfg, threads, job.splits, env), name=job.label)
                 proc.start()
                 running[proc] = job
                 print(f"[start {len(jobs) - len(pending)}/{len(jobs)}] {job.label} (log: {job.run_dir}/train.log)",
@@ -167,7 +169,8 @@ def _submitit(jobs: list[Job], n_parallel: int, threads: int, launcher: str, slu
         executor.update_parameters(slurm_array_parallelism=n_parallel, **slurm)
     else:
         executor.update_parameters(timeout_min=int(slurm.get("timeout_min", 24 * 60)))
-    submitted = executor.map_array(train_one, [job.cfg for job in jobs], [threads] * len(jobs))
+    submitted = executor.map_array(train_one, [job.cfg for job in jobs], [threads] * len(jobs),
+                                   [job.splits for job in jobs])
     print(f"submitted {len(submitted)} runs through submitit ({launcher}); logs in {folder}", flush=True)
     failed = []
     for i, (job, handle) in enumerate(zip(jobs, submitted)):

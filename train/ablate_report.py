@@ -68,7 +68,7 @@ class RunResult:
             info_file.write_text(json.dumps(info))
         steps, losses = series(rows, "val/loss")
         nan = math.nan
-        splits = info.get("splits") or {"selection": {"loss": nan}, "test": {"loss": nan, "bpb": nan}}
+        splits = {"selection": {"loss": nan}, "test": {"loss": nan, "bpb": nan}, **(info.get("splits") or {})}
         log_steps, tok_s = series(rows, "perf/tokens_per_s")
         per_step = info.get("tokens_per_step") or _tokens_per_step(run_dir)
         return cls(variant, seed, width, info["params"], info["non_embedding_params"], info["flops_per_token"],
