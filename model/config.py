@@ -41,7 +41,7 @@ class CoreModelConfig(Options):
     d_ff: int = option(0, min=0)  # FFN hidden width; 0 = the FFN's own default (4d gelu, 8/3 d swiglu)
     max_seq_len: int = option(0, min=0)  # longest sequence for positions; 0 = follow data.seq_len
     position: str = option("rope", choices=position_names)  # rope | sinusoidal | none
-    rope_theta: float = option(10000.0, min=1.0)  # RoPE base
+    rope_theta: float = option(10000.0, min=1.0)  # RoPE base (and the sinusoidal one)
     mixer: str | list[str] = option("softmax", choices=mixer_names)  # a mixer, or a list repeated over layers
     ffn: str = option("auto", choices=ffn_names)  # an FFN or none; auto = swiglu, or none after a mixer that is one
     norm_eps: float = option(1e-5, min=0.0)  # RMSNorm epsilon
@@ -56,10 +56,14 @@ class CoreModelConfig(Options):
             raise ValueError(f"d_model={self.d_model} must be divisible by n_heads={self.n_heads}")
         if self.n_heads % self.kv_heads:
             raise ValueError(f"n_heads={self.n_heads} must be a multiple of n_kv_heads={self.n_kv_heads}")
-        mixers = set(self.layer_mixers())
-        for component in [*(MIXERS[m] for m in mixers), *(FFNS[f] for f in {self.layer_ffn(m) for m in mixers}
-                                                           if f != "none")]:
+        for component in self.components():
             component.check_config(self)
+
+    def components(self) -> list[type]:
+        """The mixer and FFN classes the layers use, each once, in layer order."""
+        mixers = list(dict.fromkeys(self.layer_mixers()))
+        ffns = [f for f in dict.fromkeys(self.layer_ffn(m) for m in mixers) if f != "none"]
+        return [*(MIXERS[m] for m in mixers), *(FFNS[f] for f in ffns)]
 
     @property
     def head_dim(self) -> int:

@@ -11,8 +11,11 @@ theta_i = base^(-2i/d), rotate each pair (x_i, x_{i+d/2}) by the angle m * theta
 so that <rope(q)_m, rope(k)_n> depends only on m - n. We rotate halves, as Hugging Face Llama does,
 so weights copy across without a permutation.
 
-Sinusoidal (Vaswani et al. 2017, "Attention Is All You Need"):
-    PE(m, 2i) = sin(m / 10000^(2i/D)),  PE(m, 2i+1) = cos(m / 10000^(2i/D)).
+Sinusoidal (Vaswani et al. 2017, "Attention Is All You Need", §3.4-3.5), base = model.rope_theta (10000):
+    PE(m, 2i) = sin(m / base^(2i/D)),  PE(m, 2i+1) = cos(m / base^(2i/D)),   h_0 = sqrt(D) * E[idx] + PE
+The token embeddings are multiplied by sqrt(D) as in the paper (§3.4): PE's entries are of order 1 while E is
+initialised at std init_std (0.02), so without it the positions drown the tokens (the model then sits at the
+unigram plateau). The tied head reads E unscaled.
 """
 
 from __future__ import annotations
@@ -70,20 +73,25 @@ class RotaryPosition(NoPosition):
 
 
 class SinusoidalPosition(NoPosition):
-    """Fixed sin/cos absolute positions added to the token embeddings."""
+    """Fixed sin/cos absolute positions added to the sqrt(D)-scaled token embeddings."""
 
     def __init__(self, d_model: int, theta: float = 10000.0):
         super().__init__(d_model, theta)
-        self.d_model = d_model
+        self.d_model, self.theta = d_model, theta
+
+    def table(self, length: int, offset: int, device) -> Tensor:
+        """PE rows for positions offset .. offset + length - 1: (length, D) fp32."""
+        D = self.d_model
+        pos = torch.arange(offset, offset + length, device=device, dtype=torch.float32)[:, None]  # (T, 1)
+        freq = self.theta ** (-torch.arange(0, D, 2, device=device, dtype=torch.float32) / D)  # (ceil(D/2),)
+        pe = torch.zeros(length, D, device=device, dtype=torch.float32)
+        pe[:, 0::2] = torch.sin(pos * freq)
+        pe[:, 1::2] = torch.cos(pos * freq[: D // 2])
+        return pe
 
     def embed(self, h: Tensor, offset: int = 0) -> Tensor:
-        T, D = h.shape[-2], self.d_model
-        pos = torch.arange(offset, offset + T, device=h.device, dtype=torch.float32)[:, None]  # (T, 1)
-        freq = torch.exp(torch.arange(0, D, 2, device=h.device, dtype=torch.float32) * (-math.log(10000.0) / D))
-        pe = torch.zeros(T, D, device=h.device, dtype=torch.float32)
-        pe[:, 0::2] = torch.sin(pos * freq)
-        pe[:, 1::2] = torch.cos(pos * freq)
-        return h + pe.to(h.dtype)  # (B, T, D) + (T, D)
+        pe = self.table(h.shape[-2], offset, h.device)
+        return h * math.sqrt(self.d_model) + pe.to(h.dtype)  # (B, T, D) + (T, D)
 
 
 POSITIONS = Registry("position", NoPosition, {"rope": RotaryPosition, "sinusoidal": SinusoidalPosition,

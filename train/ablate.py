@@ -56,7 +56,7 @@ from pathlib import Path
 import yaml
 
 from train.ablate_launch import LAUNCHERS, Job, default_jobs, launch
-from train.cli import USER_ERRORS, parse_args
+from train.cli import parse_args, user_errors_exit_2
 from train.config import Config, ConfigError, load_config, merge, parse_overrides, to_dict
 from train.param_match import MEASURES, get, match_params
 
@@ -281,15 +281,13 @@ def main(argv: list[str] | None = None) -> None:
         return
     os.environ.setdefault("WANDB_MODE", "offline")
     try:
-        path, rest = parse_args(argv)
-        sweep, cli = load_sweep(path, rest)
-        configs = build_configs(sweep, cli)
-        match = sweep.get("match")
-        widths = match_params(configs, by=match) if match in MEASURES else {v: "" for v in configs}
-        table = run_sweep(sweep, configs, widths)
-    except USER_ERRORS as err:
-        print(f"error: {err}", file=sys.stderr)
-        sys.exit(2)
+        with user_errors_exit_2():
+            path, rest = parse_args(argv)
+            sweep, cli = load_sweep(path, rest)
+            configs = build_configs(sweep, cli)
+            match = sweep.get("match")
+            widths = match_params(configs, by=match) if match in MEASURES else {v: "" for v in configs}
+            table = run_sweep(sweep, configs, widths)
     except SweepIncomplete as err:
         print(f"error: {err}", file=sys.stderr)
         sys.exit(1)

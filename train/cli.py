@@ -7,7 +7,8 @@ from __future__ import annotations
 
 import os
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 
 from data.corpus import DataError
 from train.config import Config, ConfigError, load_config
@@ -15,6 +16,17 @@ from train.distributed import launch_rank
 from train.weights import CheckpointError
 
 USER_ERRORS = (ConfigError, DataError, CheckpointError)
+
+
+@contextmanager
+def user_errors_exit_2(*more: type[BaseException]) -> Iterator[None]:
+    """`with user_errors_exit_2():` a user error (USER_ERRORS, or `more`) inside prints `error: <message>` on
+    one line and exits with code 2; anything else propagates."""
+    try:
+        yield
+    except (*USER_ERRORS, *more) as err:
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(2)
 
 
 def parse_args(argv: list[str]) -> tuple[str | None, list[str]]:
@@ -39,11 +51,9 @@ def run_cli(main: Callable[[Config], object], argv: list[str] | None = None, usa
         return
     os.environ.setdefault("WANDB_MODE", "offline")
     try:
-        config, overrides = parse_args(argv)
-        main(load(config, overrides))
-    except USER_ERRORS as err:
-        print(f"error: {err}", file=sys.stderr)
-        sys.exit(2)
+        with user_errors_exit_2():
+            config, overrides = parse_args(argv)
+            main(load(config, overrides))
     except Exception as err:
         module = sys.modules.get("train.module")  # not imported: the error cannot be a TrainingHalted
         if module is None or not isinstance(err, module.TrainingHalted):

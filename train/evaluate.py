@@ -22,7 +22,7 @@ import os
 import sys
 from pathlib import Path
 
-from train.cli import USER_ERRORS
+from train.cli import USER_ERRORS, user_errors_exit_2
 from train.config import ConfigError
 
 TASKS_DIR = Path(__file__).parent / "lm_eval_tasks"
@@ -151,10 +151,8 @@ def main(argv: list[str] | None = None) -> None:
     logging.getLogger("lm_eval").setLevel(logging.WARNING)
     logging.getLogger("lm_eval.api.task").addFilter(_Quiet())
     try:
-        results, out = evaluate(args)
-    except USER_ERRORS as err:
-        print(f"error: {err}", file=sys.stderr)
-        sys.exit(2)
+        with user_errors_exit_2():
+            results, out = evaluate(args)
     except ConnectionError as err:  # a hub task without network (datasets raises the builtin)
         print(f"error: {err}; lm_eval's tasks download their data from the hub, this repository's "
               f"({', '.join(local_tasks())}) run offline", file=sys.stderr)

@@ -40,7 +40,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -50,7 +49,7 @@ from torch import Tensor, nn
 from data.corpus import DataError
 from data.tokenizer import eot_id
 from model.lora import merge_lora
-from train.cli import USER_ERRORS
+from train.cli import user_errors_exit_2
 from train.config import load_config
 from train.export_hf import DEFAULT_MAX_POSITIONS, check_llama, to_hf_state_dict
 from train.rundir import check_out_dir
@@ -237,11 +236,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--dtype", default="f16", choices=list(DTYPES), help="matrix precision (norms stay f32)")
     parser.add_argument("--force", action="store_true", help="replace --out if it exists")
     args = parser.parse_args(argv)
-    try:
+    with user_errors_exit_2(MissingDependency):
         out = export(args.run, args.out, args.dtype, args.force)
-    except (*USER_ERRORS, MissingDependency) as err:
-        print(f"error: {err}", file=sys.stderr)
-        sys.exit(2)
     print(f"wrote {out} ({args.dtype}; llama-cli -m {out} -p \"Once upon a time\")")
 
 

@@ -23,7 +23,6 @@ from __future__ import annotations
 import argparse
 import json
 import re
-import sys
 from pathlib import Path
 
 from torch import Tensor, nn
@@ -34,7 +33,7 @@ from model.ffn import FFNS
 from model.lora import merge_lora
 from model.mixers import MIXERS
 from model.positions import POSITIONS
-from train.cli import USER_ERRORS
+from train.cli import user_errors_exit_2
 from train.config import ConfigError, load_config
 from train.rundir import check_out_dir
 from train.weights import CheckpointError
@@ -162,11 +161,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--run", required=True, help="run directory (runs/<name>)")
     parser.add_argument("--out", required=True, help="output folder for the Hugging Face model")
     args = parser.parse_args(argv)
-    try:
+    with user_errors_exit_2(MissingDependency):
         out = export(args.run, args.out)
-    except (*USER_ERRORS, MissingDependency) as err:
-        print(f"error: {err}", file=sys.stderr)
-        sys.exit(2)
     print(f"wrote {out} (LlamaForCausalLM.from_pretrained / AutoTokenizer.from_pretrained)")
 
 

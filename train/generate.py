@@ -7,12 +7,11 @@ Options: --num_samples N, --max_new_tokens N, --temperature T (0 = greedy), --to
 from __future__ import annotations
 
 import argparse
-import sys
 
 import torch
 
 from data.tokenizer import eot_id
-from train.cli import USER_ERRORS
+from train.cli import user_errors_exit_2
 from train.load import load_run, pick_device
 
 
@@ -40,11 +39,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--device", default="auto")
     parser.add_argument("--adapter", default=None, help="LoRA adapter directory")
     args = parser.parse_args(argv)
-    try:
+    with user_errors_exit_2():
         _, tokenizer, model = load_run(args.run, pick_device(args.device), args.adapter)
-    except USER_ERRORS as err:
-        print(f"error: {err}", file=sys.stderr)
-        sys.exit(2)
     for i, story in enumerate(sample_stories(model, tokenizer, args.prompt, args.num_samples, args.max_new_tokens,
                                              args.temperature, args.top_k, args.top_p, args.seed)):
         print(("\n---\n" if i else "") + story)

@@ -32,7 +32,6 @@ import json
 import math
 import os
 import shutil
-import sys
 from pathlib import Path
 
 from data.corpus import DataError
@@ -41,7 +40,7 @@ from data.tokens import content_hash
 from model.ffn import FFNS
 from model.mixers import MIXERS
 from model.positions import POSITIONS
-from train.cli import USER_ERRORS
+from train.cli import user_errors_exit_2
 from train.config import Config, ConfigError, DataConfig, load_config, save_config
 from train.export_hf import check_llama
 from train.hf_weights import convert_weights, read_weights, weight_files
@@ -259,11 +258,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--eos-token", default=None, help="end-of-text token text (default: the model's eos)")
     parser.add_argument("--force", action="store_true", help="replace --out when it is an existing run directory")
     args = parser.parse_args(argv)
-    try:
+    with user_errors_exit_2():
         out, summary = import_model(args.model, args.out, args.eos_token, args.force)
-    except USER_ERRORS as err:
-        print(f"error: {err}", file=sys.stderr)
-        sys.exit(2)
     print(f"wrote {out} ({summary}); try: python -m train.generate --run {out}")
 
 

@@ -27,7 +27,6 @@ from train.config import Config, ConfigError, save_config
 from train.distributed import build_strategy, shared_run_dir
 from train.faults import Preempted, PreemptionCheckpoint, preempted_step, preemption_message
 from train.module import LanguageModel
-from train.moe_stats import ExpertShare
 from train.report import write_metrics_and_plot
 from train.rundir import check_run_name, lock_run_dir, remove_stale_tmp, unlock_run_dir
 
@@ -167,8 +166,7 @@ def pretrain(cfg: Config, callbacks: list = ()) -> Path:
                                   t.val_batches, cfg.data.num_workers)
     module = LanguageModel(cfg, token_byte_lengths(tokenizer))
     samples = SampleStories(run_dir, tokenizer, t.num_samples, t.sample_tokens)
-    if cfg.model.ffn == "moe":
-        callbacks = [*callbacks, ExpertShare(run_dir, t.log_every)]
+    callbacks = [*callbacks, *(cb for c in cfg.model.components() for cb in c.training_callbacks(run_dir, t.log_every))]
     trainer = fit(cfg, module, datamodule, run_dir, tokenizer, [samples, *callbacks])
     if trainer.is_global_zero:
         metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val/")}

@@ -127,6 +127,12 @@ class MoE(FFN):
         return [p for e in experts for p in e.residual_projections()]
 
     @staticmethod
+    def training_callbacks(run_dir, log_every: int) -> list:
+        from train.moe_stats import ExpertShare  # here: model/ does not import the training stack
+
+        return [ExpertShare(run_dir, log_every)]
+
+    @staticmethod
     def hidden_width(cfg) -> int:
         return dense_ffns()[cfg.moe.expert].hidden_width(cfg)
 

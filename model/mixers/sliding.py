@@ -11,22 +11,28 @@ W >= T is full causal attention (`model.mixer=softmax`). Grouped-query heads as 
 Hk = n_kv_heads key/value heads; q and k rotated by the model's position (`rotate(q, k, offset)`, absolute offset).
 
 Shapes: x (B, T, D) -> q (B, H, T, d), k/v (B, Hk, T, d), d = D / H -> y (B, T, D).
-Training: `F.scaled_dot_product_attention` with `is_causal=True` when W >= T, else a banded boolean mask (T, T)
-(dense: the masked-out scores are still computed, so the kernel's cost stays 12 H d T per token; the band only
-saves work in a kernel that skips masked blocks).
+Training (no cache): `F.scaled_dot_product_attention` with `is_causal=True` when W >= T; else blocked local
+attention, linear in T: the sequence is cut into N = ceil(T / W) blocks of W queries, and block n attends to the
+2W keys of blocks n - 1 and n under a (W, 2W) band mask (query a of block n, key b: visible iff a < b <= a + W,
+and b >= W in block 0, whose previous block is padding):
+
+    q (B, H, T, d) -> (B N, H, W, d),  k, v (B, Hk, T, d) -> (B N, Hk, 2W, d) (overlapping windows)
+
+so the kernel scores 2W keys per query instead of T. The same for a prompt (no cached keys yet); a chunk after a
+cached prefix uses the dense band mask (T, P + T).
 Cache: the rotated keys and values of the last at most W - 1 positions, (B, Hk, P, d) each, P <= W - 1: exactly
 what the next query can still see, so decoding memory is bounded by W, not by the generated length. Keys are
 cached after RoPE, so a cached key keeps its absolute position; the offset passed in (absolute position of x's
 first token) rotates the new q/k, while the masks use the cache length P (no longer equal to the offset once the
 buffer has been truncated): new query i sits at index P + i of the concatenated keys (P + T of them).
 
-Activation bytes (measured with saved-tensor hooks on CPU, torch 2.13): both paths run the CPU flash kernel
-(`ScaledDotProductFlashAttentionForCpuBackward0`) and keep q, k, v, the output and an fp32 log-sum-exp (B, H, T),
-never the (B, H, T, T) probabilities. The mask path also keeps the mask, converted to the compute dtype,
-(T, T) once per step, shared across the batch: T^2 s bytes per step, not per sample, so the per-token formula
-below (the same as softmax's) leaves it out; at W < T it matched a measured forward within 10% (tests/model/
-test_sliding.py). On CUDA a boolean mask routes SDPA to the memory-efficient kernel (flash takes no mask),
-which also keeps only the log-sum-exp; not measured here.
+Activation bytes (measured with saved-tensor hooks on CPU, torch 2.13): every path runs the CPU flash kernel
+(`ScaledDotProductFlashAttentionForCpuBackward0`) and keeps q, k, v, the output and an fp32 log-sum-exp (B, H, T),
+never the probabilities. At W >= T that is softmax's formula. The blocked path (W < T) keeps, per token, one more
+D (the padded, block-major copy of q), k and v twice (each block's 2W-key window holds every key twice) and
+the (B N, 1, W, 2W) mask in the compute dtype (2W per query); tests/model/test_sliding.py checks the formula
+against a measured forward within 10%. On CUDA a boolean mask routes SDPA to the memory-efficient kernel (flash
+takes no mask), which also keeps only the log-sum-exp; not measured here.
 """
 
 from __future__ import annotations
@@ -34,6 +40,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from model.mixers.softmax import SoftmaxAttention
@@ -62,12 +69,41 @@ class SlidingWindowAttention(SoftmaxAttention):
         # softmax counts T for its causal triangle (a dense masked kernel computes the full T, see the docstring)
         return 12 * cfg.n_heads * cfg.head_dim * min(cfg.sliding.window, seq_len)
 
+    @staticmethod
+    def activation_bytes(cfg, seq_len: int, s: int) -> float:
+        dense = SoftmaxAttention.activation_bytes(cfg, seq_len, s)
+        if cfg.sliding.window >= seq_len:
+            return dense
+        W = cfg.sliding.window  # + q's block copy, k and v twice (the windows), a mask row of 2W per query
+        return dense + s * (cfg.d_model + 2 * cfg.kv_heads * cfg.head_dim + 2 * W)
+
     def band(self, T: int, past: int, device) -> Tensor:
         """(T, past + T) bool, True where query i (key index past + i) may see key j: 0 <= past + i - j < W."""
         i = torch.arange(past, past + T, device=device)
         j = torch.arange(past + T, device=device)
         lag = i[:, None] - j[None, :]  # (T, past + T)
         return (lag >= 0) & (lag < self.window)
+
+    def blocked(self, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
+        """Local attention in blocks of W queries over 2W keys: q (B, H, T, d), k/v (B, Hk, T, d) -> (B, T, D)."""
+        B, H, T, d = q.shape
+        W = self.window
+        N = -(-T // W)
+        pad = N * W - T
+        q = F.pad(q, (0, 0, 0, pad)).view(B, H, N, W, d).transpose(1, 2).reshape(B * N, H, W, d)  # (B N, H, W, d)
+
+        def windows(t: Tensor) -> Tensor:  # (B, Hk, T, d) -> (B N, Hk, 2W, d): block n's keys n W - W .. n W + W
+            t = F.pad(t, (0, 0, W, pad))  # (B, Hk, W + N W, d): one block of padding in front
+            return t.unfold(2, 2 * W, W).permute(0, 2, 1, 4, 3).reshape(B * N, t.shape[1], 2 * W, d)
+
+        a = torch.arange(W, device=q.device)[:, None]  # query index in its block
+        b = torch.arange(2 * W, device=q.device)[None, :]  # key index in the block's window
+        mask = ((b > a) & (b <= a + W)).repeat(B, N, 1, 1)  # (B, N, W, 2W): lag W + a - b in [0, W)
+        mask[:, 0, :, :W] = False  # block 0's previous block is padding
+        y = F.scaled_dot_product_attention(q, windows(k), windows(v), attn_mask=mask.view(B * N, 1, W, 2 * W),
+                                           enable_gqa=self.n_kv_heads != self.n_heads)  # (B N, H, W, d)
+        y = y.view(B, N, H, W, d).permute(0, 1, 3, 2, 4).reshape(B, N * W, H * d)[:, :T]  # (B, T, H*d)
+        return self.o_proj(y)
 
     def forward(self, x: Tensor, cache: tuple[Tensor, Tensor] | None = None, offset: int = 0):
         T = x.shape[1]
@@ -78,10 +114,12 @@ class SlidingWindowAttention(SoftmaxAttention):
             v = torch.cat([cache[1], v], dim=2)
             keep = min(self.window - 1, past + T)  # what the next query can still see
             cache = (k[:, :, past + T - keep:], v[:, :, past + T - keep:])  # (B, Hk, <= W - 1, d)
-        if past == 0 and T <= self.window:
+        if past == 0 and T > self.window:  # training or a prompt: linear-cost blocks (k, v hold only x's keys)
+            return self.blocked(q, k, v), cache
+        if past == 0:
             mask, causal = None, True  # the band covers the whole causal triangle
         elif T == 1 and past < self.window:
             mask, causal = None, False  # one new query sees every cached key (P <= W - 1)
-        else:  # W < T, or a chunk after a prefix: query i sits at key index P + i
+        else:  # a chunk after a prefix: query i sits at key index P + i
             mask, causal = self.band(T, past, x.device), False
         return self.attend(q, k, v, mask, causal), cache

@@ -12,7 +12,7 @@ from conftest import tiny_model_config
 from model.ffn import FFNS
 from model.generate import filter_logits
 from model.mixers import MIXERS
-from model.positions import POSITIONS, RotaryPosition
+from model.positions import POSITIONS, RotaryPosition, SinusoidalPosition
 from model.transformer import Transformer
 
 VARIANTS = [dict(mixer=m) for m in MIXERS] + [dict(ffn=f) for f in FFNS] + [
@@ -52,6 +52,29 @@ def test_rope_scores_depend_only_on_relative_position():
     torch.testing.assert_close(score(5, 2), score(13, 10))
     torch.testing.assert_close(score(0, 7), score(20, 27))
     assert not torch.allclose(score(5, 2), score(5, 4))
+
+
+def test_sinusoidal_matches_vaswani_and_scales_token_embeddings():
+    """PE(m, 2i) = sin(m / base^(2i/D)), PE(m, 2i+1) = cos(...), added to sqrt(D) * E[idx] (Vaswani §3.4-3.5),
+    with the configured base; the scaled tokens are not drowned by the order-1 positions."""
+    D, base = 6, 500.0
+    pos = SinusoidalPosition(D, base)
+    h = torch.randn(2, 4, D) * 0.02
+    out = pos.embed(h, offset=3)
+    expected = torch.empty(4, D)
+    for m in range(4):
+        for i in range(D // 2):
+            angle = (m + 3) / base ** (2 * i / D)
+            expected[m, 2 * i], expected[m, 2 * i + 1] = math.sin(angle), math.cos(angle)
+    torch.testing.assert_close(out, h * math.sqrt(D) + expected)
+    odd = SinusoidalPosition(5).table(3, 0, "cpu")  # odd D: the last column is a sine
+    torch.testing.assert_close(odd[:, 4], torch.sin(torch.arange(3.0) / 10000 ** (4 / 5)))
+    model = build(position="sinusoidal", d_model=64)  # embeddings at the model's own init
+    idx = torch.randint(0, 97, (2, 16))
+    pe = model.position.table(16, 0, "cpu")
+    tokens = model.position.embed(model.embed_tokens(idx)) - pe  # (B, T, D): what h_0 carries of the tokens
+    ratio = (tokens.std() / pe.std()).item()
+    assert ratio > 0.1, f"tokens enter h_0 at {ratio:.3f} of the positions' scale: the positions drown them"
 
 
 @pytest.mark.parametrize("overrides", VARIANTS, ids=IDS)

@@ -135,8 +135,8 @@ def test_hybrid_with_softmax_builds_and_decodes():
 
 
 @pytest.mark.parametrize("precision", ["32", "bf16-mixed"])
-def test_activation_estimate_on_the_mask_path(precision):
-    """W < T: SDPA with the (T, T) band mask (the registry-wide estimate test runs W >= T, the causal path)."""
+def test_activation_estimate_on_the_blocked_path(precision):
+    """W < T: blocked local attention (the registry-wide estimate test runs W >= T, the causal path)."""
     torch.manual_seed(0)
     cfg = tiny_model_config(mixer="sliding", sliding=SlidingConfig(window=8), vocab_size=200, d_model=64,
                             max_seq_len=32)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import json
 import math
 from pathlib import Path
 
@@ -49,6 +50,8 @@ def test_sweep_writes_results_for_every_variant(tiny_corpus, tmp_path, capsys, m
         assert row["seeds"] == "2" and float(row["test_loss_mean"]) > 0 and float(row["test_loss_std"]) > 0
         assert float(row["tokens_per_s"]) > 0 and int(row["params"]) > 0
     assert (sweep_dir / "val_loss.png").stat().st_size > 0
+    splits = json.loads((sweep_dir / "softmax-s0" / "ablate.json").read_text())["splits"]
+    assert set(splits) == {"test"}  # no lr to choose: the selection half is not scored
     table = (sweep_dir / "results.md").read_text()
     assert "| softmax |" in table and "| linear |" in table and table in out
     main(["--config", str(path)])  # a second call reuses the finished runs

@@ -104,6 +104,40 @@ def test_lr_grid_is_chosen_without_reading_the_test_split(tiny_corpus, tmp_path,
     assert [r["chosen"] for r in rows(sweep_dir, "lr_grid.csv")] == [r["chosen"] for r in grid]
 
 
+def test_lr_seeds_grid_on_some_seeds_the_rest_at_the_chosen_lr(tiny_corpus, tmp_path, capsys):
+    variants = {"softmax": {}, "gelu": {"model.ffn": "gelu"}}
+    path = write_sweep(tmp_path, tiny_corpus, variants, lrs=[1e-3, 3e-2], lr_seeds=[0], seeds=[0, 1, 2])
+    main(["--config", str(path)])
+    sweep_dir = tmp_path / "ablate-sweep"
+    grid = rows(sweep_dir, "lr_grid.csv")
+    assert len(grid) == 4 and all(r["seeds"] == "1" for r in grid)  # the grid: seed 0 at both lrs
+    seed0 = [RunResult.read(v, 0, sweep_dir / f"{v}-lr{lr:g}-s0", "", lr) for v in variants for lr in (1e-3, 3e-2)]
+    chosen = choose_lrs(seed0)
+    expected = {f"{v}-lr{lr:g}-s0" for v in variants for lr in (1e-3, 3e-2)}
+    expected |= {f"{v}-lr{chosen[v]:g}-s{s}" for v in variants for s in (1, 2)}
+    assert {p.name for p in sweep_dir.glob("*-lr*")} == expected  # seeds 1, 2 only at the chosen lr
+    table = rows(sweep_dir)
+    for row in table:
+        assert row["seeds"] == "3" and float(row["lr"]) == chosen[row["variant"]]
+    assert "seeds paired" in (sweep_dir / "results.md").read_text()
+    capsys.readouterr()
+    main(["--config", str(path)])  # a rerun reuses all 8 runs: the choice reads seed 0 only, so it cannot move
+    assert capsys.readouterr().out.count("4 runs (4 finished before)") == 2
+    assert {p.name for p in sweep_dir.glob("*-lr*")} == expected and rows(sweep_dir, "lr_grid.csv") == grid
+
+
+@pytest.mark.parametrize("top, message", [
+    ({"lr_seeds": [0]}, "needs `lrs`"),
+    ({"lrs": [1e-3, 3e-3], "lr_seeds": [5]}, "from seeds"),
+    ({"lrs": [1e-3, 3e-3], "lr_seeds": []}, "non-empty"),
+])
+def test_bad_lr_seeds_exit_2(tiny_corpus, tmp_path, capsys, top, message):
+    path = write_sweep(tmp_path, tiny_corpus, {"softmax": {}}, **top)
+    with pytest.raises(SystemExit) as exc:
+        main(["--config", str(path)])
+    assert exc.value.code == 2 and message in capsys.readouterr().err
+
+
 def test_selection_and_test_splits_deal_the_stories_alternately():
     eot, tokens = 0, np.array([5, 6, 0, 7, 0, 8, 9, 10, 0, 11, 0, 12])  # stories: 5 6 | 7 | 8 9 10 | 11 | 12
     halves = train.ablate_eval.split_tokens(tokens, eot)
