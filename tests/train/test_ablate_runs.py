@@ -170,6 +170,37 @@ def _sweep_process(path: Path) -> subprocess.Popen:
 
 
 @pytest.mark.slow
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc; the driver watch is Linux-only")
+@pytest.mark.parametrize("how", [signal.SIGKILL, signal.SIGTERM])
+def test_workers_checkpoint_and_stop_when_the_driver_dies_or_is_stopped(tiny_corpus, tmp_path, how):
+    path = write_sweep(tmp_path, tiny_corpus, {"softmax": {}, "gelu": {"model.ffn": "gelu"}}, steps=100_000,
+                       jobs=2, seeds=[0])
+    sweep_dir = tmp_path / "ablate-sweep"
+    driver = _sweep_process(path)
+    runs = [sweep_dir / "softmax-s0", sweep_dir / "gelu-s0"]
+    deadline = time.time() + 240
+    while not all(list(r.glob("checkpoints/*.ckpt")) for r in runs) and time.time() < deadline:
+        time.sleep(0.2)
+    workers = [int((r / ".lock").read_text()) for r in runs]
+    stopped_at = time.time()
+    driver.send_signal(how)
+    driver.communicate(timeout=120)
+
+    def alive(pid: int) -> bool:
+        try:
+            return Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[0] != "Z"
+        except FileNotFoundError:
+            return False
+
+    while any(alive(pid) for pid in workers) and time.time() < stopped_at + 120:
+        time.sleep(0.2)
+    assert not any(alive(pid) for pid in workers), "a worker outlived its driver"
+    for run in runs:  # each stopped through the SIGTERM path: saved last.ckpt at a step boundary, then exited
+        assert "pre-empted (SIGTERM) at step" in (run / "train.log").read_text(), run
+        assert (run / "checkpoints" / "last.ckpt").is_file() and not (run / "ablate.json").exists()
+
+
+@pytest.mark.slow
 def test_a_killed_worker_is_reported_and_resumed(tiny_corpus, tmp_path):
     path = write_sweep(tmp_path, tiny_corpus, {"softmax": {}, "gelu": {"model.ffn": "gelu"}}, steps=120,
                        jobs=2, seeds=[0])
