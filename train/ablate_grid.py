@@ -3,8 +3,10 @@ chosen on the *selection* split only (train/ablate_eval.py):
 
     lr*(v) = argmin_lr  mean_seeds  selection_loss(v, lr, seed)      (a halted or NaN run counts as +inf)
 
-Ties go to the smaller learning rate. The table compares the variants each at its lr*, on the *test* split, which
-played no part in the choice. `lr_grid.csv` holds the whole grid: variant, lr, seeds, selection and test loss
+(mean over `lr_seeds` when the sweep names them). Ties go to the smaller learning rate. A choice at either end
+of the grid is flagged under the table (`edge_warnings`): that variant's best may lie outside the grid, so its
+comparison is not yet at its own best. The table compares the variants each at its lr*, on the *test* split,
+which played no part in the choice. `lr_grid.csv` holds the whole grid: variant, lr, seeds, selection and test loss
 (mean and sample std over seeds) and whether it was chosen.
 """
 
@@ -28,6 +30,19 @@ def choose_lrs(grid) -> dict[str, float]:
         scores = {lr: _mean([r.selection_loss for r in grid if r.variant == variant and r.lr == lr]) for lr in lrs}
         chosen[variant] = min(lrs, key=lambda lr: scores[lr])  # min keeps the first (smallest) of equal scores
     return chosen
+
+
+def edge_warnings(chosen: dict[str, float], lrs: list[float]) -> list[str]:
+    """One line per end of the grid that some variant's choice sits on (none for a grid of one lr)."""
+    if len(set(lrs)) < 2:
+        return []
+    out = []
+    for end, word, advice in ((max(lrs), "largest", "larger"), (min(lrs), "smallest", "smaller")):
+        names = [v for v, lr in chosen.items() if lr == end]
+        if names:
+            out.append(f"{', '.join(names)} chose the {word} learning rate of the grid ({end:g}): "
+                       f"its best may lie outside it; add a {advice} one to `lrs`")
+    return out
 
 
 def _std(values: list[float]) -> float:

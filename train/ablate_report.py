@@ -208,7 +208,13 @@ def write_results(sweep_dir: Path, sweep: dict, results: list[RunResult], grid: 
            "(lr_grid.csv)") if sweep.get("lrs") else ""
     title = (f"### Ablation `{sweep['name']}` (base `{sweep['base']}`, seeds {seeds}, match: "
              f"{sweep.get('match') or 'none'}{lrs}; test loss/bpb: mean ± std over seeds on the test split)")
-    text = markdown(rows, title, table_notes(results, rows))
+    notes = table_notes(results, rows)
+    if grid:
+        from train.ablate_grid import edge_warnings
+
+        chosen = {r.variant: r.lr for r in results}
+        notes += [f"**Warning:** {w}." for w in edge_warnings(chosen, [float(lr) for lr in sweep["lrs"]])]
+    text = markdown(rows, title, notes)
     (sweep_dir / "results.md").write_text(text)
     name = sweep["name"]
     plot_curves(results, sweep_dir / "val_loss.png", f"ablation: {name} (mean over seeds, min-max band)")

@@ -20,7 +20,7 @@ from conftest import tiny_train_overrides
 
 import train.ablate_eval
 from train.ablate import main
-from train.ablate_grid import choose_lrs
+from train.ablate_grid import choose_lrs, edge_warnings
 from train.ablate_report import RunResult
 
 REPO = Path(__file__).resolve().parents[2]
@@ -64,6 +64,15 @@ def test_choice_follows_the_selection_split_even_when_the_test_split_disagrees()
     assert choose_lrs(grid) == {"a": 3e-3, "b": 1e-3}
 
 
+def test_a_choice_at_the_edge_of_the_grid_is_flagged():
+    lines = edge_warnings({"a": 1e-2, "b": 3e-3, "c": 1e-2, "d": 1e-3}, [1e-3, 3e-3, 1e-2])
+    assert lines == ["a, c chose the largest learning rate of the grid (0.01): its best may lie outside it; add a "
+                     "larger one to `lrs`",
+                     "d chose the smallest learning rate of the grid (0.001): its best may lie outside it; add a "
+                     "smaller one to `lrs`"]
+    assert edge_warnings({"b": 3e-3}, [1e-3, 3e-3, 1e-2]) == [] and edge_warnings({"a": 1e-3}, [1e-3]) == []
+
+
 def test_lr_grid_is_chosen_without_reading_the_test_split(tiny_corpus, tmp_path, monkeypatch):
     variants = {"softmax": {}, "gelu": {"model.ffn": "gelu"}}
     path = write_sweep(tmp_path, tiny_corpus, variants, lrs=[1e-3, 3e-2])
@@ -79,6 +88,7 @@ def test_lr_grid_is_chosen_without_reading_the_test_split(tiny_corpus, tmp_path,
         assert best["chosen"] == "True"
         assert next(r for r in table if r["variant"] == variant)["lr"] == best["lr"]
     assert (sweep_dir / "lr_grid.png").stat().st_size > 0 and "| lr |" in (sweep_dir / "results.md").read_text()
+    assert "learning rate of the grid" in (sweep_dir / "results.md").read_text()  # 2 lrs: every choice is an edge
     run = RunResult.read("softmax", 0, sweep_dir / "softmax-lr0.001-s0", "", 1e-3)  # the compute plots' x values
     assert run.tokens_per_step == 4 * 32 and list(run.curve) == [1, 3]
     assert 0 < run.elapsed[1] < run.elapsed[3] and run.flops_per_token > 0
