@@ -9,6 +9,7 @@ own LightningModule and DataModule, so no stage copies the loop.
 
 from __future__ import annotations
 
+import importlib
 import os
 from dataclasses import asdict
 from pathlib import Path
@@ -156,6 +157,15 @@ def _train(cfg: Config, trainer: L.Trainer, module, datamodule, run_dir: Path, c
         write_metrics_and_plot(run_dir, module.plots())
 
 
+def component_callbacks(cfg: Config, run_dir: Path) -> list:
+    """The Lightning callbacks the model's components declare (`training_callbacks`, dotted paths)."""
+    out = []
+    for path in dict.fromkeys(p for c in cfg.model.components() for p in c.training_callbacks):
+        module, name = path.rsplit(".", 1)
+        out.append(getattr(importlib.import_module(module), name)(run_dir, cfg.train.log_every))
+    return out
+
+
 def pretrain(cfg: Config, callbacks: list = ()) -> Path:
     L.seed_everything(cfg.train.seed, workers=True, verbose=False)
     check_run_name(cfg.train.name or "run")  # before the data is read: a bad name costs nothing
@@ -166,7 +176,7 @@ def pretrain(cfg: Config, callbacks: list = ()) -> Path:
                                   t.val_batches, cfg.data.num_workers)
     module = LanguageModel(cfg, token_byte_lengths(tokenizer))
     samples = SampleStories(run_dir, tokenizer, t.num_samples, t.sample_tokens)
-    callbacks = [*callbacks, *(cb for c in cfg.model.components() for cb in c.training_callbacks(run_dir, t.log_every))]
+    callbacks = [*callbacks, *component_callbacks(cfg, run_dir)]
     trainer = fit(cfg, module, datamodule, run_dir, tokenizer, [samples, *callbacks])
     if trainer.is_global_zero:
         metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val/")}

@@ -88,6 +88,7 @@ GROUPED = {SwiGLU: ("gate_proj", "up_proj", "down_proj"), GELUFFN: ("up_proj", "
 
 
 class MoE(FFN):
+    training_callbacks = ("train.moe_stats.ExpertShare",)  # logs and plots each expert's share of tokens
     section = MoEConfig
     width_knob = "d_ff"  # each expert's hidden width
 
@@ -125,12 +126,6 @@ class MoE(FFN):
     def residual_projections(self) -> list[nn.Linear]:
         experts = [*self.experts, *([self.shared_expert] if self.shared_expert is not None else [])]
         return [p for e in experts for p in e.residual_projections()]
-
-    @staticmethod
-    def training_callbacks(run_dir, log_every: int) -> list:
-        from train.moe_stats import ExpertShare  # here: model/ does not import the training stack
-
-        return [ExpertShare(run_dir, log_every)]
 
     @staticmethod
     def hidden_width(cfg) -> int:

@@ -26,3 +26,20 @@ def test_moe_run_logs_expert_shares(tiny_corpus, tmp_path):
         for i in range(2):
             assert sum(float(row[f"moe/layer{i}/expert{j}"]) for j in range(4)) == pytest.approx(1.0, abs=1e-5)
 
+
+
+def test_declared_training_callbacks_resolve_to_lightning_callbacks(tmp_path):
+    """Every component's `training_callbacks` names an importable Callback built from (run_dir, log_every), and a
+    run adds them only when a layer uses the component."""
+    import lightning as L
+
+    from model.ffn import FFNS
+    from model.mixers import MIXERS
+    from train.run import component_callbacks
+
+    declared = [cls for registry in (MIXERS, FFNS) for cls in registry.values() if cls.training_callbacks]
+    assert declared, "no component declares a callback: this test checks nothing"
+    moe = load_config(None, {"model": {"ffn": "moe"}})
+    assert [type(cb).__name__ for cb in component_callbacks(moe, tmp_path)] == ["ExpertShare"]
+    assert all(isinstance(cb, L.Callback) for cb in component_callbacks(moe, tmp_path))
+    assert component_callbacks(load_config(None, {"model": {"ffn": "swiglu"}}), tmp_path) == []
