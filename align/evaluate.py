@@ -1,7 +1,7 @@
 """`python -m align.evaluate base=runs/demo sft=runs/lora dpo=runs/dpo grpo=runs/grpo [--n 100] [--out FILE.md]`
 
 Mean reward on held-out prompts for several runs side by side, as a Markdown table. Each run is
-`name=path[,adapter=DIR]`: a plain run, a LoRA run directory (adapter on its base, train/adapter.py) or a base
+`name=path[,adapter=DIR]`: a plain run, a LoRA run directory (adapter on its base, train/rundir/adapter.py) or a base
 run plus an adapter. Runs given under the same name (e.g. two seeds, `dpo=runs/dpo dpo=runs/dpo-1`) form one
 row showing mean ± std over them.
 
@@ -114,7 +114,7 @@ def main(argv: list[str] | None = None) -> None:
     from model.lora import merge_lora
     from train.cli import USER_ERRORS
     from train.config import load_config
-    from train.load import load_run, pick_device
+    from train.rundir.load import load_run, pick_device
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("runs", nargs="+", help="name=path[,adapter=DIR]; a repeated name averages its runs")

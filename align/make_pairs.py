@@ -145,7 +145,7 @@ def main(argv: list[str] | None = None) -> None:
     from model.lora import merge_lora
     from train.cli import USER_ERRORS
     from train.config import load_config
-    from train.load import load_run
+    from train.rundir.load import load_run
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--run", required=True, help="the SFT run (plain or LoRA run directory)")

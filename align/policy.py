@@ -1,7 +1,7 @@
 """What DPO and GRPO share: the config, the starting policy, its reference model and the run directory.
 
 Alignment starts from a fine-tuned (SFT) run, `finetune.base`: a plain run directory or a LoRA run directory
-(adapter on a base, train/adapter.py). The reference model pi_ref is that SFT model, frozen:
+(adapter on a base, train/rundir/adapter.py). The reference model pi_ref is that SFT model, frozen:
 
     finetune.method=lora  the SFT adapter (if any) is merged into its base, W_sft = W + s B_sft A_sft, and a new
                           adapter trains on top: pi_theta = W_sft + s B A.  pi_ref is the same model with the
@@ -12,7 +12,7 @@ Alignment starts from a fine-tuned (SFT) run, `finetune.base`: a plain run direc
     finetune.method=full  every parameter trains; pi_ref is a frozen copy (2x the weights in memory); the run
                           directory is a plain one (model.safetensors).
 
-Either way `train.load.load_run(run)`, `align.evaluate` and `train.generate` read the result.
+Either way `train.rundir.load.load_run(run)`, `align.evaluate` and `train.generate` read the result.
 """
 
 from __future__ import annotations
@@ -26,9 +26,9 @@ from finetune.config import _read_yaml, adapt, finetune_config
 from finetune.merge import merge_run
 from finetune.sft import LoRALanguageModel
 from model.lora import LoRAConfig, adapters_disabled, merge_lora
-from train.adapter import resolve
+from train.rundir.adapter import resolve
 from train.config import Config, merge, parse_overrides
-from train.load import load_run
+from train.rundir.load import load_run
 
 REFERENCE_DIR = "reference"
 

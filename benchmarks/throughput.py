@@ -9,7 +9,7 @@ step on a fixed batch x (B, T) -> logits (B, T, V). Shapes follow llama2.c: 15m 
 d512 L8 H8 T1024, 110m = d768 L12 H12 T1024 (names at llama2.c's vocab 32000; at the default 8192 they hold
 8.3M / 29.5M / 91.2M parameters); SwiGLU hidden from `ModelConfig.ffn_hidden`, tied head. `--shape custom`
 takes --d_model/--n_layers/--n_heads (T 256 unless --seq). On a shared CPU, --threads 1 is steadier.
-HF is built by `train.export_hf.llama_config` (attn_implementation="sdpa") and loaded with
+HF is built by `train.interop.export_hf.llama_config` (attn_implementation="sdpa") and loaded with
 `to_hf_state_dict`, so both start from the same weights (the step-1 losses are reported as a check).
 Steps alternate ours, HF, ours, HF, ... so machine noise hits both alike; warm-up rounds are not timed.
 
@@ -53,7 +53,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script 
 from model.config import ModelConfig  # noqa: E402
 from model.transformer import Transformer  # noqa: E402
 from train.callbacks import peak_flops  # noqa: E402
-from train.export_hf import llama_config, to_hf_state_dict  # noqa: E402
+from train.interop.export_hf import llama_config, to_hf_state_dict  # noqa: E402
 
 SHAPES = {"15m": (288, 6, 6, 256), "42m": (512, 8, 8, 1024), "110m": (768, 12, 12, 1024)}  # d, L, H, T
 

@@ -2,7 +2,7 @@
 
 Byte-level: text is first mapped to bytes, so every string is encodable and decode(encode(s)) == s.
 `<|endoftext|>` is a special token (id 0), never split, that ends every story. A run imported from Hugging Face
-(train/import_hf.py) keeps its own tokenizer and end-of-text token (data.eos_token): `eot_id` is the run's.
+(train/interop/import_hf.py) keeps its own tokenizer and end-of-text token (data.eos_token): `eot_id` is the run's.
 """
 
 from __future__ import annotations
@@ -59,7 +59,7 @@ def eot_id(tokenizer: Tokenizer) -> int:
     idx = tokenizer.token_to_id(eot_token(tokenizer))
     if idx is None:
         raise DataError(f"the tokenizer has no end-of-text token {eot_token(tokenizer)!r}; load it with its run "
-                        "(train.load.load_run), which records the run's data.eos_token")
+                        "(train.rundir.load.load_run), which records the run's data.eos_token")
     return idx
 
 

@@ -139,7 +139,7 @@ def write_report(out_dir: str | Path, results: dict[str, dict]) -> str:
 def models_to_compare(run: str | Path, adapter: str | Path | None) -> dict[str, tuple[Path, Path | None]]:
     """name -> (weights run directory, adapter or None): a fine-tuned model is compared with its base."""
     from finetune.config import read_run_config
-    from train.adapter import resolve
+    from train.rundir.adapter import resolve
 
     weights_dir, adapter_dir = resolve(run, adapter)
     if adapter_dir is not None:
@@ -155,7 +155,7 @@ def main(argv: list[str] | None = None) -> None:
     from data.tokenizer import load_tokenizer
     from train.cli import USER_ERRORS
     from train.config import load_config
-    from train.load import load_run, pick_device
+    from train.rundir.load import load_run, pick_device
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--run", required=True, help="a run directory (plain, full fine-tune, or LoRA)")

@@ -5,7 +5,7 @@ Folds a LoRA adapter into the base weights, W' = W + (alpha / r) B A for every a
 
     DIR/config.yaml  DIR/tokenizer.json  DIR/model.safetensors
 
-that `python -m train.generate --run DIR` samples from and `python -m train.export_hf` exports.
+that `python -m train.generate --run DIR` samples from and `python -m train.interop.export_hf` exports.
 """
 
 from __future__ import annotations
@@ -17,12 +17,12 @@ from pathlib import Path
 from data.tokens import content_hash
 from finetune.config import read_run_config
 from model.lora import merge_lora
-from train.adapter import resolve
+from train.rundir.adapter import resolve
 from train.cli import USER_ERRORS
 from train.config import save_config
-from train.load import load_run
-from train.rundir import check_out_dir
-from train.weights import CheckpointError, save_weights
+from train.rundir.load import load_run
+from train.rundir.paths import check_out_dir
+from train.rundir.weights import CheckpointError, save_weights
 
 
 def merge_run(run: str | Path, out: str | Path, adapter: str | Path | None = None) -> Path:

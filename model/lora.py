@@ -1,5 +1,5 @@
 """Low-rank adapters on frozen linear layers (`finetune.method=lora`), a model component: training stages
-(finetune/, align/) apply them, and loading a run (train/load.py, train/adapter.py) rebuilds them.
+(finetune/, align/) apply them, and loading a run (train/rundir/load.py, train/rundir/adapter.py) rebuilds them.
 
 Hu et al. 2021, "LoRA: Low-Rank Adaptation of Large Language Models" (arXiv:2106.09685): a frozen weight
 W (out, in) is adapted by a rank-r product; only A and B train.
@@ -10,7 +10,7 @@ Shapes: x (..., in) -> x A^T (..., r) -> y (..., out). B = 0 makes the adapted m
 step 0. rsLoRA (Kalajdzievski 2023, arXiv:2312.03732) uses s = alpha / sqrt(r), which keeps the update's
 scale stable as r grows. Merging folds the update into the weight, W' = W + s B A, so inference costs
 nothing extra. Module and state-dict names follow PEFT (`q_proj.base_layer.weight`, `q_proj.lora_A.weight`,
-`q_proj.lora_B.weight`), so `train/adapter.py` can write adapters that PEFT reads.
+`q_proj.lora_B.weight`), so `train/rundir/adapter.py` can write adapters that PEFT reads.
 """
 
 from __future__ import annotations

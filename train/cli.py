@@ -13,7 +13,7 @@ from contextlib import contextmanager
 from data.corpus import DataError
 from train.config import Config, ConfigError, load_config
 from train.distributed import launch_rank
-from train.weights import CheckpointError
+from train.rundir.weights import CheckpointError
 
 USER_ERRORS = (ConfigError, DataError, CheckpointError)
 

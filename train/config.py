@@ -43,7 +43,7 @@ class DataConfig(Options):
     cache_dir: str = ".cache/tokens"  # tokenizers and token files, keyed by a hash of data + tokenizer
     num_workers: int = option(0, min=0)  # DataLoader workers (blocks are in memory; 0 is usually fastest)
     eos_token: str = EOT  # the tokenizer's end-of-text token: ends examples, pads, stops generation (an imported
-    # model's own, train/import_hf.py; a pretraining run's tokenizer has only <|endoftext|>)
+    # model's own, train/interop/import_hf.py; a pretraining run's tokenizer has only <|endoftext|>)
 
 
 @dataclass

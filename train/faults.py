@@ -1,7 +1,7 @@
 """Surviving faults: pre-emption (SIGTERM) and the messages that say how to go on.
 
 - A kill at any moment (SIGKILL, power loss) loses at most the steps since the last checkpoint: checkpoints
-  are written atomically (`train/checkpoint.py`) and `train.resume=auto` takes the newest complete one.
+  are written atomically (`train/rundir/checkpoint.py`) and `train.resume=auto` takes the newest complete one.
 - SIGTERM (a scheduler's pre-emption, `kill PID`, `scancel`): `PreemptionCheckpoint` notes the signal, and at
   the next optimizer-step boundary every rank agrees to stop (an any-reduce of the flag, so a signal that
   reached only rank 0 stops all ranks at the same step), `checkpoints/last.ckpt` is written, and the run ends

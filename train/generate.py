@@ -12,7 +12,7 @@ import torch
 
 from data.tokenizer import eot_id
 from train.cli import user_errors_exit_2
-from train.load import load_run, pick_device
+from train.rundir.load import load_run, pick_device
 
 
 def sample_stories(model, tokenizer, prompt: str, num_samples: int = 1, max_new_tokens: int = 200,

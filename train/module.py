@@ -41,7 +41,7 @@ from train.faults import last_good_checkpoint
 from train.loss import chunked_cross_entropy
 from train.optim import build_optimizer, remember_shapes
 from train.report import LOSS_PLOTS, Plot
-from train.weights import save_weights
+from train.rundir.weights import save_weights
 
 IGNORE = -100
 

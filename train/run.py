@@ -23,13 +23,13 @@ from data.datamodule import PackedDataModule
 from data.tokenizer import token_byte_lengths
 from data.tokens import content_hash, prepare_tokens
 from train.callbacks import SampleStories, SaveFinalWeights, Throughput
-from train.checkpoint import AtomicCheckpointIO, check_compatible, resolve_resume
+from train.rundir.checkpoint import AtomicCheckpointIO, check_compatible, resolve_resume
 from train.config import Config, ConfigError, save_config
 from train.distributed import build_strategy, shared_run_dir
 from train.faults import Preempted, PreemptionCheckpoint, preempted_step, preemption_message
 from train.module import LanguageModel
 from train.report import write_metrics_and_plot
-from train.rundir import check_run_name, lock_run_dir, remove_stale_tmp, unlock_run_dir
+from train.rundir.paths import check_run_name, lock_run_dir, remove_stale_tmp, unlock_run_dir
 
 
 def make_run_dir(cfg: Config) -> Path:
@@ -104,7 +104,7 @@ def build_trainer(cfg: Config, run_dir: Path, callbacks: list, monitor_val: bool
 def check_inputs(cfg: Config, module: L.LightningModule, run_dir: Path, tok_hash: str) -> Path | None:
     """Everything a run needs, checked before it writes anything -> the checkpoint to resume from (or None).
 
-    The checkpoint is read here with the safe loader (train/checkpoint.py), also for Lightning's FSDP resume,
+    The checkpoint is read here with the safe loader (train/rundir/checkpoint.py), also for Lightning's FSDP resume,
     which unpickles full checkpoints with its own loader."""
     base = getattr(getattr(cfg, "finetune", None), "base", "")  # stages that start from a run (finetune/, align/)
     if base and Path(base).resolve() == run_dir.resolve():

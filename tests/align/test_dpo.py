@@ -18,7 +18,7 @@ from finetune.config import read_run_config
 from model.lora import adapters_disabled, lora_parameters, merge_lora
 from train.cli import run_cli
 from train.generate import main as generate_main
-from train.load import load_run
+from train.rundir.load import load_run
 from train.report import read_metrics
 
 METRICS = ["rewards/chosen", "rewards/rejected", "rewards/margins", "rewards/accuracies", "logps/chosen",

@@ -17,7 +17,7 @@ from align.grpo import GRPOModel, PromptBatches, length_chunks, main, train_grpo
 from align.policy import REFERENCE_DIR, align_config
 from model.lora import adapters_disabled, lora_parameters, merge_lora
 from train.cli import run_cli
-from train.load import load_run
+from train.rundir.load import load_run
 from train.report import moving_average, read_metrics
 
 G, P = 4, 2

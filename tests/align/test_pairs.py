@@ -22,7 +22,7 @@ from data.corpus import DataError
 from data.instruct import parse_header
 from data.sft import instruct_examples
 from data.words import word_forms
-from train.load import load_run
+from train.rundir.load import load_run
 
 WEIGHTS = {"word_inclusion": 2.0, "dialogue": 0.5, "finished": 0.25}
 

@@ -8,7 +8,7 @@ from conftest import tiny_finetune_values
 from safetensors.torch import load_file
 
 from align.policy import PolicyModel, align_config, start_policy
-from train.adapter import ADAPTER_DIR
+from train.rundir.adapter import ADAPTER_DIR
 
 
 def test_save_final_weights_writes_the_gathered_state(tiny_corpus, tiny_sft_run, tmp_path):

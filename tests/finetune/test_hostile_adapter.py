@@ -1,6 +1,6 @@
 """Run and adapter folders from someone else: every way they can be broken or mismatched is refused in one line
 (exit 2) before memory is spent, none hangs, and every run directory the stack writes can be sampled from
-(train/load.py, train/adapter.py)."""
+(train/rundir/load.py, train/rundir/adapter.py)."""
 
 from __future__ import annotations
 
@@ -22,7 +22,7 @@ from model.transformer import Transformer
 from train.config import ConfigError, load_config, save_config
 from train.generate import main as generate_main
 from train.run import pretrain
-from train.weights import CheckpointError, save_weights
+from train.rundir.weights import CheckpointError, save_weights
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -1,4 +1,4 @@
-"""LoRA layers, targeting, merging and PEFT-format adapters (model/lora.py, train/adapter.py)."""
+"""LoRA layers, targeting, merging and PEFT-format adapters (model/lora.py, train/rundir/adapter.py)."""
 
 from __future__ import annotations
 
@@ -24,7 +24,7 @@ from model.lora import (
     merge_lora,
 )
 from model.transformer import Transformer
-from train.adapter import CONFIG_NAME, WEIGHTS_NAME, load_adapter, save_adapter
+from train.rundir.adapter import CONFIG_NAME, WEIGHTS_NAME, load_adapter, save_adapter
 
 ATTN = ("q_proj", "k_proj", "v_proj", "o_proj")
 FFN = ("gate_proj", "up_proj", "down_proj")

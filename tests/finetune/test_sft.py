@@ -25,7 +25,7 @@ from model.lora import lora_parameters
 from train.cli import run_cli
 from train.config import load_config
 from train.generate import main as generate_main
-from train.load import load_run
+from train.rundir.load import load_run
 from train.run import pretrain
 
 

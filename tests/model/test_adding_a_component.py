@@ -29,7 +29,7 @@ from train.config import load_config
 from train.estimate import layer_bytes
 from train.optimizers import OPTIMIZERS
 from train.optimizers.recipe import OptimizerRecipe
-from train.param_match import count_params, match_params
+from train.ablate.param_match import count_params, match_params
 
 WIDTH = 4  # taps of the toy mixer
 
@@ -180,7 +180,7 @@ def test_toy_components_in_the_estimate_and_flops(toys, mixer, ffn):
 
 
 def test_toy_components_train_match_and_ablate(toys, tiny_corpus, tmp_path):
-    from train.ablate import main as ablate
+    from train.ablate.sweep import main as ablate
     from train.run import pretrain
 
     values = tiny_train_overrides(tiny_corpus, tmp_path, **{"model.mixer": "shift", "model.ffn": "sqrelu",

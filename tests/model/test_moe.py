@@ -304,7 +304,7 @@ def test_route_bias_is_checkpoint_state():
 def test_resumed_run_continues_the_bias_exactly(tiny_corpus, tmp_path):
     from conftest import stop_at, tiny_train_overrides
 
-    from train.checkpoint import read_checkpoint
+    from train.rundir.checkpoint import read_checkpoint
     from train.config import load_config
     from train.run import pretrain
 
@@ -327,7 +327,7 @@ def test_resumed_run_continues_the_bias_exactly(tiny_corpus, tmp_path):
     assert got.keys() == expected.keys()
     for key in expected:
         torch.testing.assert_close(got[key], expected[key], rtol=0, atol=1e-7)
-    from train.load import load_run
+    from train.rundir.load import load_run
 
     _, _, model = load_run(resumed)  # the final weights carry the bias too
     torch.testing.assert_close(model.layers[0].ffn.route_bias, expected["model.layers.0.ffn.route_bias"])

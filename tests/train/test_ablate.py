@@ -12,9 +12,9 @@ import yaml
 from conftest import tiny_train_overrides
 
 import train.run
-from train.ablate import build_configs, load_sweep, main
+from train.ablate.sweep import build_configs, load_sweep, main
 from train.module import TrainingHalted
-from train.param_match import count_params, match_params
+from train.ablate.param_match import count_params, match_params
 
 
 def write_sweep(tmp_path: Path, corpus: Path, variants: dict, **top) -> Path:
@@ -98,7 +98,7 @@ def test_bad_variant_exits_2_before_training(tiny_corpus, tmp_path, capsys, vari
 def test_match_flops_equalises_training_flops_per_token(tiny_corpus, tmp_path):
     """Matching by compute: FLOPs per token (6 N + each mixer's own term) land within 2% of the reference's,
     and they differ from matching by parameters (softmax's attention FLOPs grow with T, Mamba's scan does not)."""
-    from train.param_match import count_flops
+    from train.ablate.param_match import count_flops
 
     variants = {"softmax": {"model.mixer": "softmax"}, "mamba": {"model.mixer": "mamba", "model.ffn": "none"},
                 "linear": {"model.mixer": "linear"}}

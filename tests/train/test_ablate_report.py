@@ -12,8 +12,8 @@ import math
 
 import pytest
 
-from train.ablate_report import STATS, RunResult, aggregate, markdown, table_notes, write_results
-from train.ablate_stats import paired
+from train.ablate.report import STATS, RunResult, aggregate, markdown, table_notes, write_results
+from train.ablate.stats import paired
 
 REF = [3.00, 3.10, 2.90]  # reference val loss on seeds 0, 1, 2 (std over seeds: 0.1)
 LOSSES = {"ref": REF,

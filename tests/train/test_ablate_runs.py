@@ -18,10 +18,10 @@ import pytest
 import yaml
 from conftest import tiny_train_overrides
 
-import train.ablate_eval
-from train.ablate import main
-from train.ablate_grid import choose_lrs, edge_warnings
-from train.ablate_report import RunResult
+import train.ablate.splits
+from train.ablate.sweep import main
+from train.ablate.grid import choose_lrs, edge_warnings
+from train.ablate.report import RunResult
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -94,14 +94,14 @@ def test_lr_grid_is_chosen_without_reading_the_test_split(tiny_corpus, tmp_path,
     assert 0 < run.elapsed[1] < run.elapsed[3] and run.flops_per_token > 0
 
     # poison the test half of the validation text and score the finished runs again
-    real = train.ablate_eval.split_tokens
+    real = train.ablate.splits.split_tokens
 
     def poisoned(tokens, eot):
         halves = real(tokens, eot)
         rng = np.random.default_rng(0)
         return {**halves, "test": rng.integers(0, 300, len(halves["test"])).astype(tokens.dtype)}
 
-    monkeypatch.setattr(train.ablate_eval, "split_tokens", poisoned)
+    monkeypatch.setattr(train.ablate.splits, "split_tokens", poisoned)
     before = run_numbers(sweep_dir)
     for info_file in sweep_dir.glob("*/ablate.json"):
         info = json.loads(info_file.read_text())
@@ -150,7 +150,7 @@ def test_bad_lr_seeds_exit_2(tiny_corpus, tmp_path, capsys, top, message):
 
 def test_selection_and_test_splits_deal_the_stories_alternately():
     eot, tokens = 0, np.array([5, 6, 0, 7, 0, 8, 9, 10, 0, 11, 0, 12])  # stories: 5 6 | 7 | 8 9 10 | 11 | 12
-    halves = train.ablate_eval.split_tokens(tokens, eot)
+    halves = train.ablate.splits.split_tokens(tokens, eot)
     assert halves["selection"].tolist() == [5, 6, 0, 8, 9, 10, 0, 12]
     assert halves["test"].tolist() == [7, 0, 11, 0]
 

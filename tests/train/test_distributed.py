@@ -164,7 +164,7 @@ def test_strategy_choices():
 def test_fsdp_saves_full_weights_and_checkpoints(tiny_corpus, tmp_path):
     from lightning.pytorch.strategies import FSDPStrategy
 
-    from train.load import load_run
+    from train.rundir.load import load_run
 
     assert isinstance(build_strategy("fsdp", "gpu"), FSDPStrategy)
     run_dir = pretrain(load_config(None, tiny_train_overrides(tiny_corpus, tmp_path, **{

@@ -1,4 +1,4 @@
-"""GGUF export (train/export_gguf.py): read back with gguf's own GGUFReader, and run by llama.cpp where it is here.
+"""GGUF export (train/interop/export_gguf.py): read back with gguf's own GGUFReader, and run by llama.cpp where it is here.
 
 - RoPE: llama.cpp's adjacent-pair rotation of the permuted projections gives our rotate-half attention scores.
 - The file: every llama.cpp tensor name, shape and value (the q/k permutation inverted by an index formula written
@@ -25,9 +25,9 @@ from model.lora import merge_lora  # noqa: E402
 from model.positions import RotaryPosition  # noqa: E402
 from model.transformer import Transformer  # noqa: E402
 from train.config import Config, save_config  # noqa: E402
-from train.export_gguf import main, rope_permute, rope_unpermute  # noqa: E402
-from train.load import load_run  # noqa: E402
-from train.weights import save_weights  # noqa: E402
+from train.interop.export_gguf import main, rope_permute, rope_unpermute  # noqa: E402
+from train.rundir.load import load_run  # noqa: E402
+from train.rundir.weights import save_weights  # noqa: E402
 
 SENTENCES = ["Once upon a time, there was a little girl named Lily.", "Tom had a big red ball. He was happy.",
              'One day, Sue said, "Can I play with your kite?"', "They played all day. The end. 123 don't"] * 4

@@ -2,7 +2,7 @@
 
 Parity: our Transformer and `LlamaForCausalLM(llama_config(cfg))` with `to_hf_state_dict` weights give the
 same fp32 logits (tied and untied head, GQA and MHA, eager and SDPA attention). End to end: a run directory
-exported by `python -m train.export_hf` loads with `from_pretrained` / `AutoTokenizer` and matches us;
+exported by `python -m train.interop.export_hf` loads with `from_pretrained` / `AutoTokenizer` and matches us;
 a non-Llama config exits with code 2 and names the field.
 """
 
@@ -19,8 +19,8 @@ from data.tokenizer import train_tokenizer  # noqa: E402
 from model.config import ModelConfig  # noqa: E402
 from model.transformer import Transformer  # noqa: E402
 from train.config import Config, save_config  # noqa: E402
-from train.export_hf import llama_config, main, to_hf_state_dict  # noqa: E402
-from train.weights import save_weights  # noqa: E402
+from train.interop.export_hf import llama_config, main, to_hf_state_dict  # noqa: E402
+from train.rundir.weights import save_weights  # noqa: E402
 
 SENTENCES = ["Once upon a time, there was a little girl named Lily.", "Tom had a big red ball. He was happy.",
              'One day, Sue said, "Can I play with your kite?"', "They played all day. The end."] * 4

@@ -22,12 +22,12 @@ from conftest import tiny_train_overrides
 from test_pretrain import train_losses
 from train_script import as_argv
 
-from train.checkpoint import AtomicCheckpointIO, check_compatible, newest_checkpoint, read_checkpoint, resolve_resume
+from train.rundir.checkpoint import AtomicCheckpointIO, check_compatible, newest_checkpoint, read_checkpoint, resolve_resume
 from train.cli import run_cli
 from train.config import load_config
 from train.module import LanguageModel
 from train.run import pretrain
-from train.weights import CheckpointError
+from train.rundir.weights import CheckpointError
 
 ROOT = Path(__file__).resolve().parents[2]
 SCRIPT = Path(__file__).with_name("train_script.py")

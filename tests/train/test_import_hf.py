@@ -22,10 +22,10 @@ from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM  # noqa
 
 from data.tokenizer import eot_id  # noqa: E402
 from data.tokens import content_hash  # noqa: E402
-from train.export_hf import main as export_main  # noqa: E402
-from train.import_hf import main as import_main  # noqa: E402
-from train.load import load_run  # noqa: E402
-from train.weights import TOKENIZER_HASH, read_metadata  # noqa: E402
+from train.interop.export_hf import main as export_main  # noqa: E402
+from train.interop.import_hf import main as import_main  # noqa: E402
+from train.rundir.load import load_run  # noqa: E402
+from train.rundir.weights import TOKENIZER_HASH, read_metadata  # noqa: E402
 
 
 class Payload:

@@ -1,5 +1,5 @@
-"""lm-evaluation-harness on this stack's own models (train/lm_eval_model.py, train/evaluate.py) and the offline
-`tinystories_next` task (train/lm_eval_tasks/), for a softmax and a Mamba run directory (and a hybrid).
+"""lm-evaluation-harness on this stack's own models (train/evals/lm_eval_model.py, train/evals/evaluate.py) and the offline
+`tinystories_next` task (train/evals/tasks/), for a softmax and a Mamba run directory (and a hybrid).
 
 Every number is checked against a computation that does not go through the wrapper: loglikelihood against one
 direct forward pass, loglikelihood_rolling against lm_eval's own window function with a forward pass per window,
@@ -31,10 +31,10 @@ from model.config import ModelConfig  # noqa: E402
 from model.mixers.mamba import MambaConfig  # noqa: E402
 from model.transformer import Transformer  # noqa: E402
 from train.config import Config, save_config  # noqa: E402
-from train.evaluate import TASKS_DIR, main  # noqa: E402
+from train.evals.evaluate import TASKS_DIR, main  # noqa: E402
 from train.generate import sample_stories  # noqa: E402
-from train.lm_eval_model import TinystackLM, score_windows  # noqa: E402
-from train.weights import save_weights  # noqa: E402
+from train.evals.lm_eval_model import TinystackLM, score_windows  # noqa: E402
+from train.rundir.weights import save_weights  # noqa: E402
 
 L = 32  # max_seq_len of the tiny runs: the texts below are longer
 MIXERS = {"softmax": "softmax", "mamba": "mamba", "hybrid": ["mamba", "softmax"]}

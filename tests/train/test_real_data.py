@@ -13,7 +13,7 @@ from data.corpus import load_stories
 from data.tokenizer import eot_id
 from data.tokens import prepare_tokens
 from train.config import load_config
-from train.load import load_run
+from train.rundir.load import load_run
 from train.run import pretrain
 
 

@@ -1,5 +1,5 @@
 """lm-evaluation-harness model `tinystack`: any run directory of this stack (every mixer: softmax, linear, GAU,
-Mamba, hybrids, LoRA runs) behind lm_eval's `LM` interface. `python -m train.evaluate` drives it.
+Mamba, hybrids, LoRA runs) behind lm_eval's `LM` interface. `python -m train.evals.evaluate` drives it.
 
     lm = TinystackLM(run="runs/demo")      # or TinystackLM(model=model, tokenizer=tokenizer)
     lm_eval.simple_evaluate(model=lm, tasks=["tinystories_next"], task_manager=...)
@@ -18,7 +18,7 @@ Requests, with L = the model's max_seq_len (the block length it was trained on):
         every later one predicts the next L - rolling_overlap tokens with the window filled by the tokens before
         them (so even the last, short window has a full context). rolling_overlap=0 is lm_eval's own convention
         (`get_rolling_token_windows(..., context_len=1)`, every token scored once, the same numbers as the
-        `hf` model on a `train.export_hf` export); a larger overlap gives every window's first token more context.
+        `hf` model on a `train.interop.export_hf` export); a larger overlap gives every window's first token more context.
     generate_until(context, gen_kwargs)
         greedy (or sampled, if the task asks for do_sample / temperature > 0) with the model's decode cache:
         one prefill, then one token per step, exactly as train/generate.py; stops at `<|endoftext|>`, at any
@@ -74,14 +74,14 @@ def _int(value, name: str) -> int:
 
 @register_model("tinystack")
 class TinystackLM(LM):
-    """`run`: a run directory (train/load.py `load_run`), or pass `model` and `tokenizer` directly."""
+    """`run`: a run directory (train/rundir/load.py `load_run`), or pass `model` and `tokenizer` directly."""
 
     def __init__(self, run: str | Path | None = None, model=None, tokenizer=None, device: str = "auto",
                  batch_size: int | str = DEFAULT_BATCH, max_seq_len: int | None = None,
                  max_gen_toks: int = DEFAULT_GEN_TOKS, rolling_overlap: int = 0, adapter: str | None = None,
                  seed: int = 0, progress: bool = False, max_batch_size: int | None = None) -> None:
         super().__init__()
-        from train.load import load_run, pick_device
+        from train.rundir.load import load_run, pick_device
 
         if model is None:
             if run is None:

@@ -1,4 +1,4 @@
-"""Reading a Hugging Face Llama checkpoint without trusting it, for train/import_hf.py: its files, names and shapes
+"""Reading a Hugging Face Llama checkpoint without trusting it, for train/interop/import_hf.py: its files, names and shapes
 checked against config.json before a tensor is read, and its tensors under our names (export_hf's KEY_MAP).
 
     model.safetensors, or the shards model.safetensors.index.json names (plain file names in the folder only);
@@ -19,8 +19,8 @@ import torch
 
 from model.transformer import Transformer
 from train.config import Config
-from train.export_hf import KEY_MAP
-from train.weights import CheckpointError, read_shapes
+from train.interop.export_hf import KEY_MAP
+from train.rundir.weights import CheckpointError, read_shapes
 
 DERIVED = re.compile(r"model\.(layers\.\d+\.self_attn\.)?rotary_emb\.inv_freq")  # buffers of older checkpoints
 WEIGHTS = [("safetensors", "model.safetensors"), ("bin", "pytorch_model.bin")]  # preferred first; + .index.json

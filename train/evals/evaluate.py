@@ -1,13 +1,13 @@
-"""`python -m train.evaluate --run runs/<name> --tasks tinystories_next[,t2,...]`: lm-evaluation-harness tasks on
-any run directory of this stack (every mixer; the model class is train/lm_eval_model.py).
+"""`python -m train.evals.evaluate --run runs/<name> --tasks tinystories_next[,t2,...]`: lm-evaluation-harness tasks on
+any run directory of this stack (every mixer; the model class is train/evals/lm_eval_model.py).
 
 Prints a Markdown table of the metrics and writes lm_eval's results as JSON to
 `<run>/lm_eval_<task>+<task>.json` (or --out FILE.json). Options: --limit N (docs per task; a fraction < 1 is
 a share), --batch-size B, --num-fewshot K, --device auto|cpu|cuda, --adapter DIR (LoRA), --max-seq-len N and
---rolling-overlap N (scoring windows, see train/lm_eval_model.py), --data-dir DIR (the local TinyStories copy
+--rolling-overlap N (scoring windows, see train/evals/lm_eval_model.py), --data-dir DIR (the local TinyStories copy
 for this repository's tasks; default $TINYSTORIES_DIR), --seed S.
 
-Tasks: this repository's, in train/lm_eval_tasks/ (`tinystories_next`: offline, built from the held-out stories;
+Tasks: this repository's, in train/evals/tasks/ (`tinystories_next`: offline, built from the held-out stories;
 no network needed), and lm_eval's own (hellaswag, lambada_openai, ...), which download their data from the hub.
 When every task asked for is one of ours, lm_eval's ~15k task configs are not indexed (10 s saved).
 Needs the `eval` extra: pip install -e ".[eval]".
@@ -25,7 +25,7 @@ from pathlib import Path
 from train.cli import USER_ERRORS, user_errors_exit_2
 from train.config import ConfigError
 
-TASKS_DIR = Path(__file__).parent / "lm_eval_tasks"
+TASKS_DIR = Path(__file__).parent / "tasks"
 INSTALL = 'pip install -e ".[eval]"'
 
 
@@ -98,7 +98,7 @@ class _Quiet(logging.Filter):
 def evaluate(args) -> tuple[dict, Path]:
     import lm_eval
 
-    from train.lm_eval_model import TinystackLM
+    from train.evals.lm_eval_model import TinystackLM
 
     run_dir = Path(args.run)
     tasks = task_names(args.tasks)

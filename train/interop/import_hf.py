@@ -1,6 +1,6 @@
-"""`python -m train.import_hf --model DIR --out runs/<name>`: a Hugging Face `LlamaForCausalLM` folder as a run.
+"""`python -m train.interop.import_hf --model DIR --out runs/<name>`: a Hugging Face `LlamaForCausalLM` folder as a run.
 
-The reverse of train/export_hf.py, from its knowledge: tensor names are its `KEY_MAP` read backwards, and the
+The reverse of train/interop/export_hf.py, from its knowledge: tensor names are its `KEY_MAP` read backwards, and the
 model is built from the components that declare themselves Llama's own (`llama_module`, model/component.py)
 and checked with its `check_llama`. The folder comes from someone else, so nothing in it is trusted:
 
@@ -8,7 +8,7 @@ and checked with its `check_llama`. The folder comes from someone else, so nothi
                      not compute (rope scaling, biases, another activation or norm, another architecture) is
                      refused in one line naming the field and its value: a model that imports is computed
                      exactly, never approximately.
-    weights       -> model.safetensors (fp32, our names, the tokenizer's hash in its metadata, train/weights.py).
+    weights       -> model.safetensors (fp32, our names, the tokenizer's hash in its metadata, train/rundir/weights.py).
                      model.safetensors or shards (model.safetensors.index.json); else pytorch_model.bin or its
                      shards, read with torch.load(weights_only=True) only: a pickle that would run code is
                      refused, never run. Names and shapes are checked against config.json first (safetensors:
@@ -19,7 +19,7 @@ and checked with its `check_llama`. The folder comes from someone else, so nothi
                      returns it for this run and the runs made from it (finetune inherits data.eos_token), so
                      generation stops on it and SFT / DPO / GRPO end and pad examples with it.
 
-`--out` is a run directory: its last part is a plain name (train/rundir.py); it may not be, hold or lie inside
+`--out` is a run directory: its last part is a plain name (train/rundir/paths.py); it may not be, hold or lie inside
 the input. An existing non-empty folder is refused; `--force` replaces one that is a run directory not in use
 (never any other folder). Files are written into `.<name>.tmp<PID>` beside it and renamed into place, so a
 refused or failed import leaves nothing. Needs no `transformers`.
@@ -42,11 +42,11 @@ from model.mixers import MIXERS
 from model.positions import POSITIONS
 from train.cli import user_errors_exit_2
 from train.config import Config, ConfigError, DataConfig, load_config, save_config
-from train.export_hf import check_llama
-from train.hf_weights import convert_weights, read_weights, weight_files
-from train.load import check_fits
-from train.rundir import check_run_name, is_run_dir, lock_run_dir, unlock_run_dir
-from train.weights import CheckpointError, read_shapes, save_weights
+from train.interop.export_hf import check_llama
+from train.interop.hf_weights import convert_weights, read_weights, weight_files
+from train.rundir.load import check_fits
+from train.rundir.paths import check_run_name, is_run_dir, lock_run_dir, unlock_run_dir
+from train.rundir.weights import CheckpointError, read_shapes, save_weights
 
 ARCHITECTURE = "LlamaForCausalLM"
 CONFIG_FIELDS = [  # (config.json field, model.* field, kind, default when absent: LlamaConfig's; None = required)

@@ -8,12 +8,12 @@ An ablation file names a base config and the variants to compare; every variant 
     seeds: [0, 1]                      # train.seed of each run: same init and data order for every variant
     match: params                      # optional: params | flops (training FLOPs per token) | none (default)
     lrs: [1.0e-3, 3.0e-3]              # optional: train every variant at each train.lr, choose each one's best
-                                       # on the selection split, report the test split (train/ablate_grid.py)
+                                       # on the selection split, report the test split (train/ablate/grid.py)
     lr_seeds: [0]                      # optional, with lrs: only these seeds train at every lr (the choice
                                        # reads them); the other seeds train at each variant's chosen lr only
     jobs: 2                            # optional: runs at once (default: the CPU cores, or one per GPU)
     threads: 1                         # optional: torch CPU threads per run (default: cores // jobs)
-    launcher: local                    # optional: local | slurm | submitit-local (train/ablate_launch.py)
+    launcher: local                    # optional: local | slurm | submitit-local (train/ablate/launch.py)
     slurm: {partition: gpu, timeout_min: 60}   # optional: submitit executor parameters for launcher: slurm
     variants:                          # name -> overrides; the first variant is the reference
       softmax: {model.mixer: softmax}
@@ -24,24 +24,24 @@ Values merge in this order: base < overrides < command-line overrides < variant 
 train.out_dir = the sweep folder, train.resume = auto). A command-line key that a variant also sets is an error
 (it would erase the difference). Sweep keys can be overridden too: `--seeds=[0] --match=none --jobs=1
 --name=mixer-big`. `match: flops` resizes the same knob to the reference's
-training FLOPs per token instead (train/param_match.py).
+training FLOPs per token instead (train/ablate/param_match.py).
 
 Fair comparison: every variant shares the token budget and the data (train.max_steps, batch_size,
 grad_accum, data.seq_len, data.path, data.max_stories), checked up front. `match: params` resizes one width
 knob per variant so its non-embedding parameter count is within 2% of the reference variant's (the tied
 embedding is the same for all, so the totals match too): the `width_knob` its components declare (`model.d_ff`
 for an FFN, else its mixer's own, e.g. `model.gau.hidden`), replacing any value the variant sets; see
-train/param_match.py.
+train/ablate/param_match.py.
 
 Every variant's config is built and validated (and its parameters matched) before anything trains, so a typo
 fails in a second with exit code 2. Re-running a sweep reuses finished runs and resumes interrupted ones
 whose config.yaml matches (each finished run leaves `ablate.json`: wall time, parameters); a run folder from a
 different config is an error. A run halted by non-finite losses is reported with NaN losses and the sweep
 goes on. SIGTERM stops the sweep after every running run's checkpoint, a killed worker is reported: run the
-same command again to resume (train/ablate_launch.py). Every finished run is scored on two halves of the
-validation text (train/ablate_eval.py): the selection half picks learning rates, the table reports the test
+same command again to resume (train/ablate/launch.py). Every finished run is scored on two halves of the
+validation text (train/ablate/splits.py): the selection half picks learning rates, the table reports the test
 half. Results in the sweep folder: results.csv, results.md (printed at the end), val_loss.png,
-val_loss_vs_compute.png and, with `lrs`, lr_grid.csv and lr_grid.png (train/ablate_report.py).
+val_loss_vs_compute.png and, with `lrs`, lr_grid.csv and lr_grid.png (train/ablate/report.py).
 """
 
 from __future__ import annotations
@@ -55,10 +55,10 @@ from pathlib import Path
 
 import yaml
 
-from train.ablate_launch import LAUNCHERS, Job, default_jobs, launch
+from train.ablate.launch import LAUNCHERS, Job, default_jobs, launch
 from train.cli import parse_args, user_errors_exit_2
 from train.config import Config, ConfigError, load_config, merge, parse_overrides, to_dict
-from train.param_match import MEASURES, get, match_params
+from train.ablate.param_match import MEASURES, get, match_params
 
 SWEEP_KEYS = ("base", "name", "overrides", "seeds", "match", "lrs", "lr_seeds", "jobs", "threads", "launcher", "slurm",
               "variants")
@@ -140,7 +140,7 @@ def _count(value) -> bool:
 
 
 def check_run_keys(sweep: dict) -> None:
-    """lrs, jobs, threads, launcher and slurm: how the runs train (train/ablate_launch.py)."""
+    """lrs, jobs, threads, launcher and slurm: how the runs train (train/ablate/launch.py)."""
     lrs = sweep.get("lrs")
     if lrs is not None and (not isinstance(lrs, list) or not lrs or not all(
             isinstance(lr, (int, float)) and not isinstance(lr, bool) and 0 < lr < 1 for lr in lrs)):
@@ -219,9 +219,9 @@ def check_existing(cfg: Config) -> Path:
 def run_sweep(sweep: dict, configs: Runs, widths: dict[str, str]) -> str:
     """Train the runs, choose each variant's lr on the selection split, write and return the results table.
     With `lr_seeds` the grid trains those seeds only; the other seeds then train at each variant's chosen lr."""
-    from train.ablate_eval import SPLITS
-    from train.ablate_grid import choose_lrs
-    from train.ablate_report import RunResult, write_results
+    from train.ablate.splits import SPLITS
+    from train.ablate.grid import choose_lrs
+    from train.ablate.report import RunResult, write_results
 
     seeds = sweep["seeds"]
     grid_seeds = sweep.get("lr_seeds") or seeds
@@ -293,6 +293,3 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(1)
     print(table)
 
-
-if __name__ == "__main__":
-    main()

@@ -3,7 +3,7 @@
 A tied output head shares the embedding's storage, which safetensors refuses to store twice: it is
 dropped on save and re-tied by the model on load. Loading checks names and shapes, and a mismatch
 names the first differing tensor instead of failing deep inside `load_state_dict`. The check reads only the
-file's header (`read_shapes`), so it can run before a model of the claimed size is allocated (train/load.py).
+file's header (`read_shapes`), so it can run before a model of the claimed size is allocated (train/rundir/load.py).
 """
 
 from __future__ import annotations

@@ -2,7 +2,7 @@
 
 A run lives in `train.out_dir/<train.name>` and nowhere else, so a name is one plain folder name (no `..`, no
 separator, not absolute): anything else could write over files outside the output folder. Output commands
-(`train.export_hf --out`, `finetune.merge --out`) never write into a run directory they read or into any other
+(`train.interop.export_hf --out`, `finetune.merge --out`) never write into a run directory they read or into any other
 run directory, since their files (config.yaml, model.safetensors, tokenizer.json) would replace the run's.
 
 A run directory in use holds `.lock` (the owner's PID) under an exclusive `fcntl.flock`: a second process on the
@@ -20,7 +20,7 @@ import re
 from pathlib import Path
 
 from train.config import ConfigError
-from train.weights import CheckpointError
+from train.rundir.weights import CheckpointError
 
 NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._=+-]*")
 TMP = re.compile(r"\.tmp(\d+)$")

@@ -1,4 +1,4 @@
-"""Paired statistics for ablation tables (`train/ablate_report.py`): each variant against the reference.
+"""Paired statistics for ablation tables (`train/ablate/report.py`): each variant against the reference.
 
 Every variant trains once per seed, and a seed gives every variant the same initialisation and data order,
 so a variant and the reference are compared seed by seed. Over the n seeds where both finished (a halted

@@ -9,7 +9,7 @@ when the validation file is ordered by source (the local sample's second half is
 Each half is packed into blocks of data.seq_len + 1 tokens as in training (data/blocks.py), and the finished
 model is scored on at most SPLIT_BLOCKS blocks of each: loss = sum CE / tokens (nats per token) and
 bpb = sum CE / (ln 2 * sum bytes(target)), as `val/loss` and `val/bpb` in training (train/module.py). The choice
-of learning rate reads only the selection numbers (train/ablate_grid.py), so the test numbers of the table played
+of learning rate reads only the selection numbers (train/ablate/grid.py), so the test numbers of the table played
 no part in it. (The curves logged during training use the first validation blocks, inside the selection half.)
 """
 
@@ -59,7 +59,7 @@ def split_scores(run_dir: Path, splits: tuple[str, ...] = SPLITS) -> dict[str, d
     """{'selection': {'loss', 'bpb'}, 'test': {...}} of the finished run in run_dir (its final weights), for the
     named splits (a sweep without a choice to make scores only 'test')."""
     from data.tokenizer import eot_id, token_byte_lengths
-    from train.load import load_run
+    from train.rundir.load import load_run
     from train.run import prepare_data
 
     cfg, tokenizer, model = load_run(run_dir)

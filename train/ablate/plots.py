@@ -1,9 +1,9 @@
-"""The plots of an ablation sweep (train/ablate_report.py writes them):
+"""The plots of an ablation sweep (train/ablate/report.py writes them):
 
     val_loss.png              validation loss vs step, mean over seeds, min-max band
     val_loss_vs_compute.png   the same against training tokens, training seconds (the logged throughput summed
                               over the logged intervals: validation and data preparation left out) and
-                              training FLOPs (tokens x the variant's FLOPs per token, train/param_match.py)
+                              training FLOPs (tokens x the variant's FLOPs per token, train/ablate/param_match.py)
     lr_grid.png               with `lrs:`: selection-split loss vs learning rate per variant (mean over seeds,
                               min-max bars), the chosen learning rate circled
 """

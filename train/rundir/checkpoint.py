@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
-from train.weights import CheckpointError
+from train.rundir.weights import CheckpointError
 
 STEP = re.compile(r"step=(\d+)")
 

@@ -11,14 +11,14 @@
                           warnings (fewer than 3 seeds; seed noise above the smallest difference) under it
     <sweep>/val_loss.png  validation loss vs step, one line per variant (mean over seeds), min-max band
     <sweep>/val_loss_vs_compute.png   the same against training tokens, training seconds and training FLOPs
-    <sweep>/lr_grid.csv, lr_grid.png  with `lrs:`: every variant at every learning rate (train/ablate_grid.py)
+    <sweep>/lr_grid.csv, lr_grid.png  with `lrs:`: every variant at every learning rate (train/ablate/grid.py)
 
-Per run: the test-split loss and bits per byte of the final weights (train/ablate_eval.py: every other validation
+Per run: the test-split loss and bits per byte of the final weights (train/ablate/splits.py: every other validation
 story, which no choice reads), the median of the logged `perf/tokens_per_s` (median: the
 intervals with a validation in them are slower), and the wall time of the run (data preparation and the split
 scoring included). Means and sample standard deviations are over seeds; metrics are
 read with `train.report.read_metrics`. The paired differences, intervals, p-values (paired t-test over
-seeds, two-sided) and verdicts are those of `train/ablate_stats.py` (the formulas are in its docstring).
+seeds, two-sided) and verdicts are those of `train/ablate/stats.py` (the formulas are in its docstring).
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ import statistics
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from train.ablate_stats import paired, verdict, warnings
+from train.ablate.stats import paired, verdict, warnings
 from train.report import read_metrics, series
 
 STATS = ("paired_seeds", "test_loss_diff_mean", "test_loss_diff_ci_low", "test_loss_diff_ci_high", "test_loss_p",
@@ -46,7 +46,7 @@ class RunResult:
     params: int
     non_embedding_params: int
     flops_per_token: float  # training FLOPs per token
-    test_loss: float  # the test split (train/ablate_eval.py); NaN for a halted run
+    test_loss: float  # the test split (train/ablate/splits.py); NaN for a halted run
     test_bpb: float
     tokens_per_s: float
     wall_s: float
@@ -62,7 +62,7 @@ class RunResult:
         info_file = run_dir / "ablate.json"
         info = json.loads(info_file.read_text())
         if not info.get("halted") and not info.get("splits"):  # a run finished before the splits existed
-            from train.ablate_eval import split_scores
+            from train.ablate.splits import split_scores
 
             info["splits"] = split_scores(run_dir)
             info_file.write_text(json.dumps(info))
@@ -196,7 +196,7 @@ def markdown(rows: list[dict], title: str, notes: list[str] = ()) -> str:
 def write_results(sweep_dir: Path, sweep: dict, results: list[RunResult], grid: list[RunResult] = ()) -> str:
     """Writes results.csv, results.md and the plots into sweep_dir (with a learning-rate grid, `grid` holds every
     run and `results` the chosen learning rate's: lr_grid.csv and lr_grid.png too); returns the Markdown."""
-    from train.ablate_plots import plot_compute, plot_curves, plot_lr_grid
+    from train.ablate.plots import plot_compute, plot_curves, plot_lr_grid
 
     rows = aggregate(results)
     with (sweep_dir / "results.csv").open("w", newline="") as f:
@@ -210,7 +210,7 @@ def write_results(sweep_dir: Path, sweep: dict, results: list[RunResult], grid: 
              f"{sweep.get('match') or 'none'}{lrs}; test loss/bpb: mean ± std over seeds on the test split)")
     notes = table_notes(results, rows)
     if grid:
-        from train.ablate_grid import edge_warnings
+        from train.ablate.grid import edge_warnings
 
         chosen = {r.variant: r.lr for r in results}
         notes += [f"**Warning:** {w}." for w in edge_warnings(chosen, [float(lr) for lr in sweep["lrs"]])]
@@ -220,7 +220,7 @@ def write_results(sweep_dir: Path, sweep: dict, results: list[RunResult], grid: 
     plot_curves(results, sweep_dir / "val_loss.png", f"ablation: {name} (mean over seeds, min-max band)")
     plot_compute(results, sweep_dir / "val_loss_vs_compute.png", f"ablation: {name}")
     if grid:
-        from train.ablate_grid import write_grid
+        from train.ablate.grid import write_grid
 
         write_grid(grid, results, sweep_dir / "lr_grid.csv")
         plot_lr_grid(grid, results, sweep_dir / "lr_grid.png", f"ablation: {name}, learning-rate grid")

@@ -1,10 +1,10 @@
-"""`python -m train.export_gguf --run runs/<name> --out FILE.gguf [--dtype f16|f32] [--force]`: a llama.cpp GGUF.
+"""`python -m train.interop.export_gguf --run runs/<name> --out FILE.gguf [--dtype f16|f32] [--force]`: a llama.cpp GGUF.
 
 The file is what llama.cpp's own `convert_hf_to_gguf.py` writes for a `LlamaForCausalLM` ("llama" architecture),
 made from the run directly with gguf-py's `GGUFWriter`. Only a Llama-shaped model exports (RoPE, softmax attention
-and SwiGLU in every layer, RMSNorm): the same `check_llama` as `train.export_hf`, which asks each registered
+and SwiGLU in every layer, RMSNorm): the same `check_llama` as `train.interop.export_hf`, which asks each registered
 component for its `llama_module`, so a non-Llama run is refused in one line naming the field. A LoRA run is merged
-first (W + s B A), as `train.export_hf` does.
+first (W + s B A), as `train.interop.export_hf` does.
 
 Tensors go through the Hugging Face names (`export_hf.to_hf_state_dict`) and gguf-py's own Llama name map:
 
@@ -51,9 +51,9 @@ from data.tokenizer import eot_id
 from model.lora import merge_lora
 from train.cli import user_errors_exit_2
 from train.config import load_config
-from train.export_hf import DEFAULT_MAX_POSITIONS, check_llama, to_hf_state_dict
-from train.rundir import check_out_dir
-from train.weights import CheckpointError
+from train.interop.export_hf import DEFAULT_MAX_POSITIONS, check_llama, to_hf_state_dict
+from train.rundir.paths import check_out_dir
+from train.rundir.weights import CheckpointError
 
 ARCH = "llama"
 DTYPES = {"f32": np.float32, "f16": np.float16}
@@ -213,8 +213,8 @@ def write_gguf(model: nn.Module, tokenizer, out: Path, dtype: str = "f16", name:
 
 def export(run_dir: str | Path, out: str | Path, dtype: str = "f16", force: bool = False) -> Path:
     """Write the GGUF file of a run directory (a LoRA run is merged first); returns its path."""
-    from train.adapter import resolve
-    from train.load import load_run
+    from train.rundir.adapter import resolve
+    from train.rundir.load import load_run
 
     _gguf()
     run_dir = Path(run_dir)

@@ -1,4 +1,4 @@
-"""`python -m train.export_hf --run runs/<name> --out DIR`: write a Hugging Face `LlamaForCausalLM` folder.
+"""`python -m train.interop.export_hf --run runs/<name> --out DIR`: write a Hugging Face `LlamaForCausalLM` folder.
 
 A model with RoPE positions, softmax attention in every layer and SwiGLU FFNs is a Llama: same pre-norm
 block, same RMSNorm (fp32, cast back, times the gain), same RoPE convention (rotate halves), same GQA head
@@ -35,8 +35,8 @@ from model.mixers import MIXERS
 from model.positions import POSITIONS
 from train.cli import user_errors_exit_2
 from train.config import ConfigError, load_config
-from train.rundir import check_out_dir
-from train.weights import CheckpointError
+from train.rundir.paths import check_out_dir
+from train.rundir.weights import CheckpointError
 
 KEY_MAP = [  # (our key pattern, HF key template), applied to the whole key
     (r"embed_tokens\.weight", "model.embed_tokens.weight"),
@@ -135,8 +135,8 @@ def export(run_dir: str | Path, out_dir: str | Path) -> Path:
     any other run directory: the HF files (model.safetensors, tokenizer.json) would replace the run's."""
     from safetensors.torch import save_file
 
-    from train.adapter import resolve
-    from train.load import load_run
+    from train.rundir.adapter import resolve
+    from train.rundir.load import load_run
 
     run_dir = Path(run_dir)
     out_dir = check_out_dir(out_dir, run_dir, *resolve(run_dir))

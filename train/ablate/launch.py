@@ -10,7 +10,7 @@
     launcher: submitit-local    the same through submitit's LocalExecutor (subprocesses here): the cluster path,
                                 testable without a cluster
 
-Every run is the same function (`train_one`): `pretrain(cfg)`, then the split scores (train/ablate_eval.py), then
+Every run is the same function (`train_one`): `pretrain(cfg)`, then the split scores (train/ablate/splits.py), then
 `ablate.json` in the run folder, written last and atomically: a run folder with `ablate.json` is finished, any
 other is resumed from its last checkpoint by the next sweep. A worker's output goes to `<run>/train.log`.
 
@@ -45,7 +45,7 @@ class Job:
     label: str  # e.g. "softmax-lr0.003-s1"
     cfg: object  # train.config.Config
     run_dir: Path
-    splits: tuple[str, ...] = ("selection", "test")  # the held-out halves scored (train/ablate_eval.py)
+    splits: tuple[str, ...] = ("selection", "test")  # the held-out halves scored (train/ablate/splits.py)
 
 
 def _die_with(driver: int) -> None:
@@ -74,9 +74,9 @@ def train_one(cfg, threads: int, splits: tuple[str, ...] = ("selection", "test")
     info."""
     import torch
 
-    from train.ablate_eval import split_scores
+    from train.ablate.splits import split_scores
     from train.module import TrainingHalted
-    from train.param_match import count_flops, count_params
+    from train.ablate.param_match import count_flops, count_params
     from train.run import pretrain
 
     if threads:
@@ -118,7 +118,7 @@ def worker_context() -> multiprocessing.context.BaseContext:
     interpreter start or imports (~5 s each on 2 cores); elsewhere spawned (a new interpreter per run)."""
     if sys.platform.startswith("linux"):
         ctx = multiprocessing.get_context("forkserver")
-        ctx.set_forkserver_preload(["train.ablate_launch", "train.run", "train.ablate_eval"])
+        ctx.set_forkserver_preload(["train.ablate.launch", "train.run", "train.ablate.splits"])
         return ctx
     return multiprocessing.get_context("spawn")
 

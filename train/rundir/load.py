@@ -1,5 +1,5 @@
 """Load any self-contained run directory the stack writes: its config, tokenizer and weights, plus a LoRA
-adapter when the run is a LoRA run (adapter/ on a base, train/adapter.py) or one is passed.
+adapter when the run is a LoRA run (adapter/ on a base, train/rundir/adapter.py) or one is passed.
 
 A run directory may come from someone else, so nothing in it is trusted before it is checked: the weights
 file's header (names and shapes, read without loading a tensor) is compared with the shapes config.yaml implies,
@@ -17,9 +17,9 @@ from data.corpus import DataError
 from data.tokenizer import load_tokenizer
 from data.tokens import content_hash
 from model.transformer import Transformer
-from train.adapter import check_adapter_base, load_adapter, resolve
+from train.rundir.adapter import check_adapter_base, load_adapter, resolve
 from train.config import Config, ConfigError, load_config
-from train.weights import TOKENIZER_HASH, CheckpointError, check_shapes, load_weights, read_metadata, read_shapes
+from train.rundir.weights import TOKENIZER_HASH, CheckpointError, check_shapes, load_weights, read_metadata, read_shapes
 
 
 def load_run(run_dir: str | Path, device: str = "cpu", adapter: str | Path | None = None

@@ -1,5 +1,5 @@
 """A learning rate per variant: `lrs: [...]` trains every variant at each learning rate, and each variant's is
-chosen on the *selection* split only (train/ablate_eval.py):
+chosen on the *selection* split only (train/ablate/splits.py):
 
     lr*(v) = argmin_lr  mean_seeds  selection_loss(v, lr, seed)      (a halted or NaN run counts as +inf)
 
