@@ -21,7 +21,7 @@ TOL = dict(rtol=1e-5, atol=1e-5)
 
 @pytest.fixture
 def gla(monkeypatch):
-    monkeypatch.setitem(MIXERS, "gla", GatedLinearAttention)  # the registry line the lead adds
+    monkeypatch.setitem(MIXERS, "gla", GatedLinearAttention)  # as its line in model/mixers/__init__.py does
 
 
 def config(chunk_size=8, position="none", **over) -> ModelConfig:

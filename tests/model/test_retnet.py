@@ -127,7 +127,7 @@ def test_every_parameter_gets_a_gradient():
 
 @pytest.fixture
 def registered(monkeypatch):
-    monkeypatch.setitem(MIXERS, "retnet", RetNet)  # the registry line the lead adds to model/mixers/__init__.py
+    monkeypatch.setitem(MIXERS, "retnet", RetNet)  # as its line in model/mixers/__init__.py does
 
 
 def test_tiny_transformer_decodes_and_generates(registered):
