@@ -1,10 +1,9 @@
-# make demo: venv + install + pretrain the CPU demo on TinyStories + print stories.  make test: the test suite.
+# make demo: venv + install + pretrain the CPU demo on the TinyStories sample shipped in data/sample/ (or on
+# $TINYSTORIES_DIR when set) + print stories.  make test: the test suite.
 PYTHON ?= python3
 TORCH ?= torch==2.13.0
 VENV ?= .venv
 PY := $(VENV)/bin/python
-TINYSTORIES_DIR ?= $(abspath ../shared/data/tinystories)
-export TINYSTORIES_DIR
 export WANDB_MODE ?= offline
 
 .PHONY: install demo test test-fast lint bench clean
@@ -19,7 +18,7 @@ $(VENV)/.installed: pyproject.toml
 install: $(VENV)/.installed
 
 demo: install
-	$(PY) -m train --config configs/pretrain/demo.yaml --data.path=$(TINYSTORIES_DIR) --train.name=demo --train.resume=auto
+	$(PY) -m train --config configs/pretrain/demo.yaml --train.name=demo --train.resume=auto
 	$(PY) -m train.generate --run runs/demo --prompt "Once upon a time" --num_samples 3 --max_new_tokens 160
 
 test: install

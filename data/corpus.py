@@ -1,4 +1,7 @@
-"""A corpus: a hub id or a local directory (or file), opened as streaming readers per split.
+"""A corpus: a hub id, a local directory (or file) or `tinystories-sample`, opened as streaming readers per split.
+
+`tinystories-sample` is the sample shipped with the package, or $TINYSTORIES_DIR when set (data/sources.py
+`resolve_path`, applied by `open_corpus`, so every command that reads a corpus follows the same rule).
 
 A local directory may hold `.txt` files (stories separated by `<|endoftext|>`, as TinyStories V2 ships),
 `.jsonl`/`.json` or `.parquet` files with a `text` column (as the hub's parquet has, one story per row); see
@@ -22,6 +25,7 @@ import numpy as np
 
 from data.cache import file_fingerprint
 from data.readers import EOT, READERS, DataError, HubReader, split_stories
+from data.sources import resolve_path
 
 __all__ = ["EOT", "DataError", "split_stories", "Corpus", "open_corpus", "load_stories", "held_out",
            "sample_stories"]
@@ -30,7 +34,7 @@ VALID_NAMES = ("valid", "val.", "val_", "validation", "test")
 
 def _hint(path: str) -> str:
     return (f"point data.path at a local directory of .txt (stories separated by {EOT}), .jsonl or .parquet "
-            f"files, e.g. --data.path=../shared/data/tinystories (got '{path}')")
+            f"files, or use --data.path=tinystories-sample (the sample shipped with the package; got '{path}')")
 
 
 class Corpus:
@@ -79,6 +83,7 @@ def _open_hub(name: str) -> Corpus:
 
 
 def open_corpus(path: str) -> Corpus:
+    path = resolve_path(path)
     local = Path(path).expanduser()
     if local.exists():
         return _open_local(path, local)

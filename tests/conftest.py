@@ -1,4 +1,4 @@
-"""Shared fixtures: tiny model configs, a small synthetic story corpus, and real-data location."""
+"""Shared fixtures: tiny model configs, a small synthetic story corpus, and the real TinyStories data."""
 
 from __future__ import annotations
 
@@ -57,10 +57,10 @@ def varied_corpus(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def tinystories_dir() -> Path:
-    path = os.environ.get("TINYSTORIES_DIR")
-    if not path or not Path(path, "train.txt").is_file():
-        pytest.skip("TINYSTORIES_DIR is not set to the TinyStories sample")
-    return Path(path)
+    """The real TinyStories data behind `data.path: tinystories-sample`: the shipped sample, or $TINYSTORIES_DIR."""
+    from data.sources import SAMPLE, resolve_path
+
+    return Path(resolve_path(SAMPLE))
 
 
 def tiny_model_config(**overrides) -> ModelConfig:

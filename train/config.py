@@ -34,7 +34,8 @@ class ConfigError(ValueError):
 
 @dataclass
 class DataConfig(Options):
-    path: str = "roneneldan/TinyStories"  # hub id, or a local dir of .txt (<|endoftext|>), .jsonl or .parquet
+    path: str = "roneneldan/TinyStories"  # hub id, a local dir of .txt (<|endoftext|>), .jsonl or .parquet, or
+    # tinystories-sample: the sample shipped in data/sample/, or $TINYSTORIES_DIR when set (data/sources.py)
     vocab_size: int = option(4096, min=1)  # BPE vocabulary trained on the corpus
     seq_len: int = option(256, min=1)  # tokens per training block
     max_stories: int = option(0, min=0)  # use only the first N training stories (0 = all); quick experiments

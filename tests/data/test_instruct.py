@@ -1,7 +1,5 @@
-import os
 import random
 import re
-from pathlib import Path
 
 import pytest
 
@@ -117,9 +115,8 @@ def test_from_instruct_record_tolerant():
 
 
 @pytest.mark.slow
-@pytest.mark.skipif("TINYSTORIES_DIR" not in os.environ, reason="TINYSTORIES_DIR not set")
-def test_real_stories_sanity():
-    text = (Path(os.environ["TINYSTORIES_DIR"]) / "train.txt").read_text(encoding="utf-8")
+def test_real_stories_sanity(tinystories_dir):
+    text = (tinystories_dir / "train.txt").read_text(encoding="utf-8")
     stories = split_stories(text)[:200]
     assert len(stories) == 200
     examples = derive_examples(stories, seed=0)

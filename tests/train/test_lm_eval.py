@@ -1,5 +1,5 @@
-"""lm-evaluation-harness on this stack's own models (train/evals/lm_eval_model.py, train/evals/evaluate.py) and the offline
-`tinystories_next` task (train/evals/tasks/), for a softmax and a Mamba run directory (and a hybrid).
+"""lm-evaluation-harness on this stack's own models (train/evals/lm_eval_model.py, train/evals/evaluate.py) and the
+offline `tinystories_next` task (train/evals/tasks/), for a softmax and a Mamba run directory (and a hybrid).
 
 Every number is checked against a computation that does not go through the wrapper: loglikelihood against one
 direct forward pass, loglikelihood_rolling against lm_eval's own window function with a forward pass per window,
@@ -11,6 +11,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import random
+import shutil
 import sys
 from pathlib import Path
 
@@ -25,15 +26,16 @@ from lm_eval.api.instance import Instance  # noqa: E402
 from lm_eval.tasks import TaskManager  # noqa: E402
 from lm_eval.utils import get_rolling_token_windows, make_disjoint_window  # noqa: E402
 
+from data.sources import SAMPLE, resolve_path  # noqa: E402
 from data.tokenizer import eot_id, train_tokenizer  # noqa: E402
 from data.tokens import content_hash  # noqa: E402
 from model.config import ModelConfig  # noqa: E402
 from model.mixers.mamba import MambaConfig  # noqa: E402
 from model.transformer import Transformer  # noqa: E402
-from train.config import Config, save_config  # noqa: E402
+from train.config import Config, load_config, save_config  # noqa: E402
 from train.evals.evaluate import TASKS_DIR, main  # noqa: E402
-from train.generate import sample_stories  # noqa: E402
 from train.evals.lm_eval_model import TinystackLM, score_windows  # noqa: E402
+from train.generate import sample_stories  # noqa: E402
 from train.rundir.weights import save_weights  # noqa: E402
 
 L = 32  # max_seq_len of the tiny runs: the texts below are longer
@@ -382,9 +384,43 @@ def test_cli_out_directory_exits_2(runs, tmp_path, capsys):
             capsys, "is a directory")
 
 
-def test_cli_without_the_data_exits_2(runs, capsys, monkeypatch):
+def run_on(runs, root: Path, data_path: str) -> Path:
+    """A copy of the softmax run whose config.yaml says data.path: data_path."""
+    run = root / "run"
+    shutil.copytree(runs["softmax"], run)
+    cfg = load_config(run / "config.yaml", run_file=True)
+    cfg.data.path = data_path
+    save_config(cfg, run / "config.yaml")
+    return run
+
+
+def evaluated(run: Path, *extra: str) -> dict:
+    """The JSON results of a 3-doc tinystories_next evaluation of run."""
+    main(["--run", str(run), "--tasks", "tinystories_next", "--limit", "3", *extra])
+    return json.loads((run / "lm_eval_tinystories_next.json").read_text())
+
+
+def test_cli_reads_the_run_s_data_without_data_dir(runs, tiny_corpus, tmp_path, capsys, monkeypatch):
     monkeypatch.delenv("TINYSTORIES_DIR", raising=False)
-    exits_2(["--run", str(runs["softmax"]), "--tasks", "tinystories_next"], capsys, "TINYSTORIES_DIR")
+    run = run_on(runs, tmp_path, str(tiny_corpus))
+    implicit = evaluated(run)
+    assert implicit["config"]["data_dir"] == str(tiny_corpus)
+    explicit = evaluated(run, "--data-dir", str(tiny_corpus))
+    assert implicit["results"] == explicit["results"]
+
+
+def test_cli_resolves_the_sample_name_like_training(runs, tiny_corpus, tmp_path, capsys, monkeypatch):
+    monkeypatch.delenv("TINYSTORIES_DIR", raising=False)
+    run = run_on(runs, tmp_path, SAMPLE)
+    assert evaluated(run)["config"]["data_dir"] == resolve_path(SAMPLE)  # the shipped sample, decompressed
+    monkeypatch.setenv("TINYSTORIES_DIR", str(tiny_corpus))
+    assert evaluated(run)["config"]["data_dir"] == str(tiny_corpus)
+
+
+def test_cli_without_the_data_exits_2(runs, tmp_path, capsys, monkeypatch):
+    monkeypatch.delenv("TINYSTORIES_DIR", raising=False)
+    run = run_on(runs, tmp_path, str(tmp_path / "gone"))
+    exits_2(["--run", str(run), "--tasks", "tinystories_next"], capsys, f"data path not found: {tmp_path / 'gone'}")
 
 
 def test_cli_without_lm_eval_names_the_extra(runs, capsys, monkeypatch):

@@ -1,4 +1,4 @@
-"""Pretraining on the real TinyStories sample (TINYSTORIES_DIR): tokenizer, packing and a short run."""
+"""Pretraining on the real TinyStories data (the shipped sample, or TINYSTORIES_DIR): tokenizer, packing, a run."""
 
 from __future__ import annotations
 
@@ -13,8 +13,8 @@ from data.corpus import load_stories
 from data.tokenizer import eot_id
 from data.tokens import prepare_tokens
 from train.config import load_config
-from train.rundir.load import load_run
 from train.run import pretrain
+from train.rundir.load import load_run
 
 
 @pytest.mark.slow

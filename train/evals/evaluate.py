@@ -4,8 +4,8 @@ any run directory of this stack (every mixer; the model class is train/evals/lm_
 Prints a Markdown table of the metrics and writes lm_eval's results as JSON to
 `<run>/lm_eval_<task>+<task>.json` (or --out FILE.json). Options: --limit N (docs per task; a fraction < 1 is
 a share), --batch-size B, --num-fewshot K, --device auto|cpu|cuda, --adapter DIR (LoRA), --max-seq-len N and
---rolling-overlap N (scoring windows, see train/evals/lm_eval_model.py), --data-dir DIR (the local TinyStories copy
-for this repository's tasks; default $TINYSTORIES_DIR), --seed S.
+--rolling-overlap N (scoring windows, see train/evals/lm_eval_model.py), --data-dir DIR (the data of this
+repository's tasks; default: the run's data.path, resolved as training resolves it, data/sources.py), --seed S.
 
 Tasks: this repository's, in train/evals/tasks/ (`tinystories_next`: offline, built from the held-out stories;
 no network needed), and lm_eval's own (hellaswag, lambada_openai, ...), which download their data from the hub.
@@ -22,8 +22,9 @@ import os
 import sys
 from pathlib import Path
 
+from data.sources import resolve_path
 from train.cli import USER_ERRORS, user_errors_exit_2
-from train.config import ConfigError
+from train.config import ConfigError, load_config
 
 TASKS_DIR = Path(__file__).parent / "tasks"
 INSTALL = 'pip install -e ".[eval]"'
@@ -43,7 +44,8 @@ def parse_args(argv: list[str] | None):
                         help="scoring window (default: the model's max_seq_len)")
     parser.add_argument("--rolling-overlap", "--rolling_overlap", dest="rolling_overlap", type=int, default=0)
     parser.add_argument("--data-dir", "--data_dir", dest="data_dir", default=None,
-                        help="local TinyStories copy for tinystories_next (default: $TINYSTORIES_DIR)")
+                        help="data for tinystories_next: a directory, file or tinystories-sample "
+                             "(default: the run's data.path)")
     parser.add_argument("--seed", type=int, default=0)
     return parser.parse_args(argv)
 
@@ -107,8 +109,8 @@ def evaluate(args) -> tuple[dict, Path]:
         raise ConfigError(f"--limit {args.limit:g} must be positive (a count, or a share below 1)")
     if args.batch_size < 1:
         raise ConfigError(f"--batch-size {args.batch_size} must be at least 1")
-    if args.data_dir and not Path(args.data_dir).expanduser().exists():
-        raise ConfigError(f"--data-dir {args.data_dir} not found; point it at the local TinyStories copy")
+    if args.data_dir and not Path(resolve_path(args.data_dir)).expanduser().exists():
+        raise ConfigError(f"--data-dir {args.data_dir} not found; point it at a local TinyStories copy")
     try:
         lm = TinystackLM(run=run_dir, device=args.device, batch_size=args.batch_size, max_seq_len=args.max_seq_len,
                          rolling_overlap=args.rolling_overlap, adapter=args.adapter, seed=args.seed,
@@ -117,14 +119,14 @@ def evaluate(args) -> tuple[dict, Path]:
         if isinstance(err, USER_ERRORS):
             raise
         raise ConfigError(str(err)) from None
-    metadata = {"data_dir": args.data_dir} if args.data_dir else {}
-    manager = task_manager(tasks, metadata)
+    data = args.data_dir or load_config(run_dir / "config.yaml", run_file=True).data.path
+    manager = task_manager(tasks, {"data_dir": data})
     limit = None if args.limit is None else (int(args.limit) if args.limit >= 1 else args.limit)
     results = lm_eval.simple_evaluate(model=lm, tasks=tasks, task_manager=manager, limit=limit,
                                       num_fewshot=args.num_fewshot, log_samples=False, random_seed=args.seed,
                                       bootstrap_iters=1000)
     results["config"].update(model="tinystack", batch_size=args.batch_size, device=str(lm.device),
-                             data_dir=args.data_dir or os.environ.get("TINYSTORIES_DIR"),
+                             data_dir=resolve_path(data),
                              model_args={"run": str(run_dir), "adapter": args.adapter, "max_seq_len": lm.max_length,
                                          "rolling_overlap": lm.rolling_overlap})
     return results, out

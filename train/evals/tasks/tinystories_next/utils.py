@@ -1,4 +1,4 @@
-"""Docs of the `tinystories_next` task, built from the local TinyStories copy when the task loads.
+"""Docs of the `tinystories_next` task, built from a local TinyStories copy when the task loads.
 
 For each chosen held-out story with at least 3 sentences: a cut k in [2, n-1] (seeded, where sentence k+1 has
 balanced quotes), the context is
@@ -7,13 +7,14 @@ word count is within a factor 1.5 of the answer's where the pool allows (so leng
 acc_norm also divides by byte length). The answer's place among the choices is seeded too. Everything comes from
 one `random.Random(seed)`, and the stories are read in file order, so the same data and metadata give the same docs.
 
-Only the validation split is read (files named valid*/val*/test* in a directory, see data/corpus.py; or a single
-file): those stories are never trained on.
+Only the validation split is read (files named valid*/val*/test* in a directory, see data/corpus.py; a hub id's
+`validation` split; or a single file): those stories are never trained on. The data is metadata `data_dir`, a
+data.path value resolved as training resolves it (data/sources.py); without it, `tinystories-sample` (the sample
+shipped in data/sample/, or $TINYSTORIES_DIR when set).
 """
 
 from __future__ import annotations
 
-import os
 import random
 import re
 from pathlib import Path
@@ -36,28 +37,24 @@ def balanced(sentence: str) -> bool:
 
 
 def data_dir(metadata: dict) -> str:
-    from data.corpus import DataError
+    from data.sources import SAMPLE
 
-    path = metadata.get("data_dir") or os.environ.get("TINYSTORIES_DIR")
-    if not path:
-        raise DataError("tinystories_next needs the local TinyStories copy: set TINYSTORIES_DIR or pass "
-                        "--data-dir DIR (a directory with valid.txt)")
-    return str(path)
+    return str(metadata.get("data_dir") or SAMPLE)
 
 
 def held_out_stories(path: str) -> list[str]:
     from data.corpus import DataError, open_corpus
+    from data.sources import resolve_path
 
+    path = resolve_path(path)
     local = Path(path).expanduser()
-    if not local.exists():
-        raise DataError(f"tinystories_next: data directory not found: {path}; set TINYSTORIES_DIR or --data-dir")
     if local.is_file():  # a single file: all of it is taken as held out
         from data.readers import READERS
 
         if local.suffix not in READERS:
             raise DataError(f"tinystories_next: {path} is not a .txt, .jsonl or .parquet file")
         return [s for batch, _ in READERS[local.suffix](local).batches() for s in batch]
-    corpus = open_corpus(str(local))
+    corpus = open_corpus(path)
     if not corpus.has_validation:
         raise DataError(f"tinystories_next: {path} has no validation file (valid*.txt, val*.jsonl, ...); the task "
                         "uses held-out stories only")
