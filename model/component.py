@@ -23,9 +23,9 @@ An FFN (`FFN`) declares section, width_knob, lora_targets, residual_projections(
 Every component may also react to the training loop (no-ops by default; `Transformer.notify` calls them, from
 train/module.py): `micro_batch_start()` before a training micro-batch's forward, `micro_batch_end()` after its loss
 (before backward), `optimizer_step_end()` after the optimizer step, `step_skipped()` when a bad step is dropped
-(MoE's routing-bias balancing counts loads and updates its bias through them). `training_callbacks` names, as
-dotted paths (model/ imports nothing from train/), the Lightning callbacks a training run adds when a layer uses
-the component, each built as Callback(run_dir, log_every) (MoE: its expert-share log and plot); none by default.
+(MoE's routing-bias balancing counts loads and updates its bias through them). What a run logs about a component
+(MoE's expert shares) is decided on the training side (train/component_callbacks.py): a component names nothing
+above model/.
 A position (`Position`) is an object with `embed(h, offset)` and `rotate(q, k, offset)` (model/positions.py).
 """
 
@@ -44,7 +44,6 @@ class Component(nn.Module):
     width_knob: ClassVar[str | None] = None  # field under `model.` resized by `match: params`
     lora_targets: ClassVar[tuple[str, ...]] = ()  # Linear names adapted by default
     llama_module: ClassVar[str | None] = None  # its name in a Hugging Face Llama layer, when it is Llama's own
-    training_callbacks: ClassVar[tuple[str, ...]] = ()  # dotted paths: Callback(run_dir, log_every) per run
 
     def residual_projections(self) -> list[nn.Linear]:
         """The Linears whose output is added to the residual stream: initialised with std / sqrt(2 L)."""

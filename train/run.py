@@ -9,7 +9,6 @@ own LightningModule and DataModule, so no stage copies the loop.
 
 from __future__ import annotations
 
-import importlib
 import os
 from dataclasses import asdict
 from pathlib import Path
@@ -23,6 +22,7 @@ from data.datamodule import PackedDataModule
 from data.tokenizer import token_byte_lengths
 from data.tokens import content_hash, prepare_tokens
 from train.callbacks import SampleStories, SaveFinalWeights, Throughput
+from train.component_callbacks import component_callbacks
 from train.rundir.checkpoint import AtomicCheckpointIO, check_compatible, resolve_resume
 from train.config import Config, ConfigError, save_config
 from train.distributed import build_strategy, shared_run_dir
@@ -155,15 +155,6 @@ def _train(cfg: Config, trainer: L.Trainer, module, datamodule, run_dir: Path, c
         trainer.validate(module, datamodule=datamodule, verbose=False)
     if trainer.is_global_zero:
         write_metrics_and_plot(run_dir, module.plots())
-
-
-def component_callbacks(cfg: Config, run_dir: Path) -> list:
-    """The Lightning callbacks the model's components declare (`training_callbacks`, dotted paths)."""
-    out = []
-    for path in dict.fromkeys(p for c in cfg.model.components() for p in c.training_callbacks):
-        module, name = path.rsplit(".", 1)
-        out.append(getattr(importlib.import_module(module), name)(run_dir, cfg.train.log_every))
-    return out
 
 
 def pretrain(cfg: Config, callbacks: list = ()) -> Path:

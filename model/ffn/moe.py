@@ -88,7 +88,6 @@ GROUPED = {SwiGLU: ("gate_proj", "up_proj", "down_proj"), GELUFFN: ("up_proj", "
 
 
 class MoE(FFN):
-    training_callbacks = ("train.moe_stats.ExpertShare",)  # logs and plots each expert's share of tokens
     section = MoEConfig
     width_knob = "d_ff"  # each expert's hidden width
 

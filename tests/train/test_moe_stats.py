@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 
+import lightning as L
 import pytest
 from conftest import tiny_train_overrides
 
@@ -27,19 +28,31 @@ def test_moe_run_logs_expert_shares(tiny_corpus, tmp_path):
             assert sum(float(row[f"moe/layer{i}/expert{j}"]) for j in range(4)) == pytest.approx(1.0, abs=1e-5)
 
 
-
-def test_declared_training_callbacks_resolve_to_lightning_callbacks(tmp_path):
-    """Every component's `training_callbacks` names an importable Callback built from (run_dir, log_every), and a
-    run adds them only when a layer uses the component."""
-    import lightning as L
-
+def test_component_callbacks_are_lightning_callbacks_of_registered_components(tmp_path):
+    """Every entry of train/component_callbacks.py maps a registered component class to Callbacks built from
+    (run_dir, log_every), and a run adds them only when a layer uses the component (or a subclass of it)."""
     from model.ffn import FFNS
     from model.mixers import MIXERS
-    from train.run import component_callbacks
+    from train.component_callbacks import CALLBACKS, component_callbacks
 
-    declared = [cls for registry in (MIXERS, FFNS) for cls in registry.values() if cls.training_callbacks]
-    assert declared, "no component declares a callback: this test checks nothing"
+    registered = [*MIXERS.values(), *FFNS.values()]
+    assert CALLBACKS, "no component has a callback: this test checks nothing"
+    for base, callbacks in CALLBACKS.items():
+        assert any(issubclass(cls, base) for cls in registered), base
+        assert all(isinstance(cb(tmp_path, 1), L.Callback) for cb in callbacks)
     moe = load_config(None, {"model": {"ffn": "moe"}})
     assert [type(cb).__name__ for cb in component_callbacks(moe, tmp_path)] == ["ExpertShare"]
-    assert all(isinstance(cb, L.Callback) for cb in component_callbacks(moe, tmp_path))
     assert component_callbacks(load_config(None, {"model": {"ffn": "swiglu"}}), tmp_path) == []
+
+
+def test_a_subclass_of_a_component_gets_its_callbacks(tmp_path, monkeypatch):
+    from model.ffn import FFNS
+    from model.ffn.moe import MoE
+    from train.component_callbacks import component_callbacks
+
+    class MoEVariant(MoE):
+        """A variant of MoE (a subclass): logged as MoE is."""
+
+    monkeypatch.setitem(FFNS, "moe", MoEVariant)
+    cfg = load_config(None, {"model": {"ffn": "moe"}})
+    assert [type(cb).__name__ for cb in component_callbacks(cfg, tmp_path)] == ["ExpertShare"]
