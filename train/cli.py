@@ -13,6 +13,7 @@ from contextlib import contextmanager
 from data.corpus import DataError
 from train.config import Config, ConfigError, load_config
 from train.distributed import launch_rank
+from train.errors import TrainingHalted
 from train.rundir.weights import CheckpointError
 
 USER_ERRORS = (ConfigError, DataError, CheckpointError)
@@ -54,10 +55,7 @@ def run_cli(main: Callable[[Config], object], argv: list[str] | None = None, usa
         with user_errors_exit_2():
             config, overrides = parse_args(argv)
             main(load(config, overrides))
-    except Exception as err:
-        module = sys.modules.get("train.module")  # not imported: the error cannot be a TrainingHalted
-        if module is None or not isinstance(err, module.TrainingHalted):
-            raise
+    except TrainingHalted as err:
         if launch_rank() == 0:  # every rank halts together; one line is enough
             print(f"error: training halted: {err}", file=sys.stderr)
         sys.exit(1)

@@ -24,12 +24,9 @@ import yaml
 from data.readers import EOT
 from model.config import ModelConfig
 from model.options import Options, compose, option
+from train.errors import ConfigError
 from train.optimizers import OPTIMIZERS
 from train.schedules import SCHEDULES
-
-
-class ConfigError(ValueError):
-    """A config problem the user can fix; the CLI prints it as one line and exits with code 2."""
 
 
 @dataclass
@@ -53,7 +50,7 @@ class CoreTrainConfig(Options):
     out_dir: str = "runs"  # runs are written to out_dir/<name>/
     max_steps: int = option(1000, min=1)  # optimizer steps
     batch_size: int = option(32, min=1)  # sequences per micro-batch (per device)
-    grad_accum: int = option(1, min=1)  # micro-batches per optimizer step
+    grad_accum: int = option(1, min=1, max=4096)  # micro-batches per optimizer step (more is a typo: a step never ends)
     optimizer: str = option("adamw", choices=lambda: list(OPTIMIZERS))  # a name in train/optimizers
     schedule: str = option("cosine", choices=lambda: list(SCHEDULES))  # LR schedule, a name in train/schedules
     lr: float = option(1e-3, above=0.0)  # peak learning rate
@@ -65,7 +62,7 @@ class CoreTrainConfig(Options):
     precision: str = option("32", choices=("32", "bf16-mixed", "16-mixed", "bf16-true"))  # 16-mixed: fp16, CUDA
     compile: bool = False  # torch.compile the model
     ce_chunk: int = option(512, min=0)  # rows per chunk of the training cross-entropy (train/loss.py); 0 = plain
-    seed: int = option(1337, min=0)  # model init and data order
+    seed: int = option(1337, min=0, max=2**32 - 1)  # model init and data order (numpy and Lightning take 32 bits)
     resume: bool | str = False  # false | true (this run's last checkpoint) | auto | a checkpoint path
     val_every: int = option(200, min=1)  # validate every N optimizer steps (and at the end)
     val_batches: int = option(20, min=1)  # micro-batches per validation

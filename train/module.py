@@ -37,6 +37,7 @@ from torch import Tensor, nn
 
 from model.transformer import Transformer
 from train.config import Config
+from train.errors import TrainingHalted
 from train.faults import last_good_checkpoint
 from train.loss import chunked_cross_entropy
 from train.optim import build_optimizer, remember_shapes
@@ -44,10 +45,6 @@ from train.report import LOSS_PLOTS, Plot
 from train.rundir.weights import save_weights
 
 IGNORE = -100
-
-
-class TrainingHalted(RuntimeError):
-    """Raised after too many non-finite losses in a row."""
 
 
 class LanguageModel(L.LightningModule):

@@ -13,7 +13,7 @@ from conftest import tiny_train_overrides
 
 import train.run
 from train.ablate.sweep import build_configs, load_sweep, main
-from train.module import TrainingHalted
+from train.errors import TrainingHalted
 from train.ablate.param_match import count_params, match_params
 
 

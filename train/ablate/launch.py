@@ -37,6 +37,8 @@ from dataclasses import dataclass
 from multiprocessing.connection import wait
 from pathlib import Path
 
+from train.errors import TrainingHalted
+
 LAUNCHERS = ("local", "slurm", "submitit-local")
 
 
@@ -75,7 +77,6 @@ def train_one(cfg, threads: int, splits: tuple[str, ...] = ("selection", "test")
     import torch
 
     from train.ablate.splits import split_scores
-    from train.module import TrainingHalted
     from train.ablate.param_match import count_flops, count_params
     from train.run import pretrain
 

@@ -30,6 +30,7 @@ from dataclasses import dataclass
 import torch
 
 from model.options import Options, option
+from train.errors import ConfigError
 from train.optimizers.recipe import OptimizerRecipe
 
 
@@ -104,8 +105,6 @@ class Muon(OptimizerRecipe):
 
     @staticmethod
     def build(groups: list[dict], train_cfg, fused: bool) -> torch.optim.Optimizer:
-        from train.config import ConfigError  # here: train/config.py imports this registry
-
         if not hasattr(torch.optim, "Muon"):
             raise ConfigError(f"train.optimizer=muon needs torch.optim.Muon (torch >= 2.9); "
                              f"this torch is {torch.__version__}: upgrade torch or use train.optimizer=adamw")
