@@ -8,22 +8,9 @@ from __future__ import annotations
 
 import argparse
 
-import torch
-
-from data.tokenizer import eot_id
 from train.cli import user_errors_exit_2
 from train.rundir.load import load_run, pick_device
-
-
-def sample_stories(model, tokenizer, prompt: str, num_samples: int = 1, max_new_tokens: int = 200,
-                   temperature: float = 0.8, top_k: int | None = 50, top_p: float | None = None,
-                   seed: int = 0) -> list[str]:
-    device = model.embed_tokens.weight.device
-    ids = torch.tensor([tokenizer.encode(prompt).ids] * num_samples, device=device)
-    generator = torch.Generator(device=device).manual_seed(seed)
-    out = model.generate(ids, max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p,
-                         eos_id=eot_id(tokenizer), generator=generator)
-    return [tokenizer.decode(row.tolist()) for row in out]
+from train.sampling import sample_stories
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -140,7 +140,7 @@ def test_eos_comes_from_generation_config_and_generation_stops_on_it(tmp_path, t
     cfg, tok, model = load_run(tmp_path / "run")
     assert cfg.data.eos_token == "</s>" and eot_id(tok) == EOS
     from train.generate import main as generate_main
-    from train.generate import sample_stories
+    from train.sampling import sample_stories
 
     calls = []
     real = model.generate
