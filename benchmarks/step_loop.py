@@ -11,7 +11,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from benchmarks.throughput import cpu_name, shape_config, write_outputs
+from benchmarks.common import cpu_name, shape_config, write_outputs
 from model.transformer import Transformer
 from train.callbacks import peak_flops
 

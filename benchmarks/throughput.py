@@ -37,8 +37,6 @@ plain step time / the next stack step's time (steadier where other work shares t
 from __future__ import annotations
 
 import argparse
-import json
-import platform
 import resource
 import sys
 import time
@@ -50,12 +48,11 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script from any directory
 
-from model.config import ModelConfig  # noqa: E402
+from benchmarks.common import SHAPES, cpu_name, shape_config, write_outputs  # noqa: E402
+from benchmarks.step_loop import main_loop  # noqa: E402
 from model.transformer import Transformer  # noqa: E402
 from train.callbacks import peak_flops  # noqa: E402
 from train.interop.export_hf import llama_config, to_hf_state_dict  # noqa: E402
-
-SHAPES = {"15m": (288, 6, 6, 256), "42m": (512, 8, 8, 1024), "110m": (768, 12, 12, 1024)}  # d, L, H, T
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -94,14 +91,6 @@ def parse_args(argv=None) -> argparse.Namespace:
         p.error("--config is for --loop only")
     args.warmup = args.warmup if args.warmup is not None else (3 if args.compile else 1)
     return args
-
-
-def shape_config(name: str, args) -> tuple[ModelConfig, int]:
-    d, n_layers, n_heads, seq = SHAPES.get(name, (args.d_model, args.n_layers, args.n_heads, 256))
-    seq = args.seq or seq
-    cfg = ModelConfig(vocab_size=args.vocab, d_model=d, n_layers=n_layers, n_heads=n_heads,
-                      n_kv_heads=args.n_kv_heads, max_seq_len=seq, position="rope", mixer="softmax", ffn="swiglu")
-    return cfg, seq
 
 
 class Runner:
@@ -177,14 +166,6 @@ def bench_shape(name: str, args) -> list[dict]:
     return rows
 
 
-def cpu_name() -> str:
-    try:
-        lines = Path("/proc/cpuinfo").read_text().splitlines()
-        return next(line.split(":", 1)[1].strip() for line in lines if line.startswith("model name"))
-    except (OSError, StopIteration):
-        return platform.processor() or "cpu"
-
-
 def markdown(results: list[dict], meta: dict) -> str:
     mem_note = "CUDA: own params + AdamW + step peak" if meta["device"] == "cuda" else "CPU: process peak-RSS growth"
     lines = [f"Training throughput, ours vs HF LlamaForCausalLM (sdpa) on {meta['device_name']}; torch "
@@ -206,8 +187,6 @@ def main(argv=None) -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.loop:
-        from benchmarks.step_loop import main_loop
-
         return main_loop(args)
     try:
         import transformers
@@ -222,15 +201,6 @@ def main(argv=None) -> None:
     results = [row for name in args.shapes for row in bench_shape(name, args)]
     table = markdown(results, meta)
     write_outputs(Path(args.out), meta, results, table)
-
-
-def write_outputs(out: Path, meta: dict, results: list[dict], table: str) -> None:
-    """Print the table and write <out>.json (settings + results) and <out>.md."""
-    print(table)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    Path(f"{out}.json").write_text(json.dumps({"settings": meta, "results": results}, indent=2) + "\n")
-    Path(f"{out}.md").write_text(table)
-    print(f"wrote {out}.json and {out}.md")
 
 
 if __name__ == "__main__":

@@ -1,0 +1,39 @@
+"""What benchmarks/throughput.py and its `--loop` mode (benchmarks/step_loop.py) share: the model shapes, the
+machine's name, and writing a result table as JSON + Markdown."""
+
+from __future__ import annotations
+
+import json
+import platform
+from pathlib import Path
+
+from model.config import ModelConfig
+
+SHAPES = {"15m": (288, 6, 6, 256), "42m": (512, 8, 8, 1024), "110m": (768, 12, 12, 1024)}  # d, L, H, T
+
+
+def shape_config(name: str, args) -> tuple[ModelConfig, int]:
+    """The model of shape `name` (SHAPES, or custom: --d_model/--n_layers/--n_heads) and its sequence length."""
+    d, n_layers, n_heads, seq = SHAPES.get(name, (args.d_model, args.n_layers, args.n_heads, 256))
+    seq = args.seq or seq
+    cfg = ModelConfig(vocab_size=args.vocab, d_model=d, n_layers=n_layers, n_heads=n_heads,
+                      n_kv_heads=args.n_kv_heads, max_seq_len=seq, position="rope", mixer="softmax", ffn="swiglu")
+    return cfg, seq
+
+
+def cpu_name() -> str:
+    """The CPU's model name (for the result tables)."""
+    try:
+        lines = Path("/proc/cpuinfo").read_text().splitlines()
+        return next(line.split(":", 1)[1].strip() for line in lines if line.startswith("model name"))
+    except (OSError, StopIteration):
+        return platform.processor() or "cpu"
+
+
+def write_outputs(out: Path, meta: dict, results: list[dict], table: str) -> None:
+    """Print the table and write <out>.json (settings + results) and <out>.md."""
+    print(table)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    Path(f"{out}.json").write_text(json.dumps({"settings": meta, "results": results}, indent=2) + "\n")
+    Path(f"{out}.md").write_text(table)
+    print(f"wrote {out}.json and {out}.md")
