@@ -132,3 +132,8 @@ class Registry(dict):
         if section is not None and not hasattr(section, "__dataclass_fields__"):
             raise TypeError(f"{self.family} {name!r}: section must be a dataclass, got {section!r}")
         super().__setitem__(name, cls)
+
+    def update(self, *entries, **named) -> None:
+        """dict.update, each entry checked as `registry[name] = cls` is."""
+        for name, cls in dict(*entries, **named).items():
+            self[name] = cls

@@ -49,14 +49,13 @@ from torch import Tensor, nn
 
 from model.component import FFN
 from model.ffn.gelu import GELUFFN
+from model.ffn.registry import FFNS
 from model.ffn.swiglu import SwiGLU
 from model.options import Options, option
 
 
 def dense_ffns() -> dict[str, type]:
     """Every registered FFN but the MoE ones: the choices of an expert."""
-    from model.ffn import FFNS  # the registry imports this file
-
     return {name: cls for name, cls in FFNS.items() if not issubclass(cls, MoE)}
 
 
