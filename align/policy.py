@@ -22,9 +22,10 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from align.config import AlignTree
-from finetune.config import _read_yaml, adapt, finetune_config
+from finetune.config import adapt, finetune_config
 from finetune.merge import merge_run
 from finetune.sft import LoRALanguageModel
+from inputs import read_yaml
 from model.lora import LoRAConfig, adapters_disabled, merge_lora
 from train.rundir.adapter import resolve
 from train.config import Config, merge, parse_overrides
@@ -36,13 +37,14 @@ REFERENCE_DIR = "reference"
 def align_config(path: str | Path | None = None, overrides: list[str] | dict | None = None) -> Config:
     """finetune.config.finetune_config, where finetune.base (the SFT run) may also be a LoRA run directory:
     model.* and the tokenizer's sizes are inherited from the weights under it."""
-    user = _read_yaml(Path(path)) if path is not None else {}
+    user = read_yaml(path, fix="see configs/align/ for examples") if path is not None else {}
     user = merge(user, overrides if isinstance(overrides, dict) else parse_overrides(list(overrides or [])))
     start = str((user.get("finetune") or {}).get("base", "")) if isinstance(user.get("finetune"), dict) else ""
     if start and (Path(start) / "config.yaml").is_file():
         weights_dir, _ = resolve(start)  # a LoRA run -> its base run (CheckpointError if missing)
         user = merge(user, {"finetune": {"base": str(weights_dir)}})
-    if path is not None and not (user.get("train") or {}).get("name"):
+    train = user.get("train") or {}
+    if path is not None and isinstance(train, dict) and not train.get("name"):  # else load_config names the problem
         user = merge(user, {"train": {"name": Path(path).stem}})
     cfg = finetune_config(None, user, tree=AlignTree)  # align.* is checked there (align/config.py)
     cfg.finetune.base = start or cfg.finetune.base

@@ -15,8 +15,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-import yaml
 
+from inputs import read_yaml, require_mapping
 from model.lora import LoRAConfig, apply_lora, store_base_weights
 from model.options import Options, option
 from train.config import Config, ConfigError, extend, load_config, merge, parse_overrides
@@ -48,15 +48,6 @@ class FinetuneConfig(Options):
 FinetuneTree = extend(Config, finetune=FinetuneConfig)  # the config tree of a fine-tuning run
 
 
-def _read_yaml(path: Path) -> dict:
-    if not path.is_file():
-        raise ConfigError(f"config file not found: {path}; see configs/finetune/ for examples")
-    try:
-        return yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as err:
-        raise ConfigError(f"{path}: not valid YAML ({str(err).splitlines()[0]})") from None
-
-
 def check_base(base: str) -> Path:
     """The base run directory, or a ConfigError saying how to get one."""
     if not base:
@@ -78,15 +69,16 @@ def finetune_config(path: str | Path | None = None, overrides: list[str] | dict 
                     tree: type = FinetuneTree) -> Config:
     """Load a fine-tuning config (same CLI contract as train.config.load_config) merged over the base run;
     `tree`: a later stage's extension of FinetuneTree (align/config.py)."""
-    user = _read_yaml(Path(path)) if path is not None else {}
+    user = read_yaml(path, fix="see configs/finetune/ for examples") if path is not None else {}
     user = merge(user, overrides if isinstance(overrides, dict) else parse_overrides(list(overrides or [])))
     if "model" in user:
         raise ConfigError("model.* is set, but fine-tuning keeps the base run's model (its config.yaml); "
                           "remove the model section from the fine-tuning config and overrides")
     section = user.get("finetune") or {}
     base = check_base(str(section.get("base", "")) if isinstance(section, dict) else "")
-    base_values = _read_yaml(base / "config.yaml")
-    data = base_values.get("data") or {}
+    base_values = read_yaml(base / "config.yaml", "run config")
+    data = require_mapping(base_values.get("data") or {}, base / "config.yaml", "its data section",
+                           "the base run's config.yaml is damaged; copy the run again")
     inherited = {"model": base_values.get("model") or {}, "data": {k: data[k] for k in INHERITED_DATA if k in data}}
     cfg = load_config(None, merge(inherited, user), tree=tree)
     if not cfg.train.name:

@@ -11,22 +11,32 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 from data.corpus import DataError
+from inputs import InputError, clip, refusal
+from inputs.errors import LINE_CHARS
 from train.config import Config, ConfigError, load_config
 from train.distributed import launch_rank
 from train.errors import TrainingHalted
 from train.rundir.weights import CheckpointError
 
-USER_ERRORS = (ConfigError, DataError, CheckpointError)
+USER_ERRORS = (ConfigError, DataError, CheckpointError, InputError)
 
 
 @contextmanager
 def user_errors_exit_2(*more: type[BaseException]) -> Iterator[None]:
-    """`with user_errors_exit_2():` a user error (USER_ERRORS, or `more`) inside prints `error: <message>` on
-    one line and exits with code 2; anything else propagates."""
+    """`with user_errors_exit_2():` a user error (USER_ERRORS, or `more`) inside, or a refusal of the environment
+    (permission, read-only file system, disk full, name too long, a missing path, text that is not UTF-8, nesting
+    past the recursion limit: inputs/environment.py), prints `error: <message>` on one line and exits with code 2;
+    anything else propagates."""
     try:
         yield
     except (*USER_ERRORS, *more) as err:
-        print(f"error: {err}", file=sys.stderr)
+        print(f"error: {clip(err, LINE_CHARS)}", file=sys.stderr)
+        sys.exit(2)
+    except Exception as err:
+        message = refusal(err)
+        if message is None:
+            raise
+        print(f"error: {message}", file=sys.stderr)
         sys.exit(2)
 
 

@@ -22,6 +22,8 @@ from pathlib import Path
 import yaml
 
 from data.readers import EOT
+from inputs import check_text, clip, parse_value, read_yaml
+from inputs.tree import MAX_DEPTH
 from model.config import ModelConfig
 from model.options import Options, compose, option
 from train.errors import ConfigError
@@ -194,12 +196,11 @@ def parse_overrides(args: list[str]) -> dict:
             i += 1
         else:
             raise ConfigError(f"override {arg!r} has no value; write {arg}=VALUE")
-        try:
-            value = yaml.safe_load(raw) if raw != "" else ""
-        except yaml.YAMLError:
-            value = raw
+        value = parse_value(raw, f"--{key}") if raw != "" else ""  # inputs/yaml.py: bounded, strict YAML
         node = tree
-        *parents, leaf = key.split(".")
+        *parents, leaf = check_text(key, "a command-line override").split(".")
+        if len(parents) >= MAX_DEPTH:
+            raise ConfigError(f"override --{clip(key, 80)} is nested deeper than {MAX_DEPTH} levels; no key is")
         for part in parents:
             node = node.setdefault(part, {})
             if not isinstance(node, dict):
@@ -226,12 +227,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] | dict | No
     values: dict = {}
     if path is not None:
         path = Path(path)
-        if not path.is_file():
-            raise ConfigError(f"config file not found: {path}; see configs/ for examples")
-        try:
-            values = yaml.safe_load(path.read_text()) or {}
-        except yaml.YAMLError as err:
-            raise ConfigError(f"{path}: not valid YAML ({str(err).splitlines()[0]})") from None
+        values = read_yaml(path, "config file")  # a regular UTF-8 file holding a mapping: inputs/yaml.py
     if overrides:
         values = merge(values, overrides if isinstance(overrides, dict) else parse_overrides(list(overrides)))
     if run_file and isinstance(values, dict):

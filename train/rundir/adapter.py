@@ -26,10 +26,10 @@ import re
 from pathlib import Path
 
 import torch
-import yaml
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from inputs import read_json, read_yaml
 from model.lora import ALL_LINEAR, LoRAConfig, apply_lora, find_targets, lora_modules, lora_state_dict
 from train.rundir.weights import CheckpointError
 
@@ -99,16 +99,6 @@ def save_adapter(model: nn.Module, lora_cfg: LoRAConfig, out_dir: str | Path,
     return out
 
 
-def _read_json(path: Path) -> dict:
-    try:
-        raw = json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise ValueError(f"{path}: not a readable JSON file ({err})") from None
-    if not isinstance(raw, dict):
-        raise ValueError(f"{path}: expected a JSON object, got {type(raw).__name__}")
-    return raw
-
-
 def read_adapter_config(adapter_dir: str | Path) -> LoRAConfig:
     """Parse a PEFT adapter_config.json into a LoRAConfig; a malformed file or a feature this stack lacks raises
     ValueError. A regex `target_modules` is kept as text and never evaluated here (see `load_adapter`)."""
@@ -116,7 +106,7 @@ def read_adapter_config(adapter_dir: str | Path) -> LoRAConfig:
     if not path.is_file():
         raise FileNotFoundError(f"no {CONFIG_NAME} in {adapter_dir}: point to a folder written by save_adapter "
                                 "(or PEFT's save_pretrained)")
-    raw = _read_json(path)
+    raw = read_json(path, "adapter config")  # an InputError (a ValueError) names the problem
     if raw.get("peft_type") != "LORA":
         raise ValueError(f"{path}: peft_type is {raw.get('peft_type')!r}; only LORA adapters can be loaded")
     unsupported = {"use_dora": False, "fan_in_fan_out": False, "bias": "none", "lora_bias": False,
@@ -192,23 +182,14 @@ def load_adapter(model: nn.Module, adapter_dir: str | Path) -> LoRAConfig:
 def check_adapter_base(adapter_dir: Path, weights_dir: Path) -> None:
     """ValueError for an adapter whose config names another existing base run than `weights_dir` (same weights file
     bytes count as the same base: a copied run). A base that is not on this machine cannot be compared."""
-    named = _read_json(adapter_dir / CONFIG_NAME).get("base_model_name_or_path") if (
+    named = read_json(adapter_dir / CONFIG_NAME, "adapter config").get("base_model_name_or_path") if (
         adapter_dir / CONFIG_NAME).is_file() else None
-    if not named or not (Path(named) / WEIGHTS).is_file() or Path(named).resolve() == weights_dir.resolve():
+    if not isinstance(named, str) or not (Path(named) / WEIGHTS).is_file() or \
+            Path(named).resolve() == weights_dir.resolve():
         return
     if not (weights_dir / WEIGHTS).is_file() or not filecmp.cmp(Path(named) / WEIGHTS, weights_dir / WEIGHTS,
                                                                 shallow=False):
         raise ValueError(f"trained on {named}, not on {weights_dir}; pass --run {named}")
-
-
-def _read_yaml(path: Path) -> dict:
-    """A run's config.yaml as plain data: the `finetune` section belongs to a later stage, so train/ reads only
-    the one key it needs (finetune.base) instead of the typed config."""
-    try:
-        values = yaml.safe_load(path.read_text())
-    except (OSError, yaml.YAMLError) as err:
-        raise CheckpointError(f"{path}: not a readable YAML file ({str(err).splitlines()[0]})") from None
-    return values if isinstance(values, dict) else {}
 
 
 def is_lora_run(run_dir: str | Path) -> bool:
@@ -222,7 +203,8 @@ def base_of(run_dir: str | Path) -> Path:
     run_dir = Path(run_dir)
     if (run_dir / REFERENCE_DIR / WEIGHTS).is_file():
         return run_dir / REFERENCE_DIR
-    base = str(((_read_yaml(run_dir / "config.yaml").get("finetune") or {}).get("base")) or "")
+    section = read_yaml(run_dir / "config.yaml", "run config").get("finetune")  # plain data: train/ reads only the
+    base = str(section.get("base") or "") if isinstance(section, dict) else ""  # key it needs, not the typed config
     if not base or not (Path(base) / "config.yaml").is_file():
         raise CheckpointError(f"{run_dir} is a LoRA run (adapter/, no {WEIGHTS}) whose base run {base!r} is not "
                               f"here; copy the base run to that path or pass --run <base> --adapter "

@@ -15,14 +15,20 @@ from __future__ import annotations
 
 import os
 import re
+from collections.abc import Mapping
 from pathlib import Path
 
 import torch
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
+from inputs import InputError, regular_file, require_field, require_mapping
 from train.rundir.weights import CheckpointError
 
 STEP = re.compile(r"step=(\d+)")
+FIELDS = {"global_step": int, "epoch": int, "state_dict": Mapping, "optimizer_states": list, "lr_schedulers": list,
+          "loops": Mapping, "callbacks": Mapping, "tinystack": Mapping}  # what resuming reads, when present
+REQUIRED = ("global_step",)  # a checkpoint without state_dict is refused by check_compatible ("another kind of run")
+NOT_OURS = "resume from a checkpoint this stack wrote (checkpoints/*.ckpt), or start fresh with --train.resume=false"
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
@@ -43,12 +49,33 @@ class AtomicCheckpointIO(TorchCheckpointIO):
 
 
 def read_checkpoint(path: Path) -> dict:
+    """The checkpoint at `path`, loaded with the safe unpickler and checked (`check_structure`) before any field is
+    used; a FIFO or folder is refused from its stat, before an open that could block."""
+    regular_file(path, "checkpoint")
     try:
-        return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
     except Exception as err:  # truncated zip, wrong format, a pickle that wants to run code (UnpicklingError)
         first = str(err).strip().splitlines()[0] if str(err).strip() else ""
         raise CheckpointError(f"{path} is not a readable checkpoint ({type(err).__name__}: {first[:200]}); "
                               "only weights-only checkpoints are loaded") from None
+    return check_structure(checkpoint, path)
+
+
+def check_structure(checkpoint, path: Path) -> dict:
+    """`checkpoint` if it is what Lightning and this stack wrote: a mapping whose fields have their types
+    (`global_step` an integer >= 0, `state_dict` tensors by name, ...); else InputError naming the field."""
+    values = require_mapping(checkpoint, path, "checkpoint", NOT_OURS)
+    for key, kind in FIELDS.items():
+        require_field(values, key, kind, path, NOT_OURS, required=key in REQUIRED, minimum=0 if kind is int else None)
+    state = values.get("state_dict") or {}
+    bad = next((k for k, v in state.items() if not isinstance(k, str) or not isinstance(v, torch.Tensor)), None)
+    if bad is not None:
+        raise InputError(f"state_dict entry {bad!r} is not a tensor by name", path, fix=NOT_OURS)
+    saved = values.get("tinystack")
+    if saved is not None:
+        require_field(saved, "model", dict, path, NOT_OURS)
+        require_field(saved, "tokenizer_hash", str, path, NOT_OURS, required=False)
+    return values
 
 
 def _step(path: Path) -> int:
@@ -63,7 +90,7 @@ def newest_checkpoint(ckpt_dir: Path) -> Path | None:
     for path in candidates:
         try:
             by_step.append((read_checkpoint(path)["global_step"], path.name != "last.ckpt", path))
-        except (CheckpointError, KeyError) as err:
+        except ValueError as err:  # CheckpointError, InputError: not a file, not loadable, not a checkpoint
             print(f"warning: skipping unreadable checkpoint {path}: {err}")
     return max(by_step)[2] if by_step else None
 
@@ -73,7 +100,7 @@ def resolve_resume(resume: bool | str, ckpt_dir: Path) -> Path | None:
         return None
     if resume is True or resume == "true":
         path = ckpt_dir / "last.ckpt"
-        if not path.is_file():
+        if not path.exists():  # a FIFO or folder in its place: read_checkpoint says what it is
             raise CheckpointError(f"train.resume=true but {path} does not exist; use train.resume=auto to start "
                                   "fresh when there is nothing to resume")
         read_checkpoint(path)
@@ -81,7 +108,7 @@ def resolve_resume(resume: bool | str, ckpt_dir: Path) -> Path | None:
     if resume == "auto":
         return newest_checkpoint(ckpt_dir)
     path = Path(resume)
-    if not path.is_file():
+    if not path.exists():
         raise CheckpointError(f"train.resume: checkpoint {path} not found")
     read_checkpoint(path)
     return path
