@@ -25,7 +25,8 @@ margin gamma separates the two completions:
     simpo:   -log sigma(beta / |y_w| log pi(y_w) - beta / |y_l| log pi(y_l) - gamma)   (|y|: completion tokens)
 
 Variants are entries of ``LOSSES`` (name -> loss of the margin, and whether the margin needs the reference's
-log-probs or per-token normalisation), so a trainer asks the entry, never the name.
+log-probs or per-token normalisation), so a trainer asks the entry, never the name. ``LOSSES`` is a checked
+registry: an entry that is not a ``PreferenceLoss`` giving one finite loss per margin is refused when registered.
 
 GRPO (Shao et al. 2024, "DeepSeekMath", eq. 3-4). G completions per prompt, rewards r (N = groups * G,):
 
@@ -48,6 +49,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+
+from model.component import Registry
 
 # ---------------------------------------------------------------------------------------------- log-probs
 
@@ -104,12 +107,24 @@ class PreferenceLoss:
     label_smoothing: bool = False  # whether align.label_smoothing applies
 
 
-LOSSES: dict[str, PreferenceLoss] = {
+def preference_loss(entry) -> None:
+    """The contract of a LOSSES entry: a PreferenceLoss whose fn gives one finite loss per pair, tried on three
+    margins. TypeError saying what is wrong."""
+    if not isinstance(entry, PreferenceLoss):
+        raise TypeError(f"{entry!r} must be a PreferenceLoss")
+    h = torch.tensor([-1.0, 0.0, 1.0])  # (B,) margins
+    out = entry.fn(h, 0.1, 0.1, 0.5)
+    if not (isinstance(out, Tensor) and out.shape == h.shape and bool(torch.isfinite(out).all())):
+        raise TypeError(f"{entry.fn.__name__}(h, beta, label_smoothing, gamma) must give one finite loss per margin, "
+                        f"got {out!r}")
+
+
+LOSSES = Registry("DPO loss_type", preference_loss, {
     "sigmoid": PreferenceLoss(_sigmoid, label_smoothing=True),
     "ipo": PreferenceLoss(_ipo),
     "hinge": PreferenceLoss(_hinge),
     "simpo": PreferenceLoss(_simpo, needs_reference=False, length_normalized=True, label_smoothing=True),
-}
+})
 
 
 def preference_loss_type(name: str) -> PreferenceLoss:

@@ -30,6 +30,7 @@ import yaml
 
 from data.instruct import has_dialogue
 from data.words import word_inclusion as _included
+from model.component import Registry
 
 Reward = Callable[..., float]
 
@@ -76,13 +77,31 @@ def finished(prompt_info: dict, completion: str) -> float:
     return float(_FINISHED.search(completion.strip()) is not None)
 
 
-REWARDS: dict[str, Reward] = {
+def reward_contract(fn) -> None:
+    """The contract of a REWARDS entry: `fn(prompt_info, completion, **params)`, every parameter after the first two
+    with a default (a spec sets them by name), giving a float in [0, 1] (tried on an empty prompt and completion).
+    TypeError saying what is wrong."""
+    if not callable(fn):
+        raise TypeError(f"{fn!r} is not a function")
+    params = list(inspect.signature(fn).parameters.values())
+    positional = (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
+    if len(params) < 2 or any(p.kind not in positional for p in params[:2]):
+        raise TypeError(f"{fn.__name__} must take (prompt_info, completion, **params)")
+    undefaulted = [p.name for p in params[2:] if p.default is inspect.Parameter.empty]
+    if undefaulted:
+        raise TypeError(f"{fn.__name__}: parameters {undefaulted} need defaults (a reward spec sets them by name)")
+    value = fn({}, "")
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= 1:
+        raise TypeError(f"{fn.__name__}({{}}, '') gave {value!r}, not a float in [0, 1]")
+
+
+REWARDS = Registry("reward", reward_contract, {
     "word_inclusion": word_inclusion,
     "dialogue": dialogue,
     "length": length,
     "repetition": repetition,
     "finished": finished,
-}
+})
 
 
 def reward_params(fn: Reward) -> dict[str, object]:

@@ -108,32 +108,40 @@ class FFN(Component):
         raise NotImplementedError
 
 
-CONTRACTS = (Component, Mixer, FFN)
+def declares(base: type, entry) -> None:
+    """The class contract: `entry` subclasses `base`, defines each of `base.REQUIRED` itself (in its own classes,
+    not inherited from `base`), and its `section`, if any, is a dataclass. TypeError naming what is missing."""
+    if not (isinstance(entry, type) and issubclass(entry, base)):
+        raise TypeError(f"{entry!r} must subclass {base.__name__}")
+    own = [k for k in entry.__mro__ if issubclass(k, base) and k is not base]  # the entry's own classes
+    missing = [piece for piece in getattr(base, "REQUIRED", ()) if not any(piece in k.__dict__ for k in own)]
+    if missing:
+        raise TypeError(f"{entry.__name__} does not declare {', '.join(missing)}; see {base.__module__} for the "
+                        f"contract")
+    section = getattr(entry, "section", None)
+    if section is not None and not hasattr(section, "__dataclass_fields__"):
+        raise TypeError(f"section must be a dataclass, got {section!r}")
 
 
 class Registry(dict):
-    """name -> component class, checked on insertion against the family's contract (`base`)."""
+    """name -> entry of one family, each checked on insertion against the family's contract, so a broken entry
+    fails at its registry line. `contract` is a class (entries are subclasses declaring its pieces: `declares`) or
+    a function `contract(entry)` raising TypeError that says what the entry lacks (align/losses.py, align/rewards.py).
+    """
 
-    def __init__(self, family: str, base: type, entries: dict[str, type]):
+    def __init__(self, family: str, contract, entries: dict):
         super().__init__()
-        self.family, self.base = family, base
-        for name, cls in entries.items():
-            self[name] = cls
+        self.family, self.contract = family, contract
+        self.update(entries)
 
-    def __setitem__(self, name: str, cls: type) -> None:
-        if not (isinstance(cls, type) and issubclass(cls, self.base)):
-            raise TypeError(f"{self.family} {name!r}: {cls!r} must subclass {self.base.__name__}")
-        own = [k for k in cls.__mro__ if issubclass(k, self.base) and k not in CONTRACTS]  # the component's classes
-        missing = [piece for piece in getattr(self.base, "REQUIRED", ()) if not any(piece in k.__dict__ for k in own)]
-        if missing:
-            raise TypeError(f"{self.family} {name!r} ({cls.__name__}) does not declare {', '.join(missing)}; "
-                            f"see model/component.py for the contract")
-        section = getattr(cls, "section", None)
-        if section is not None and not hasattr(section, "__dataclass_fields__"):
-            raise TypeError(f"{self.family} {name!r}: section must be a dataclass, got {section!r}")
-        super().__setitem__(name, cls)
+    def __setitem__(self, name: str, entry) -> None:
+        try:
+            declares(self.contract, entry) if isinstance(self.contract, type) else self.contract(entry)
+        except TypeError as err:
+            raise TypeError(f"{self.family} {name!r}: {err}") from None
+        super().__setitem__(name, entry)
 
     def update(self, *entries, **named) -> None:
-        """dict.update, each entry checked as `registry[name] = cls` is."""
-        for name, cls in dict(*entries, **named).items():
-            self[name] = cls
+        """dict.update, each entry checked as `registry[name] = entry` is."""
+        for name, entry in dict(*entries, **named).items():
+            self[name] = entry

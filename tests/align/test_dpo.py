@@ -121,7 +121,7 @@ def test_loss_type_is_checked_against_the_registry(tiny_sft_run):
     from train.config import ConfigError
 
     with pytest.raises(ConfigError, match="align.loss_type.*simpo"):
-        align_config(None, {"finetune": {"base": str(tiny_sft_run[1])}, "align": {"loss_type": "kto"}})
+        align_config(None, {"finetune": {"base": str(tiny_sft_run[1])}, "align": {"loss_type": "no-such-loss"}})
 
 
 def test_pair_batches_put_chosen_then_rejected(tiny_sft_run):

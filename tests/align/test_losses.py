@@ -6,6 +6,7 @@ import torch.nn.functional as F
 
 from align.losses import (
     LOSSES,
+    PreferenceLoss,
     aggregate,
     clipped_surrogate,
     dpo_loss,
@@ -95,14 +96,23 @@ def test_dpo_label_smoothing_hand_value():
 def test_dpo_bad_input():
     args = (_t(-1.0), _t(-3.0), _t(-2.0), _t(-2.0))
     with pytest.raises(ValueError, match="valid"):
-        dpo_loss(*args, beta=0.1, loss_type="kto")
+        dpo_loss(*args, beta=0.1, loss_type="no-such-loss")
     with pytest.raises(ValueError, match="label_smoothing"):
         dpo_loss(*args, beta=0.1, loss_type="ipo", label_smoothing=0.1)
     with pytest.raises(ValueError, match="reference"):
         dpo_loss(_t(-1.0), _t(-3.0), None, None, beta=0.1)
     with pytest.raises(ValueError, match="completion lengths"):
         dpo_loss(_t(-1.0), _t(-3.0), None, None, beta=0.1, loss_type="simpo")
-    assert set(LOSSES) == {"sigmoid", "ipo", "hinge", "simpo"}
+
+
+def test_the_loss_registry_refuses_a_broken_entry():
+    with pytest.raises(TypeError, match="must be a PreferenceLoss"):
+        LOSSES["bare"] = lambda h, beta, label_smoothing, gamma: h
+    with pytest.raises(TypeError, match="one finite loss per margin"):
+        LOSSES["summed"] = PreferenceLoss(lambda h, beta, label_smoothing, gamma: h.sum())
+    with pytest.raises(TypeError, match="one finite loss per margin"):
+        LOSSES["log"] = PreferenceLoss(lambda h, beta, label_smoothing, gamma: h.log())  # NaN at h < 0
+    assert not {"bare", "summed", "log"} & set(LOSSES)
 
 
 def test_simpo_hand_values_need_no_reference():

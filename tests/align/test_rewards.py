@@ -25,6 +25,16 @@ def test_rewards_in_unit_interval():
             assert 0.0 <= fn(INFO, text) <= 1.0, name
 
 
+def test_the_reward_registry_refuses_a_broken_reward():
+    with pytest.raises(TypeError, match="need defaults"):
+        REWARDS["strict"] = lambda prompt_info, completion, n: 1.0
+    with pytest.raises(TypeError, match=r"not a float in \[0, 1\]"):
+        REWARDS["unbounded"] = lambda prompt_info, completion: 2.0
+    with pytest.raises(TypeError, match="must take"):
+        REWARDS["one_argument"] = lambda completion: 1.0
+    assert not {"strict", "unbounded", "one_argument"} & set(REWARDS)
+
+
 def test_word_inclusion():
     assert word_inclusion(INFO, "The BALL was happy.") == pytest.approx(2 / 3)
     assert word_inclusion(INFO, "Balls and dancing made him happy.") == 1.0  # plural, e-drop + ing
