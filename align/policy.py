@@ -67,7 +67,7 @@ def start_policy(cfg: Config, run_dir: Path) -> tuple[object, object, LoRAConfig
             weights_dir, adapter_dir = reference, None
         else:
             def run_files(run_dir: Path) -> None:
-                merge_run(sft, run_dir / REFERENCE_DIR)
+                merge_run(sft, run_dir / REFERENCE_DIR, own=run_dir)
         cfg.finetune.base = str(reference)
     _, tokenizer, model = load_run(weights_dir, "cpu", adapter_dir)
     if adapter_dir is not None:

@@ -11,26 +11,27 @@ that `python -m train.generate --run DIR` samples from and `python -m train.inte
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
 from data.tokens import content_hash
 from finetune.config import read_run_config
 from model.lora import merge_lora
-from train.rundir.adapter import resolve
-from train.cli import USER_ERRORS
+from train.cli import user_errors_exit_2
 from train.config import save_config
+from train.rundir.adapter import resolve
 from train.rundir.load import load_run
-from train.rundir.paths import check_out_dir
+from train.rundir.paths import check_output
 from train.rundir.weights import CheckpointError, save_weights
 
 
-def merge_run(run: str | Path, out: str | Path, adapter: str | Path | None = None) -> Path:
+def merge_run(run: str | Path, out: str | Path, adapter: str | Path | None = None, own: Path | None = None) -> Path:
+    """Write the merged run `out` (a new or empty folder outside every run folder but `own`: the run writing its
+    own reference/, align/policy.py)."""
     weights_dir, adapter_dir = resolve(run, adapter)
     if adapter_dir is None:
         raise CheckpointError(f"{run} is not a LoRA run directory (no adapter/ without model.safetensors); "
                               "pass a LoRA run or --adapter DIR")
-    out = check_out_dir(out, run, weights_dir, adapter_dir)
+    out = check_output(out, None, inputs=(run, weights_dir, adapter_dir), own=own)
     cfg, tokenizer, model = load_run(weights_dir, "cpu", adapter_dir)
     merge_lora(model)
     source = Path(run) if (Path(run) / "config.yaml").is_file() else weights_dir  # the LoRA run's: how the
@@ -50,11 +51,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--adapter", default=None, help="adapter directory (adapter_config.json + weights)")
     parser.add_argument("--out", required=True, help="the merged run directory to write")
     args = parser.parse_args(argv)
-    try:
+    with user_errors_exit_2():
         print(f"merged: {merge_run(args.run, args.out, args.adapter)}")
-    except USER_ERRORS as err:
-        print(f"error: {err}", file=sys.stderr)
-        sys.exit(2)
 
 
 if __name__ == "__main__":

@@ -61,7 +61,7 @@ class CoreModelConfig(Options):
 
     def components(self) -> list[type]:
         """The mixer and FFN classes the layers use, each once, in layer order."""
-        mixers = list(dict.fromkeys(self.layer_mixers()))
+        mixers = list(self.layer_counts())
         ffns = [f for f in dict.fromkeys(self.layer_ffn(m) for m in mixers) if f != "none"]
         return [*(MIXERS[m] for m in mixers), *(FFNS[f] for f in ffns)]
 
@@ -77,6 +77,16 @@ class CoreModelConfig(Options):
         """The mixer of every layer: a list is repeated over the layers (`[mamba, softmax]` x 2 for L=4)."""
         names = [self.mixer] if isinstance(self.mixer, str) else list(self.mixer)
         return [names[i % len(names)] for i in range(self.n_layers)]
+
+    def layer_counts(self) -> dict[str, int]:
+        """mixer -> how many layers use it, in first-layer order; computed from the repeating list, without a list of
+        n_layers entries (a config saying n_layers=10**9 is refused by its memory estimate, not by building one)."""
+        names = [self.mixer] if isinstance(self.mixer, str) else list(self.mixer)
+        names = names[: self.n_layers]
+        counts: dict[str, int] = {}
+        for i, name in enumerate(names):
+            counts[name] = counts.get(name, 0) + self.n_layers // len(names) + (i < self.n_layers % len(names))
+        return counts
 
     def layer_ffn(self, mixer: str) -> str:
         """The FFN that follows `mixer`: `auto` gives none after a mixer that replaces the FFN (GAU)."""

@@ -42,8 +42,8 @@ class LoRAConfig:
     def __post_init__(self):
         if not (isinstance(self.r, int) and self.r > 0):
             raise ValueError(f"finetune.lora.r must be a positive integer, got {self.r!r}")
-        if self.alpha <= 0:
-            raise ValueError(f"finetune.lora.alpha must be positive, got {self.alpha!r}")
+        if not 0 < self.alpha < math.inf:  # NaN fails too
+            raise ValueError(f"finetune.lora.alpha must be a positive finite number, got {self.alpha!r}")
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"finetune.lora.dropout must be in [0, 1), got {self.dropout!r}")
         if not self.target_modules:
@@ -165,8 +165,16 @@ def find_targets(model: nn.Module, target_modules: str | list[str]) -> list[str]
 def apply_lora(model: nn.Module, cfg: LoRAConfig) -> list[str]:
     """Freeze every parameter of `model` and wrap the targeted nn.Linear in LoRALinear, in place.
 
-    Returns the adapted module names; afterwards only lora_A / lora_B weights have requires_grad."""
+    Returns the adapted module names; afterwards only lora_A / lora_B weights have requires_grad. A rank above a
+    layer's smaller side (r > min(in, out)) raises ValueError before any layer is touched: the update B A could not
+    have that rank, and A (r, in) and B (out, r) would be allocated at r's size."""
     names = find_targets(model, cfg.target_modules)
+    modules = dict(model.named_modules())
+    for name in names:
+        layer = modules[name]
+        if cfg.r > min(layer.in_features, layer.out_features):
+            raise ValueError(f"finetune.lora.r={cfg.r} exceeds {name}'s smaller side (in {layer.in_features}, out "
+                             f"{layer.out_features}); a LoRA rank is at most min(in, out)")
     model.requires_grad_(False)
     for name in names:
         parent_name, _, child = name.rpartition(".")

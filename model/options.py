@@ -5,9 +5,10 @@
 
 `Options` is the base of every config dataclass: after construction it checks each field's `choices` (a tuple,
 or a function returning a registry's current names) and its range (`min` / `max` inclusive, `above` / `below`
-exclusive;
-NaN fails every range), then the class's own cross-field `check()`. A problem raises ValueError starting with the
-field name; `train/config.py` prefixes the dotted section (`model.linear.`) and prints it as one line.
+exclusive), then the class's own cross-field `check()`. Every float a field holds, also inside a list or a mapping
+(`train.betas`, `align.rewards`), must be finite: a NaN or an infinity is refused whatever the field, since no range
+or formula downstream catches it (NaN fails every comparison). A problem raises ValueError starting with the field
+name; `train/config.py` prefixes the dotted section (`model.linear.`) and prints it as one line.
 """
 
 from __future__ import annotations
@@ -30,7 +31,20 @@ def option(default=dataclasses.MISSING, *, choices=None, min=None, above=None, m
 
 
 def check_field(name: str, value, meta) -> None:
+def check_finite(name: str, value, _path: tuple = ()) -> None:
+    """ValueError naming the first NaN or infinite float in `value` (a number, or lists and mappings of them; a
+    container that holds itself, which YAML anchors can build, is refused too)."""
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ValueError(f"{name}={value!r}: must be a finite number")
+    items = value.items() if isinstance(value, dict) else enumerate(value) if isinstance(value, (list, tuple)) else ()
+    if items and id(value) in _path:
+        raise ValueError(f"{name}: a value that contains itself")
+    for key, item in items:
+        check_finite(f"{name}.{key}" if isinstance(value, dict) else f"{name}[{key}]", item, (*_path, id(value)))
+
+
     choices = meta.get("choices")
+    check_finite(name, value)
     if choices is not None:
         valid = list(choices() if callable(choices) else choices)
         items = value if isinstance(value, list) else [value]
@@ -41,8 +55,6 @@ def check_field(name: str, value, meta) -> None:
                 raise ValueError(f"{name}: invalid choice {item!r}; valid choices: {', '.join(map(str, valid))}")
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         return
-    if isinstance(value, float) and not math.isfinite(value) and meta.keys() & {"min", "above", "max", "below"}:
-        raise ValueError(f"{name}={value!r}: must be a finite number")
     if "min" in meta and value < meta["min"]:
         raise ValueError(f"{name}={value!r}: must be at least {meta['min']}")
     if "above" in meta and value <= meta["above"]:

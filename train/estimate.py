@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import dataclasses
 import math
 import re
 import sys
@@ -67,14 +68,18 @@ def model_config(cfg: Config):
 
 
 def count_params(m) -> dict[str, int]:
-    """Total parameters (tied counted once), the largest block, and the rest (embeddings, head, final norm)."""
+    """Total parameters (tied counted once), the largest block, and the rest (embeddings, head, final norm).
+
+    Blocks of the same mixer are the same size, so the meta-device model holds one block per distinct mixer and the
+    total multiplies each by its number of layers (`layer_counts`): counting costs the same at any depth."""
     from model.transformer import Transformer
 
+    counts = m.layer_counts()
     with torch.device("meta"):
-        model = Transformer(m)
-    total = sum(p.numel() for p in model.parameters())
+        model = Transformer(dataclasses.replace(m, n_layers=len(counts), mixer=list(counts)))
     blocks = [sum(p.numel() for p in layer.parameters()) for layer in model.layers]
-    return {"total": total, "block": max(blocks), "root": total - sum(blocks)}
+    root = sum(p.numel() for p in model.parameters()) - sum(blocks)
+    return {"total": root + sum(n * b for n, b in zip(counts.values(), blocks)), "block": max(blocks), "root": root}
 
 
 def layer_bytes(m, mixer: str, ffn: str, seq_len: int, precision: str) -> float:
@@ -124,10 +129,21 @@ def estimate(cfg: Config, world: int) -> dict:
         rows.append(("ZeRO communication buckets", s * ZERO_BUCKETS, 0))
     T = cfg.data.seq_len
     kept, transient = head_bytes(m, prec)
-    per_sample = T * (sum(layer_bytes(m, mx, m.layer_ffn(mx), T, prec) for mx in m.layer_mixers()) + kept)
+    layers = sum(n * layer_bytes(m, mx, m.layer_ffn(mx), T, prec) for mx, n in m.layer_counts().items())
+    per_sample = T * (layers + kept)
     return {"params": params, "rows": rows, "strategy": strategy, "world": world,
             "activations_per_sample": per_sample, "logits_per_sample": T * transient,
             "static": sum(r[1] for r in rows)}
+
+
+def world_size(cfg: Config) -> int:
+    """Devices over all nodes: train.devices (a count, auto / -1 = every visible GPU, or indices "0,1,3") x nodes."""
+    devices = cfg.train.devices
+    if devices in ("auto", -1):
+        devices = max(1, torch.cuda.device_count())
+    elif isinstance(devices, str):  # "0,1,3": device indices
+        devices = len([d for d in devices.split(",") if d.strip()])
+    return int(devices) * cfg.train.num_nodes
 
 
 def largest_batch(est: dict, memory: float, overhead: float) -> int:
@@ -174,13 +190,8 @@ def main(argv: list[str] | None = None) -> None:
         rest.append(f"--train.devices={args.devices}")
 
     def show(cfg: Config) -> None:
-        devices = cfg.train.devices
-        if devices in ("auto", -1):
-            devices = max(1, torch.cuda.device_count())
-        elif isinstance(devices, str):  # "0,1,3": device indices
-            devices = len([d for d in devices.split(",") if d.strip()])
         memory = parse_size(args.memory) if args.memory else None
-        print(report(cfg, memory, parse_size(args.overhead), int(devices) * cfg.train.num_nodes))
+        print(report(cfg, memory, parse_size(args.overhead), world_size(cfg)))
 
     run_cli(show, rest, usage=__doc__)
 

@@ -86,7 +86,8 @@ def test_a_huge_config_is_refused_before_allocating(tiny_sft_run, tmp_path, caps
     values["model"]["d_model"] = 65536  # ~17 GB of float32 weights if built before looking at the file
     (run / "config.yaml").write_text(yaml.safe_dump(values))
     start = time.perf_counter()
-    assert "has shape" in generate_fails(run, capsys)
+    err = generate_fails(run, capsys)  # this machine's memory first (train/memory.py), else the file's shapes
+    assert "has shape" in err or "model.d_model=65536" in err and "available" in err
     assert time.perf_counter() - start < 10
 
 

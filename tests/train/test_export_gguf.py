@@ -270,6 +270,9 @@ def test_output_path_rules(tmp_path, tokenizer, capsys):
     assert "is a folder" in refused(out=tmp_path / "folder")
     assert "input" in refused("--force", out=tmp_path / "run" / "model.safetensors")
     assert load_tokenizer(tmp_path / "run" / "tokenizer.json").get_vocab_size() == tokenizer.get_vocab_size()
+    assert "not a GGUF file" in refused("--force") and out.read_text() == "keep me"  # --force replaces only GGUF
+    out.unlink()
+    export("--run", tmp_path / "run", "--out", out)
     export("--run", tmp_path / "run", "--out", out, "--force")
     assert gguf.GGUFReader(out).fields["general.architecture"].contents() == "llama"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["folder", "m.gguf", "run"]  # no temporary file left

@@ -5,9 +5,7 @@ that fine-tunes (LoRA SFT) and aligns (DPO). Everything this stack does not comp
 
 from __future__ import annotations
 
-import fcntl
 import json
-import os
 import random
 
 import pytest
@@ -207,10 +205,11 @@ def test_missing_unexpected_and_misshapen_tensors_are_refused(tmp_path, tokenize
     refused(capsys, args, "model.layers.0.mlp.gate_proj.weight has shape (96, 64)", "(128, 64)")
     edit_json(tmp_path / "hf" / "config.json", intermediate_size=96, num_hidden_layers=3)
     refused(capsys, args, "holds 2 layers", "num_hidden_layers=3")
-    path.rename(tmp_path / "model.safetensors")  # shards must be files in the folder, not paths out of it
+    (tmp_path / "elsewhere").mkdir()
+    path.rename(tmp_path / "elsewhere" / "shard.safetensors")  # shards must be files in the folder, not paths out of it
     (tmp_path / "hf" / "model.safetensors.index.json").write_text(json.dumps({"weight_map": {
-        k: "../model.safetensors" for k in state}}))
-    refused(capsys, args, "'../model.safetensors': not a file name")
+        k: "../elsewhere/shard.safetensors" for k in state}}))
+    refused(capsys, args, "'../elsewhere/shard.safetensors': not a file name")
     assert not (tmp_path / "r").exists()
 
 
@@ -249,7 +248,7 @@ def test_import_then_export_gives_back_the_same_model(tmp_path, tokenizer):
         torch.testing.assert_close(back(idx).logits, hf(idx).logits, atol=1e-5, rtol=1e-5)
 
 
-def test_out_is_checked_and_replaced_only_with_force(tmp_path, tokenizer, capsys):
+def test_out_is_checked_and_never_replaced(tmp_path, tokenizer, capsys):
     save_hf(hf_model(), tokenizer, tmp_path / "hf")
     model = ["--model", str(tmp_path / "hf")]
     refused(capsys, [*model, "--out", str(tmp_path / "runs" / "..")], "plain folder name")
@@ -257,23 +256,15 @@ def test_out_is_checked_and_replaced_only_with_force(tmp_path, tokenizer, capsys
     refused(capsys, [*model, "--out", str(tmp_path)], "input")  # would hold the input folder
     (tmp_path / "busy").mkdir()
     (tmp_path / "busy" / "notes.txt").write_text("mine")
-    refused(capsys, [*model, "--out", str(tmp_path / "busy")], "not empty")
-    refused(capsys, [*model, "--out", str(tmp_path / "busy"), "--force"], "not empty")  # not a run directory
+    refused(capsys, [*model, "--out", str(tmp_path / "busy")], "not an empty folder")
     assert (tmp_path / "busy" / "notes.txt").read_text() == "mine"
     run = tmp_path / "runs" / "llama"
     import_main([*model, "--out", str(run)])
-    refused(capsys, [*model, "--out", str(run)], "run directory already", "--force")
-    (run / "stale.txt").write_text("old")
-    fd = os.open(run / ".lock", os.O_RDWR | os.O_CREAT)  # a run using the folder holds its lock
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
-        os.write(fd, b"4242")
-        refused(capsys, [*model, "--out", str(run), "--force"], "in use", "4242")
-    finally:
-        os.close(fd)
-    assert (run / "stale.txt").is_file()
-    import_main([*model, "--out", str(run), "--force"])
-    assert not (run / "stale.txt").exists() and sorted(p.name for p in run.parent.iterdir()) == ["llama"]
+    before = {p.name: p.read_bytes() for p in run.iterdir() if p.is_file()}
+    refused(capsys, [*model, "--out", str(run)], "run folder")
+    refused(capsys, [*model, "--out", str(run / "inner")], "run folder")
+    assert {p.name: p.read_bytes() for p in run.iterdir() if p.is_file()} == before
+    assert sorted(p.name for p in run.parent.iterdir()) == ["llama"]
     load_run(run)
 
 

@@ -1,4 +1,4 @@
-"""`python -m train.interop.export_gguf --run runs/<name> --out FILE.gguf [--dtype f16|f32] [--force]`: a llama.cpp GGUF.
+"""`python -m train.interop.export_gguf --run runs/<name> --out FILE.gguf [--dtype f16|f32] [--force]`: llama.cpp GGUF.
 
 The file is what llama.cpp's own `convert_hf_to_gguf.py` writes for a `LlamaForCausalLM` ("llama" architecture),
 made from the run directly with gguf-py's `GGUFWriter`. Only a Llama-shaped model exports (RoPE, softmax attention
@@ -32,7 +32,7 @@ has beyond the tokenizer's are `[PADi]` (UNUSED), as the convert script writes t
 
 f16 stores every matrix as float16 and keeps the norm gains float32 (llama.cpp's MOSTLY_F16); f32 keeps all.
 The file is written to `.<name>.tmp<PID>` beside `--out`, then renamed: an existing file is replaced only with
---force, and never half-written.
+--force and only if it is a GGUF file (its magic bytes), never inside a run folder, and never half-written.
 """
 
 from __future__ import annotations
@@ -52,12 +52,13 @@ from model.lora import merge_lora
 from train.cli import user_errors_exit_2
 from train.config import load_config
 from train.interop.export_hf import DEFAULT_MAX_POSITIONS, check_llama, to_hf_state_dict
-from train.rundir.paths import check_out_dir
+from train.rundir.paths import FileKind, check_output, starts_with
 from train.rundir.weights import CheckpointError
 
 ARCH = "llama"
 DTYPES = {"f32": np.float32, "f16": np.float16}
 F16_MAX = float(np.finfo(np.float16).max)
+GGUF = FileKind("a GGUF file", starts_with(b"GGUF"))  # the format's magic bytes
 
 
 class MissingDependency(ImportError):
@@ -140,16 +141,11 @@ def _check_dtype(dtype: str) -> None:
 
 
 def check_out_file(out: str | Path, force: bool, *inputs: str | Path | None) -> Path:
-    """`out` if a GGUF file may be written there: its folder exists, it is no folder itself, not inside an input
-    (a run directory), and no file is there unless `force`; else CheckpointError."""
-    out = Path(out)
-    check_out_dir(out, *inputs)
+    """`out` if a GGUF file may be written there (train/rundir/paths.py `check_output`: outside the inputs and every
+    run folder; an existing file only with `force` and only if it is a GGUF file), in a folder that exists."""
+    out = check_output(out, GGUF, force, inputs)
     if not out.parent.is_dir():
         raise CheckpointError(f"--out {out}: folder {out.parent} does not exist; create it first")
-    if out.is_dir():
-        raise CheckpointError(f"--out {out} is a folder; pass a file name such as {out / 'model.gguf'}")
-    if out.exists() and not force:
-        raise CheckpointError(f"--out {out} already exists; pass --force to replace it")
     return out
 
 
@@ -234,7 +230,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--run", required=True, help="run directory (runs/<name>)")
     parser.add_argument("--out", required=True, help="the .gguf file to write (its folder must exist)")
     parser.add_argument("--dtype", default="f16", choices=list(DTYPES), help="matrix precision (norms stay f32)")
-    parser.add_argument("--force", action="store_true", help="replace --out if it exists")
+    parser.add_argument("--force", action="store_true", help="replace --out if it is an existing GGUF file")
     args = parser.parse_args(argv)
     with user_errors_exit_2(MissingDependency):
         out = export(args.run, args.out, args.dtype, args.force)

@@ -35,7 +35,7 @@ from model.mixers import MIXERS
 from model.positions import POSITIONS
 from train.cli import user_errors_exit_2
 from train.config import ConfigError, load_config
-from train.rundir.paths import check_out_dir
+from train.rundir.paths import check_output
 from train.rundir.weights import CheckpointError
 
 KEY_MAP = [  # (our key pattern, HF key template), applied to the whole key
@@ -131,15 +131,15 @@ def _save_tokenizer(tokenizer, out_dir: Path, max_length: int) -> None:
 
 
 def export(run_dir: str | Path, out_dir: str | Path) -> Path:
-    """Write the HF folder for a run directory; returns the output path. `out_dir` may be neither the run nor
-    any other run directory: the HF files (model.safetensors, tokenizer.json) would replace the run's."""
+    """Write the HF folder for a run directory; returns the output path. `out_dir` must be a new or empty folder
+    outside every run directory: the HF files (model.safetensors, tokenizer.json) would replace a run's."""
     from safetensors.torch import save_file
 
     from train.rundir.adapter import resolve
     from train.rundir.load import load_run
 
     run_dir = Path(run_dir)
-    out_dir = check_out_dir(out_dir, run_dir, *resolve(run_dir))
+    out_dir = check_output(out_dir, None, inputs=(run_dir, *resolve(run_dir)))
     if (run_dir / "config.yaml").is_file():  # name the non-Llama field before building the model
         check_llama(load_config(run_dir / "config.yaml", run_file=True).model)
     cfg, tokenizer, model = load_run(run_dir)

@@ -6,21 +6,22 @@ checked against config.json before a tensor is read, and its tensors under our n
     so a pickle that would run code is refused, never run.
 
 The rotary `inv_freq` buffers some older checkpoints hold are derived from rope_theta and skipped. A tied head
-stored anyway must equal the embedding. Every tensor becomes contiguous fp32, as this stack's runs hold them.
+stored anyway must equal the embedding. Every tensor must be floating point and finite (quantized, integer or NaN
+weights are refused) and becomes contiguous fp32, as this stack's runs hold them.
 """
 
 from __future__ import annotations
 
-import json
 import re
 from pathlib import Path
 
 import torch
 
+from inputs import read_json
 from model.transformer import Transformer
 from train.config import Config
 from train.interop.export_hf import KEY_MAP
-from train.rundir.weights import CheckpointError, read_shapes
+from train.rundir.weights import CheckpointError, check_values, read_shapes
 
 DERIVED = re.compile(r"model\.(layers\.\d+\.self_attn\.)?rotary_emb\.inv_freq")  # buffers of older checkpoints
 WEIGHTS = [("safetensors", "model.safetensors"), ("bin", "pytorch_model.bin")]  # preferred first; + .index.json
@@ -33,10 +34,7 @@ def weight_files(model_dir: Path) -> tuple[str, Path, list[Path]]:
             return kind, model_dir / name, [model_dir / name]
         index = model_dir / f"{name}.index.json"
         if index.is_file():
-            try:
-                weight_map = json.loads(index.read_text()).get("weight_map")
-            except (ValueError, UnicodeDecodeError, AttributeError):
-                raise CheckpointError(f"{index} is not a JSON object with a weight_map") from None
+            weight_map = read_json(index, "weights index").get("weight_map")
             if not isinstance(weight_map, dict) or not weight_map:
                 raise CheckpointError(f"{index} has no weight_map")
             shards = sorted({v if isinstance(v, str) else repr(v) for v in weight_map.values()})
@@ -113,9 +111,9 @@ def convert_weights(cfg: Config, label: Path, shapes: dict[str, tuple], get) -> 
     state = {}
     for name, key in names.items():
         tensor = get(name)
-        if not tensor.is_floating_point():
-            raise CheckpointError(f"{label}: {name} is {tensor.dtype}; only float weights import (not quantized)")
+        check_values(label, name, tensor)
         state[key] = tensor.to(torch.float32).contiguous()
+        check_values(label, name, state[key])  # a float64 or bfloat16 value beyond fp32's range
     if extra_head and not torch.equal(get("lm_head.weight").float(), state["embed_tokens.weight"]):
         raise CheckpointError(f"{label}: lm_head.weight differs from model.embed_tokens.weight but config.json "
                               "says tie_word_embeddings=true")

@@ -19,16 +19,16 @@ and checked with its `check_llama`. The folder comes from someone else, so nothi
                      returns it for this run and the runs made from it (finetune inherits data.eos_token), so
                      generation stops on it and SFT / DPO / GRPO end and pad examples with it.
 
-`--out` is a run directory: its last part is a plain name (train/rundir/paths.py); it may not be, hold or lie inside
-the input. An existing non-empty folder is refused; `--force` replaces one that is a run directory not in use
-(never any other folder). Files are written into `.<name>.tmp<PID>` beside it and renamed into place, so a
-refused or failed import leaves nothing. Needs no `transformers`.
+`--out` is a new run directory: its last part is a plain name (train/rundir/paths.py); it may not be, hold or lie
+inside the input or any run folder, and an existing folder that is not empty is refused (an import never replaces a
+run: `check_output`). config.json's sizes are checked against this machine's memory (train/memory.py) before a
+weight is read. Files are written into `.<name>.tmp<PID>` beside it and renamed into place, so a refused or failed
+import leaves nothing. Needs no `transformers`.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import os
 import shutil
@@ -37,6 +37,7 @@ from pathlib import Path
 from data.corpus import DataError
 from data.tokenizer import load_tokenizer
 from data.tokens import content_hash
+from inputs import read_json
 from model.ffn import FFNS
 from model.mixers import MIXERS
 from model.positions import POSITIONS
@@ -44,9 +45,10 @@ from train.cli import user_errors_exit_2
 from train.config import Config, ConfigError, DataConfig, load_config, save_config
 from train.interop.export_hf import check_llama
 from train.interop.hf_weights import convert_weights, read_weights, weight_files
+from train.memory import check_memory
 from train.rundir.load import check_fits
-from train.rundir.paths import check_run_name, is_run_dir, lock_run_dir, unlock_run_dir
-from train.rundir.weights import CheckpointError, read_shapes, save_weights
+from train.rundir.paths import MAX_NAME, check_output, check_run_name
+from train.rundir.weights import read_shapes, save_weights
 
 ARCHITECTURE = "LlamaForCausalLM"
 CONFIG_FIELDS = [  # (config.json field, model.* field, kind, default when absent: LlamaConfig's; None = required)
@@ -82,13 +84,7 @@ def _json(path: Path, required: bool = True) -> dict:
             raise ConfigError(f"{path} not found: --model must be a Hugging Face model folder (config.json, weights, "
                               "tokenizer.json)")
         return {}
-    try:
-        values = json.loads(path.read_text())
-    except (ValueError, UnicodeDecodeError) as err:
-        raise ConfigError(f"{path}: not valid JSON ({str(err)[:120]})") from None
-    if not isinstance(values, dict):
-        raise ConfigError(f"{path}: expected a JSON object, got {type(values).__name__}")
-    return values
+    return read_json(path, path.name)  # inputs/json.py: a regular UTF-8 file holding one finite JSON object
 
 
 def _value(path: Path, key: str, value, kind: type):
@@ -163,37 +159,24 @@ def find_eos(model_dir: Path, raw: dict, tokenizer, override: str | None) -> tup
                     "no eos_token in tokenizer_config.json); pass --eos-token TEXT")
 
 
-def check_out(out: str | Path, model_dir: Path, force: bool) -> Path:
+def check_out(out: str | Path, model_dir: Path) -> Path:
     """`out` if the import may write there (module docstring); else ConfigError / CheckpointError."""
     out = Path(out)
     try:
         check_run_name(out.name, key="--out")
     except ConfigError:
-        raise ConfigError(f"--out {out}: the run's name {out.name!r} must be a plain folder name (letters, digits, "
-                          "'.', '_', '-', not starting with '.'): --out runs/<name>") from None
-    resolved, source = out.resolve(), model_dir.resolve()
-    if source == resolved or resolved in source.parents or source in resolved.parents:
-        raise CheckpointError(f"--out {out} is, holds or is inside the input {model_dir}; write to a new folder")
-    if out.is_symlink() or out.exists() and not out.is_dir():
-        raise CheckpointError(f"--out {out} exists and is not a folder; choose a new name")
-    if is_run_dir(resolved):
-        if force:
-            return out
-        raise CheckpointError(f"--out {out} is a run directory already; pass --force to replace it, or choose a new "
-                              "name")
-    if out.is_dir() and any(out.iterdir()):
-        raise CheckpointError(f"--out {out} exists and is not empty; choose a new name (--force replaces only a "
-                              "run directory)")
-    return out
+        raise ConfigError(f"--out {out}: the run's name {out.name!r} must be a plain folder name of at most "
+                          f"{MAX_NAME} characters (letters, digits, '.', '_', '-', not starting with '.'): --out "
+                          "runs/<name>") from None
+    return check_output(out, None, inputs=(model_dir,))
 
 
-def import_model(model_dir: str | Path, out: str | Path, eos_token: str | None = None, force: bool = False
-                 ) -> tuple[Path, str]:
+def import_model(model_dir: str | Path, out: str | Path, eos_token: str | None = None) -> tuple[Path, str]:
     """Write the run directory `out` for the HF folder `model_dir` -> (out, a one-line summary)."""
     model_dir = Path(model_dir)
     if not model_dir.is_dir():
         raise ConfigError(f"--model {model_dir} is not a folder; give a Hugging Face model folder")
-    out = check_out(out, model_dir, force)
+    out = check_out(out, model_dir)
     raw = _json(model_dir / "config.json")
     fields = model_fields(model_dir / "config.json", raw)
     tokenizer_file = model_dir / "tokenizer.json"
@@ -213,19 +196,18 @@ def import_model(model_dir: str | Path, out: str | Path, eos_token: str | None =
         check_llama(cfg.model)
     except ConfigError as err:
         raise ConfigError(f"{model_dir}/config.json does not fit this stack: {err}") from None
+    check_memory(cfg, "cpu", source=f"{model_dir}/config.json")  # before a weight is read
     kind, label, files = weight_files(model_dir)
     state = convert_weights(cfg, label, *read_weights(kind, files))
-    _write(out, cfg, state, tokenizer_file, force)
+    _write(out, cfg, state, tokenizer_file)
     return out, (f"{kind}, {cfg.model.n_layers} layers, d_model={cfg.model.d_model}, vocab={cfg.model.vocab_size}, "
                  f"end of text {eos!r} ({eos_from})")
 
 
-def _write(out: Path, cfg: Config, state: dict, tokenizer_file: Path, force: bool) -> None:
-    """Write the run into `.<name>.tmp<PID>` beside `out`, then rename it into place (replacing `out` with --force,
-    under its run lock: a run using it is refused)."""
+def _write(out: Path, cfg: Config, state: dict, tokenizer_file: Path) -> None:
+    """Write the run into `.<name>.tmp<PID>` beside `out`, then rename it into place (`out` is absent or empty)."""
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp, old = (out.with_name(f".{out.name}.{tag}tmp{os.getpid()}") for tag in ("", "old."))
-    locked, moved = force and out.is_dir() and lock_run_dir(out), False  # lock: a run using `out` is refused
+    tmp = out.with_name(f".{out.name}.tmp{os.getpid()}")
     try:
         tmp.mkdir()
         shutil.copyfile(tokenizer_file, tmp / "tokenizer.json")  # byte for byte; hashed as load_run hashes it
@@ -234,21 +216,10 @@ def _write(out: Path, cfg: Config, state: dict, tokenizer_file: Path, force: boo
                      tokenizer_hash=tokenizer_hash)
         check_fits(tmp / "model.safetensors", read_shapes(tmp / "model.safetensors"), cfg)  # what load_run checks
         save_config(cfg, tmp / "config.yaml")
-        if out.is_dir() and any(out.iterdir()):
-            os.replace(out, old)
-            moved = True
         os.replace(tmp, out)
     except BaseException:
-        if moved and not out.exists():  # the old run goes back
-            os.replace(old, out)
-            moved = False
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    finally:
-        if locked:
-            unlock_run_dir(out)
-        if moved:
-            shutil.rmtree(old, ignore_errors=True)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -256,10 +227,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--model", required=True, help="Hugging Face LlamaForCausalLM folder (save_pretrained)")
     parser.add_argument("--out", required=True, help="the run directory to write (runs/<name>)")
     parser.add_argument("--eos-token", default=None, help="end-of-text token text (default: the model's eos)")
-    parser.add_argument("--force", action="store_true", help="replace --out when it is an existing run directory")
     args = parser.parse_args(argv)
     with user_errors_exit_2():
-        out, summary = import_model(args.model, args.out, args.eos_token, args.force)
+        out, summary = import_model(args.model, args.out, args.eos_token)
     print(f"wrote {out} ({summary}); try: python -m train.generate --run {out}")
 
 

@@ -31,7 +31,7 @@ from torch import nn
 
 from inputs import read_json, read_yaml
 from model.lora import ALL_LINEAR, LoRAConfig, apply_lora, find_targets, lora_modules, lora_state_dict
-from train.rundir.weights import CheckpointError
+from train.rundir.weights import CheckpointError, check_values
 
 CONFIG_NAME = "adapter_config.json"
 WEIGHTS_NAME = "adapter_model.safetensors"
@@ -171,6 +171,8 @@ def load_adapter(model: nn.Module, adapter_dir: str | Path) -> LoRAConfig:
     wrong = [f"{k} {tuple(saved[k].shape)} vs {s}" for k, s in shapes.items() if tuple(saved[k].shape) != s]
     if wrong:
         raise ValueError(f"{adapter_dir}: shape mismatch {wrong[:3]}; the base model's sizes differ from the adapter's")
+    for key in shapes:
+        check_values(Path(adapter_dir) / WEIGHTS_NAME, key, saved[key])
     cfg.target_modules = names
     apply_lora(model, cfg)
     with torch.no_grad():

@@ -4,11 +4,13 @@ adapter when the run is a LoRA run (adapter/ on a base, train/rundir/adapter.py)
 A run directory may come from someone else, so nothing in it is trusted before it is checked: the weights
 file's header (names and shapes, read without loading a tensor) is compared with the shapes config.yaml implies,
 computed on the meta device, BEFORE the model is allocated. A config.yaml saying `d_model: 65536` is refused in
-one line instead of allocating gigabytes first.
+one line instead of allocating gigabytes first; before that, config.yaml's sizes are checked against this machine's
+memory (train/memory.py), so `n_layers: 1000000000` is refused before even a meta-device model of it is built.
 """
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import torch
@@ -17,8 +19,9 @@ from data.corpus import DataError
 from data.tokenizer import load_tokenizer
 from data.tokens import content_hash
 from model.transformer import Transformer
-from train.rundir.adapter import check_adapter_base, load_adapter, resolve
 from train.config import Config, ConfigError, load_config
+from train.memory import check_memory
+from train.rundir.adapter import check_adapter_base, load_adapter, resolve
 from train.rundir.weights import TOKENIZER_HASH, CheckpointError, check_shapes, load_weights, read_metadata, read_shapes
 
 
@@ -31,6 +34,7 @@ def load_run(run_dir: str | Path, device: str = "cpu", adapter: str | Path | Non
         raise CheckpointError(f"{run_dir} is not a run directory (no config.yaml); pass --run runs/<name>")
     weights_dir, adapter_dir = resolve(run_dir, adapter)
     cfg = load_config(weights_dir / "config.yaml", run_file=True)
+    check_memory(cfg, device, source=str(weights_dir / "config.yaml"))  # its sizes against this machine, first
     tokenizer = _tokenizer(run_dir, weights_dir, cfg)
     weights = weights_dir / "model.safetensors"
     check_fits(weights, read_shapes(weights), cfg)
@@ -76,8 +80,17 @@ def check_fits(weights: Path, saved: dict[str, tuple], cfg: Config) -> None:
 
 
 def pick_device(name: str = "auto") -> str:
-    if name != "auto":
-        if name == "cuda" and not torch.cuda.is_available():
-            raise ConfigError("--device=cuda but no CUDA GPU is visible; use --device=cpu")
-        return name
-    return "cuda" if torch.cuda.is_available() else "cpu"
+    """`--device`: auto (a GPU if one is visible), cpu, cuda, cuda:N of a visible GPU, or mps where it is built."""
+    if name == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    match = re.fullmatch(r"(cpu|cuda|mps)(?::(\d+))?", name)
+    kind, index = (match.group(1), match.group(2)) if match else (None, None)
+    if kind is None or kind != "cuda" and index is not None:
+        raise ConfigError(f"--device={name!r}: give auto, cpu, cuda, cuda:N or mps")
+    if kind == "cuda" and int(index or 0) >= torch.cuda.device_count():
+        visible = torch.cuda.device_count()
+        raise ConfigError(f"--device={name} but {visible} CUDA GPU(s) are visible; use --device=cpu"
+                          + (f" or cuda:0..{visible - 1}" if visible else ""))
+    if kind == "mps" and not torch.backends.mps.is_available():
+        raise ConfigError(f"--device={name} but MPS is not available on this machine; use --device=cpu")
+    return name

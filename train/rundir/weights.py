@@ -4,12 +4,14 @@ A tied output head shares the embedding's storage, which safetensors refuses to 
 dropped on save and re-tied by the model on load. Loading checks names and shapes, and a mismatch
 names the first differing tensor instead of failing deep inside `load_state_dict`. The check reads only the
 file's header (`read_shapes`), so it can run before a model of the claimed size is allocated (train/rundir/load.py).
+Every tensor read must then be floating point and finite (`check_values`) before it reaches the model.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
+import torch
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from torch import nn
@@ -67,6 +69,18 @@ def check_shapes(path: Path, saved: dict[str, tuple], expected: dict[str, tuple]
 def load_weights(model: nn.Module, path: str | Path, tied: bool = True) -> None:
     path = Path(path)
     expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+def check_values(path: str | Path, key: str, tensor: torch.Tensor) -> None:
+    """CheckpointError unless `tensor` (the weight `key` read from `path`) is floating point and finite: integer
+    tensors of the right shape would be cast silently, and a NaN weight makes every output NaN."""
+    if not tensor.is_floating_point():
+        raise CheckpointError(f"{path}: {key} holds {str(tensor.dtype).replace('torch.', '')} values; weights must "
+                              "be floating point (quantized or integer tensors are not loaded)")
+    if not bool(torch.isfinite(tensor).all()):
+        bad = int((~torch.isfinite(tensor)).sum())
+        raise CheckpointError(f"{path}: {key} holds {bad} NaN or infinite value(s) of {tensor.numel()}; the weights "
+                              "are corrupt: re-export or retrain")
+
+
     check_shapes(path, read_shapes(path), expected, tied)
     try:
         state = load_file(str(path))
@@ -74,3 +88,5 @@ def load_weights(model: nn.Module, path: str | Path, tied: bool = True) -> None:
         raise CheckpointError(f"{path} is not a readable safetensors file ({str(err)[:160]}); re-export or "
                               "retrain") from None
     model.load_state_dict(state, strict=False)
+    for key, tensor in state.items():
+        check_values(path, key, tensor)
