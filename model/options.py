@@ -30,7 +30,6 @@ def option(default=dataclasses.MISSING, *, choices=None, min=None, above=None, m
     return dataclasses.field(default=default, metadata=meta)
 
 
-def check_field(name: str, value, meta) -> None:
 def check_finite(name: str, value, _path: tuple = ()) -> None:
     """ValueError naming the first NaN or infinite float in `value` (a number, or lists and mappings of them; a
     container that holds itself, which YAML anchors can build, is refused too)."""
@@ -43,8 +42,9 @@ def check_finite(name: str, value, _path: tuple = ()) -> None:
         check_finite(f"{name}.{key}" if isinstance(value, dict) else f"{name}[{key}]", item, (*_path, id(value)))
 
 
-    choices = meta.get("choices")
+def check_field(name: str, value, meta) -> None:
     check_finite(name, value)
+    choices = meta.get("choices")
     if choices is not None:
         valid = list(choices() if callable(choices) else choices)
         items = value if isinstance(value, list) else [value]

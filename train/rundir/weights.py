@@ -66,9 +66,6 @@ def check_shapes(path: Path, saved: dict[str, tuple], expected: dict[str, tuple]
                                   f"{tuple(expected[key])}; check model.* in config.yaml")
 
 
-def load_weights(model: nn.Module, path: str | Path, tied: bool = True) -> None:
-    path = Path(path)
-    expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
 def check_values(path: str | Path, key: str, tensor: torch.Tensor) -> None:
     """CheckpointError unless `tensor` (the weight `key` read from `path`) is floating point and finite: integer
     tensors of the right shape would be cast silently, and a NaN weight makes every output NaN."""
@@ -81,12 +78,15 @@ def check_values(path: str | Path, key: str, tensor: torch.Tensor) -> None:
                               "are corrupt: re-export or retrain")
 
 
+def load_weights(model: nn.Module, path: str | Path, tied: bool = True) -> None:
+    path = Path(path)
+    expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
     check_shapes(path, read_shapes(path), expected, tied)
     try:
         state = load_file(str(path))
     except Exception as err:  # a header that reads but data that does not
         raise CheckpointError(f"{path} is not a readable safetensors file ({str(err)[:160]}); re-export or "
                               "retrain") from None
-    model.load_state_dict(state, strict=False)
     for key, tensor in state.items():
         check_values(path, key, tensor)
+    model.load_state_dict(state, strict=False)
