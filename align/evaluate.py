@@ -112,7 +112,7 @@ def check_arguments(args) -> None:
 def main(argv: list[str] | None = None) -> None:
     from data.sft import instruct_examples
     from model.lora import merge_lora
-    from train.cli import USER_ERRORS
+    from train.cli import user_errors_exit_2
     from train.config import load_config
     from train.rundir.load import load_run, pick_device
 
@@ -131,7 +131,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out", default=None, help="write the table here (Markdown) and the details to .json")
     parser.add_argument("--device", default="auto")
     args = parser.parse_args(argv)
-    try:
+    with user_errors_exit_2(ValueError):
         check_arguments(args)
         weights = read_rewards(args.rewards) if args.rewards else AlignConfig().rewards
         reward_terms(weights)  # a bad --rewards stops before any model is loaded
@@ -147,14 +147,11 @@ def main(argv: list[str] | None = None) -> None:
                                    args.temperature, args.seed, args.samples)
             results.setdefault(name, []).append({"run": path, "adapter": adapter, **scores})
             print(f"{name} ({path}): reward {scores['reward']:.3f}  ({scores['seconds']:.0f}s)", file=sys.stderr)
-    except (*USER_ERRORS, ValueError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        sys.exit(2)
-    decoding = "greedy" if args.temperature == 0 else (f"{args.samples} sampled completion(s) per prompt at "
-                                                       f"temperature {args.temperature}, seed {args.seed}")
-    note = (f"{len(heldout)} prompts from the validation stories; {decoding} decoding, at most {args.max_new_tokens}"
-            f" new tokens; reward weights {weights}.")
-    print(write_report(args.out, results, weights, note) if args.out else markdown_table(results, weights))
+        decoding = "greedy" if args.temperature == 0 else (f"{args.samples} sampled completion(s) per prompt at "
+                                                           f"temperature {args.temperature}, seed {args.seed}")
+        note = (f"{len(heldout)} prompts from the validation stories; {decoding} decoding, at most "
+                f"{args.max_new_tokens} new tokens; reward weights {weights}.")
+        print(write_report(args.out, results, weights, note) if args.out else markdown_table(results, weights))
 
 
 if __name__ == "__main__":

@@ -34,6 +34,7 @@ from align.rewards import combined_reward, read_rewards, reward_terms
 from data.corpus import DataError
 from data.instruct import InstructExample, parse_header
 from data.words import word_pattern
+from inputs import InputError, json_lines, regular_file
 
 COLUMNS = ("prompt", "chosen", "rejected")
 REJECTED = ("other", "swapped")
@@ -107,17 +108,16 @@ def save_pairs(pairs: list[dict], path: str | Path) -> Path:
 def load_pairs(source: str | Path, split: str = "train") -> list[dict]:
     """prompt/chosen/rejected rows from a JSONL file, or a Hugging Face dataset (hub id or local folder)."""
     path = Path(source)
-    if path.is_file() and path.suffix in (".jsonl", ".json"):
+    if path.suffix in (".jsonl", ".json") and path.exists():  # a FIFO or folder too: regular_file refuses it
         rows = []
-        with path.open("rb") as f:
-            for number, line in enumerate(f, 1):
-                try:
-                    row = json.loads(line) if line.strip() else None
-                except (json.JSONDecodeError, UnicodeDecodeError) as err:
-                    raise DataError(f"{path}:{number}: not a JSON object ({err}); one pair per line: "
-                                    '{"prompt": ..., "chosen": ..., "rejected": ...}') from None
-                if row is not None:
-                    rows.append(row if isinstance(row, dict) else {"<not an object>": row})
+        with regular_file(path, "pairs file").open("rb") as f:
+            try:
+                for _, _, row in json_lines(f, path):  # inputs/json.py: strict UTF-8, finite, valid strings, bounded
+                    if row is not None:
+                        rows.append(row if isinstance(row, dict) else {"<not an object>": row})
+            except InputError as err:
+                raise DataError(f"{err.file}: not a JSON object ({err.what}); one pair per line: "
+                                '{"prompt": ..., "chosen": ..., "rejected": ...}') from None
     else:
         from datasets import load_dataset
 
@@ -143,7 +143,7 @@ def load_pairs(source: str | Path, split: str = "train") -> list[dict]:
 def main(argv: list[str] | None = None) -> None:
     from data.sft import instruct_examples
     from model.lora import merge_lora
-    from train.cli import USER_ERRORS
+    from train.cli import user_errors_exit_2
     from train.config import load_config
     from train.rundir.load import load_run
 
@@ -170,7 +170,7 @@ def main(argv: list[str] | None = None) -> None:
     except ValueError as err:
         print(f"error: {err if str(err).startswith('--') else f'--rewards: {err}'}", file=sys.stderr)
         sys.exit(2)
-    try:
+    with user_errors_exit_2():
         cfg = load_config(Path(args.run) / "config.yaml", run_file=True)
         examples = instruct_examples(args.data or cfg.data.path, cfg.train.seed, cfg.data.val_fraction)["train"]
         examples = examples[: args.n]
@@ -181,10 +181,7 @@ def main(argv: list[str] | None = None) -> None:
             merge_lora(model)  # same function, no adapter matmuls while sampling
             pairs = on_policy_pairs(model, tokenizer, [ex.prompt for ex in examples], weights, args.k,
                                     args.max_new_tokens, args.temperature, args.seed)
-    except USER_ERRORS as err:
-        print(f"error: {err}", file=sys.stderr)
-        sys.exit(2)
-    print(f"{len(pairs)} {args.kind} pairs from {len(examples)} prompts -> {save_pairs(pairs, args.out)}")
+        print(f"{len(pairs)} {args.kind} pairs from {len(examples)} prompts -> {save_pairs(pairs, args.out)}")
 
 
 if __name__ == "__main__":

@@ -26,10 +26,9 @@ import re
 from collections.abc import Callable, Mapping
 from functools import partial
 
-import yaml
-
 from data.instruct import has_dialogue
 from data.words import word_inclusion as _included
+from inputs import InputError, parse_yaml
 from model.component import Registry
 
 Reward = Callable[..., float]
@@ -158,7 +157,7 @@ def combined_reward(
 def read_rewards(text: str):
     """A reward spec given as YAML text on a command line (`--rewards`); ValueError with one line if not YAML."""
     try:
-        return yaml.safe_load(text)
-    except yaml.YAMLError as err:
-        raise ValueError(f"--rewards is not valid YAML ({str(err).splitlines()[0]}); e.g. "
+        return parse_yaml(text, "--rewards")  # inputs/yaml.py: strict and bounded
+    except InputError as err:
+        raise ValueError(f"--rewards is not valid YAML ({err.what}); e.g. "
                          "--rewards '{word_inclusion: 1.0, length: 0.5}'") from None

@@ -26,6 +26,7 @@ import numpy as np
 from data.cache import file_fingerprint
 from data.readers import EOT, READERS, DataError, HubReader, split_stories
 from data.sources import resolve_path
+from inputs import regular_file
 
 __all__ = ["EOT", "DataError", "split_stories", "Corpus", "open_corpus", "load_stories", "held_out",
            "sample_stories"]
@@ -56,7 +57,7 @@ class Corpus:
 
 
 def _open_local(path: str, local: Path) -> Corpus:
-    files = sorted(p for p in local.iterdir() if p.is_file()) if local.is_dir() else [local]
+    files = sorted(p for p in local.iterdir() if p.is_file()) if local.is_dir() else [regular_file(local, "data.path")]
     files = [p for p in files if p.suffix in READERS]
     if not files:
         raise DataError(f"no .txt, .jsonl or .parquet files at {local}; " + _hint(path))

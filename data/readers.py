@@ -20,11 +20,14 @@ import json
 from collections.abc import Iterator
 from pathlib import Path
 
+from inputs import InputError, json_lines, read_json
+
 EOT = "<|endoftext|>"
 NL = b"\n"
 CHUNK = 16 << 20  # bytes read per step from a .txt file
 MAX_STORY = 64 << 20  # a .txt "story" longer than this means the file is not EOT-separated text
 BATCH = 8192  # stories per batch from .jsonl / .parquet / hub
+JSON_LIST_BYTES = 256 << 20  # a .json corpus holding one list is read whole: larger ones belong in .jsonl
 
 
 class DataError(ValueError):
@@ -91,31 +94,27 @@ class JsonlReader:
     def batches(self) -> Iterator[tuple[list[str], int]]:
         with self.path.open("rb") as f:
             if f.read(64).lstrip()[:1] == b"[":  # one JSON list: a small file, read whole
-                f.seek(0)
                 try:
-                    rows = json.load(f)
-                except ValueError as err:
-                    raise DataError(f"{self.path}: not valid JSON ({err})") from None
+                    rows = read_json(self.path, "JSON corpus", top=list, limit=JSON_LIST_BYTES)
+                except InputError as err:
+                    raise DataError(f"{self.path}: not valid JSON ({err.what})") from None
                 texts = (self._text(r, f"{self.path}: item {i}") for i, r in enumerate(rows))
                 yield [t.strip() for t in texts if t.strip()], self.total
                 return
             f.seek(0)
             batch, done = [], 0
-            for lineno, raw in enumerate(f, 1):
-                done += len(raw)
-                if not raw.strip():
-                    continue
-                try:
-                    row = json.loads(raw)
-                except ValueError as err:  # JSONDecodeError and UnicodeDecodeError
-                    raise DataError(f"{self.path}:{lineno}: bad JSON line ({err}); each line must be one "
-                                    "object with a 'text' string") from None
-                text = self._text(row, f"{self.path}:{lineno}").strip()
-                if text:
-                    batch.append(text)
-                if len(batch) >= BATCH:
-                    yield batch, done
-                    batch, done = [], 0
+            try:
+                for lineno, size, row in json_lines(f, self.path):  # inputs/json.py: strict UTF-8, finite, bounded
+                    done += size
+                    text = "" if row is None else self._text(row, f"{self.path}:{lineno}").strip()
+                    if text:
+                        batch.append(text)
+                    if len(batch) >= BATCH:
+                        yield batch, done
+                        batch, done = [], 0
+            except InputError as err:
+                raise DataError(f"{err.file}: bad JSON line ({err.what}); each line must be one object with a "
+                                "'text' string") from None
             yield batch, done
 
 

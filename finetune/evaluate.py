@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import time
 from collections import defaultdict
 from contextlib import contextmanager
@@ -153,7 +152,7 @@ def models_to_compare(run: str | Path, adapter: str | Path | None) -> dict[str, 
 def main(argv: list[str] | None = None) -> None:
     from data.sft import instruct_examples
     from data.tokenizer import load_tokenizer
-    from train.cli import USER_ERRORS
+    from train.cli import user_errors_exit_2
     from train.config import load_config
     from train.rundir.load import load_run, pick_device
 
@@ -169,7 +168,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out", default=None, help="write eval.md and eval.json here")
     parser.add_argument("--device", default="auto")
     args = parser.parse_args(argv)
-    try:
+    with user_errors_exit_2():
         device = pick_device(args.device)
         config = Path(args.run) / "config.yaml"
         cfg = load_config(config, run_file=True) if config.is_file() else None  # else checked by load_run below
@@ -184,10 +183,7 @@ def main(argv: list[str] | None = None) -> None:
             _, tokenizer, model = load_run(run, device, adapter_dir)
             results[name] = evaluate(model, tokenizer, heldout, args.max_new_tokens, cfg.data.seq_len,
                                      args.batch_size, args.temperature, args.seed)
-    except USER_ERRORS as err:
-        print(f"error: {err}", file=sys.stderr)
-        sys.exit(2)
-    print(write_report(args.out, results) if args.out else markdown_table(results))
+        print(write_report(args.out, results) if args.out else markdown_table(results))
 
 
 if __name__ == "__main__":

@@ -34,7 +34,7 @@ _KINDS = ((stat.S_ISDIR, "a folder"), (stat.S_ISFIFO, "a FIFO (named pipe)"), (s
 
 def _not_regular(mode: int, path: Path, what: str) -> InputError:
     kind = next((name for test, name in _KINDS if test(mode)), "not a regular file")
-    return InputError(f"{what} is {kind}, not a regular file", path, fix=f"give the path of a regular {what}")
+    return InputError(f"{what} is {kind}, not a regular file", path, fix="give the path of a regular file")
 
 
 def regular_file(path: str | Path, what: str = "file") -> Path:

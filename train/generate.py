@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 
+from inputs import check_text
 from train.cli import user_errors_exit_2
 from train.rundir.load import load_run, pick_device
 from train.sampling import sample_stories
@@ -27,6 +28,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--adapter", default=None, help="LoRA adapter directory")
     args = parser.parse_args(argv)
     with user_errors_exit_2():
+        check_text(args.prompt, "--prompt")  # an undecodable byte of the argument arrives as a lone surrogate
         _, tokenizer, model = load_run(args.run, pick_device(args.device), args.adapter)
     for i, story in enumerate(sample_stories(model, tokenizer, args.prompt, args.num_samples, args.max_new_tokens,
                                              args.temperature, args.top_k, args.top_p, args.seed)):

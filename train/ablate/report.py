@@ -30,6 +30,7 @@ import statistics
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from inputs import read_json
 from train.ablate.stats import paired, verdict, warnings
 from train.report import read_metrics, series
 
@@ -60,7 +61,7 @@ class RunResult:
     def read(cls, variant: str, seed: int, run_dir: Path, width: str, lr: float = math.nan) -> RunResult:
         rows = read_metrics(run_dir)
         info_file = run_dir / "ablate.json"
-        info = json.loads(info_file.read_text())
+        info = read_json(info_file, "ablate.json")
         if not info.get("halted") and not info.get("splits"):  # a run finished before the splits existed
             from train.ablate.splits import split_scores
 
@@ -80,12 +81,12 @@ class RunResult:
 def _tokens_per_step(run_dir: Path) -> int:
     """Training tokens per optimizer step of one process, from the run's config.yaml (runs whose ablate.json
     predates `tokens_per_step`); 0 when there is none (a run halted before it started)."""
-    import yaml
+    from train.config import load_config
 
-    if not (run_dir / "config.yaml").is_file():
+    if not (run_dir / "config.yaml").exists():
         return 0
-    cfg = yaml.safe_load((run_dir / "config.yaml").read_text())
-    return cfg["train"]["batch_size"] * cfg["train"]["grad_accum"] * cfg["data"]["seq_len"]
+    cfg = load_config(run_dir / "config.yaml", run_file=True)  # read and typed: a damaged file is one line
+    return cfg.train.batch_size * cfg.train.grad_accum * cfg.data.seq_len
 
 
 def _elapsed(at: list[int], log_steps: list[int], tokens_per_s: list[float], tokens_per_step: int) -> dict:

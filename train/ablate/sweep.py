@@ -53,8 +53,7 @@ import sys
 import time
 from pathlib import Path
 
-import yaml
-
+from inputs import read_yaml
 from train.ablate.launch import LAUNCHERS, Job, default_jobs, launch
 from train.cli import parse_args, user_errors_exit_2
 from train.config import Config, ConfigError, load_config, merge, parse_overrides, to_dict
@@ -92,12 +91,9 @@ def flat(values: dict, prefix: str = "") -> dict:
 
 def load_sweep(path: str | None, argv: list[str]) -> tuple[dict, dict]:
     """The ablation file (validated, with command-line sweep keys applied) and the command-line config overrides."""
-    if path is None or not Path(path).is_file():
-        raise ConfigError(f"ablation file not found: {path}; see configs/ablations/ for examples")
-    try:
-        sweep = yaml.safe_load(Path(path).read_text()) or {}
-    except yaml.YAMLError as err:
-        raise ConfigError(f"{path}: not valid YAML ({str(err).splitlines()[0]})") from None
+    if path is None:
+        raise ConfigError("no ablation file: pass --config configs/ablations/<name>.yaml")
+    sweep = read_yaml(path, "ablation file", fix="see configs/ablations/ for examples")
     cli = parse_overrides(argv)
     sweep.update({k: cli.pop(k) for k in list(cli) if k in SWEEP_KEYS and k not in ("base", "variants")})
     for key, value in cli.items():
@@ -203,15 +199,15 @@ def check_existing(cfg: Config) -> Path:
     """The run folder; a leftover from a different config is a ConfigError (resuming would mix two runs)."""
     run_dir = Path(cfg.train.out_dir) / cfg.train.name
     saved_file = run_dir / "config.yaml"
-    if saved_file.is_file():
-        saved, new = yaml.safe_load(saved_file.read_text()), to_dict(cfg)
+    if saved_file.exists():
+        saved, new = flat(read_yaml(saved_file, "run config")), to_dict(cfg)
         for key in ("vocab_size", "max_seq_len"):  # resolved from the data when the run starts
             if not new["model"][key]:
-                new["model"][key] = saved["model"][key]
-        diff = [k for k, v in flat(new).items() if flat(saved).get(k) != v]
+                new["model"][key] = saved.get(f"model.{key}")
+        diff = [k for k, v in flat(new).items() if saved.get(k) != v]
         if diff:
             raise ConfigError(f"{run_dir} holds a run with a different config ({diff[0]}: "
-                              f"{flat(saved).get(diff[0])!r} there, {flat(new)[diff[0]]!r} now); "
+                              f"{saved.get(diff[0])!r} there, {flat(new)[diff[0]]!r} now); "
                               "remove it or pick another --train.out_dir")
     return run_dir
 
