@@ -6,9 +6,12 @@ component is one file and one registry line. `Registry.__setitem__` refuses a cl
 undeclared, so a missing piece fails when the component is registered, not silently later.
 
 A mixer (`Mixer`) declares:
-    section             its config dataclass, nested under `model.<name>` (None: no options of its own)
+    section             its config dataclass, nested under `model.<name>` (None: no options of its own); the
+                        component reads it with `options(cfg)`, found by its type, so the file never spells the
+                        name it is registered under
     replaces_ffn        True when it already is attention + FFN (GAU): `model.ffn=auto` then gives the block none
-    width_knob          the field under `model.` that `match: params` resizes (e.g. "gau.hidden"), or None
+    width_knob          the field `match: params` resizes: one of its section (GAU: "hidden", the key
+                        `model.gau.hidden`) or of the model (FFNs: "d_ff"); None if it has none (`width_key(cfg)`)
     lora_targets        Linear submodule names LoRA adapts by default (`finetune.lora.target_modules=auto`)
     residual_projections()   its Linears that write into the residual stream (init std / sqrt(2 L))
     no_decay_parameters()    parameters AdamW must not decay (SSM decay rates, skip scales)
@@ -35,15 +38,26 @@ from typing import ClassVar
 
 from torch import Tensor, nn
 
+from model.options import Sectioned, section_name
 
-class Component(nn.Module):
+
+class Component(nn.Module, Sectioned):
     """What every mixer and FFN declares; `REQUIRED` names the pieces a subclass must define itself."""
 
     REQUIRED: ClassVar[tuple[str, ...]] = ("lora_targets", "residual_projections", "activation_bytes")
-    section: ClassVar[type | None] = None  # config dataclass under model.<registry name>
-    width_knob: ClassVar[str | None] = None  # field under `model.` resized by `match: params`
+    width_knob: ClassVar[str | None] = None  # field of its section, else of the model, resized by `match: params`
     lora_targets: ClassVar[tuple[str, ...]] = ()  # Linear names adapted by default
     llama_module: ClassVar[str | None] = None  # its name in a Hugging Face Llama layer, when it is Llama's own
+
+    @classmethod
+    def width_key(cls, cfg) -> str | None:
+        """`width_knob` as a dotted key under `model.`: `<its section's name>.<knob>` when its section has that
+        field (`gau.hidden`, whatever name GAU is registered under), else the model's own field (`d_ff`)."""
+        if cls.width_knob is None:
+            return None
+        if cls.section is not None and cls.width_knob in cls.section.__dataclass_fields__:
+            return f"{section_name(cfg, cls.section)}.{cls.width_knob}"
+        return cls.width_knob
 
     def residual_projections(self) -> list[nn.Linear]:
         """The Linears whose output is added to the residual stream: initialised with std / sqrt(2 L)."""

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from typing import ClassVar
 
 
 def option(default=dataclasses.MISSING, *, choices=None, min=None, above=None, max=None, below=None, factory=None,
@@ -79,18 +80,44 @@ class Options:
 
 def compose(base: type, registries: list[dict], name: str, module: str) -> type:
     """`base` plus a field `<entry name>: Section` for every registered entry that declares a `section`, so a
-    component's options live in its own file and appear in the config tree under its registry name."""
+    component's options live in its own file and appear in the config tree under its registry name. A section
+    type belongs to one entry: the entry finds its options by their type (`section_name`)."""
     sections = {}
     for registry in registries:
         for entry, cls in registry.items():
             if getattr(cls, "section", None) is not None:
                 if entry in sections or entry in base.__dataclass_fields__:
                     raise TypeError(f"config section {entry!r} is declared twice")
+                owner = next((other for other, section in sections.items() if section is cls.section), None)
+                if owner is not None:
+                    raise TypeError(f"config section {cls.section.__name__} is declared by {owner!r} and {entry!r}")
                 sections[entry] = cls.section
     fields = [(entry, section, dataclasses.field(default_factory=section)) for entry, section in sections.items()]
     composed = dataclasses.make_dataclass(name, fields, bases=(base,))
     composed.__module__, composed.__doc__ = module, f"{base.__doc__ or name}; plus the registered sections."
     return composed
+
+
+def section_name(cfg, section: type) -> str:
+    """The field of config `cfg` that holds the `section` dataclass, found by its type, so an entry reads its options
+    under whatever name its registry gives it (`compose` keeps each section type under one name). LookupError when
+    cfg has no such section."""
+    names = [field for field, value in vars(cfg).items() if type(value) is section]
+    if not names:
+        raise LookupError(f"this config has no {section.__name__} section (registered after the config was composed?)")
+    return names[0]
+
+
+class Sectioned:
+    """A registry entry that may declare its own config section (`compose` nests it under the entry's name)."""
+
+    section: ClassVar[type | None] = None  # its options dataclass, or None
+
+    @classmethod
+    def options(cls, cfg):
+        """Its options in config `cfg` (the model config for a component, train.* for an optimizer or schedule),
+        found by the section's type (`section_name`), never by the name it is registered under."""
+        return getattr(cfg, section_name(cfg, cls.section))
 
 
 def identity(opts, prefix: str = "") -> dict[str, tuple]:

@@ -92,7 +92,7 @@ class MoE(FFN):
 
     def __init__(self, cfg):
         super().__init__()
-        m = cfg.moe
+        m = self.options(cfg)
         expert = dense_ffns()[m.expert]
         self.num_experts, self.top_k, self.balance = m.num_experts, m.top_k, m.balance
         self.aux_loss_coef = m.aux_loss_coef if m.balance == "aux" else 0.0
@@ -127,7 +127,7 @@ class MoE(FFN):
 
     @staticmethod
     def hidden_width(cfg) -> int:
-        return dense_ffns()[cfg.moe.expert].hidden_width(cfg)
+        return dense_ffns()[MoE.options(cfg).expert].hidden_width(cfg)
 
     @staticmethod
     def activation_bytes(cfg, s: int, mixed: bool) -> float:
@@ -135,7 +135,7 @@ class MoE(FFN):
         its index_add copy (3 s D, + 4 D fp32 under autocast) plus the expert's own activations without its
         input; the shared expert adds its full activations. (The grouped path; the dense fallback keeps every
         expert's activations for every token.)"""
-        m, D = cfg.moe, cfg.d_model
+        m, D = MoE.options(cfg), cfg.d_model
         expert = dense_ffns()[m.expert].activation_bytes(cfg, s, mixed) - s * D
         total = 4 * D + 8 * m.num_experts + m.top_k * ((3 * s + (4 if mixed else 0)) * D + expert)
         return total + (expert + s * D if m.shared_expert else 0)

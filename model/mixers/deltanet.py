@@ -95,7 +95,7 @@ class DeltaNet(Mixer):
 
     def __init__(self, cfg, position: nn.Module | None = None):
         super().__init__()  # `position` is unused (see the module docstring)
-        dn = cfg.deltanet
+        dn = self.options(cfg)
         self.kernel = (kernels.load("deltanet", "fla", "fla.ops.delta_rule", "chunk_delta_rule")
                        if dn.backend == "fla" else None)
         self.n_heads, self.head_dim, self.conv_size = cfg.n_heads, cfg.head_dim, dn.conv_size
@@ -122,7 +122,7 @@ class DeltaNet(Mixer):
         multiply-adds per chunk), Q K^T and the scores times Delta, 2 C d FLOPs each (8 C d); W M, Q M and K^T Delta,
         2 d^2 each (6 d^2); x3 with backward. beta, the L2 norms and the output norm are O(d) and left out; the
         conv's weights are parameters (6 N counts them)."""
-        C = min(cfg.deltanet.chunk_size, seq_len)
+        C = min(DeltaNet.options(cfg).chunk_size, seq_len)
         return 6 * cfg.n_heads * cfg.head_dim * (4 * C + 3 * cfg.head_dim)
 
     @staticmethod
@@ -135,8 +135,8 @@ class DeltaNet(Mixer):
         entering each chunk (H d^2 / C); with the gate its input, swish and the normed output (3 E). Counted with
         saved-tensor hooks on CPU (torch 2.13), checked in tests; with T not a multiple of C the padded chunk adds
         up to C - 1 tokens' worth, left out."""
-        dn, D, H, d = cfg.deltanet, cfg.d_model, cfg.n_heads, cfg.head_dim
-        E, C, K = H * d, min(cfg.deltanet.chunk_size, seq_len), dn.conv_size
+        dn, D, H, d = DeltaNet.options(cfg), cfg.d_model, cfg.n_heads, cfg.head_dim
+        E, C, K = H * d, min(dn.chunk_size, seq_len), dn.conv_size
         fp32 = (15 if dn.feature_map == "silu" else 13) * E + 3 * E * dn.gate + 7 * H + 2 * H * C + H * d * d / C
         return s * (D + 3 * E * (seq_len + K - 1) / seq_len + E) + 4 * fp32
 

@@ -53,12 +53,12 @@ class GAUConfig(Options):
 class GAU(Mixer):
     section = GAUConfig
     replaces_ffn = True  # U gates A V: attention and FFN in one unit
-    width_knob = "gau.hidden"
+    width_knob = "hidden"
     lora_targets = ("uv_proj", "z_proj", "o_proj")
 
     def __init__(self, cfg, position: nn.Module):
         super().__init__()
-        g = cfg.gau
+        g = self.options(cfg)
         self.form, self.scores, self.chunk_size = g.form, g.scores, g.chunk_size
         self.e, self.s = self.width(cfg), g.qk_dim
         self.n = g.chunk_size if g.form == "chunked" else (cfg.max_seq_len or g.chunk_size)  # the fixed 1/n
@@ -86,11 +86,12 @@ class GAU(Mixer):
 
     @staticmethod
     def width(cfg) -> int:
-        return cfg.gau.hidden or cfg.gau.expansion * cfg.d_model
+        g = GAU.options(cfg)
+        return g.hidden or g.expansion * cfg.d_model
 
     @staticmethod
     def flops_per_token(cfg, seq_len: int) -> float:
-        g, e = cfg.gau, GAU.width(cfg)
+        g, e = GAU.options(cfg), GAU.width(cfg)
         if g.form == "quadratic":  # Q K^T (2 s T) and A V (2 e T), forward + backward
             return 6 * (g.qk_dim + e) * seq_len
         # the same inside a chunk, plus K_lin^T V and Q_lin S (2 * 2 s e)
@@ -101,7 +102,8 @@ class GAU(Mixer):
         """Input (s D), U, V, their SiLU inputs, U * AV and AV (6 e), Z, Q, K and its pre-activation (4 s_qk), in
         the compute dtype; the relu^2 scores (2 s T) of the quadratic form, or the fp32 chunk tensors of the
         chunked one (2 s_qk + e, 8 C, s_qk e / C)."""
-        g, e, sq = cfg.gau, GAU.width(cfg), cfg.gau.qk_dim
+        g, e = GAU.options(cfg), GAU.width(cfg)
+        sq = g.qk_dim
         total = s * (cfg.d_model + 6 * e + 4 * sq)
         if g.form == "chunked":
             C = min(g.chunk_size, seq_len)

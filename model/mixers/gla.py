@@ -88,7 +88,7 @@ class GatedLinearAttention(Mixer):
 
     def __init__(self, cfg, position: nn.Module):
         super().__init__()
-        gla = cfg.gla
+        gla = self.options(cfg)
         self.kernel = kernels.load("gla", "fla", "fla.ops.gla", "chunk_gla") if gla.backend == "fla" else None
         self.n_heads, self.head_dim = cfg.n_heads, cfg.head_dim
         self.chunk_size, self.tau = gla.chunk_size, gla.gate_tau
@@ -110,7 +110,8 @@ class GatedLinearAttention(Mixer):
     def flops_per_token(cfg, seq_len: int) -> float:
         # forward, per head: the chunk scores and scores @ V (2 * 2 C d), Q S and the chunk's K^T V (2 * 2 d^2),
         # plus the elementwise decay work (~ 8 d, counted as 0 here, like the softmax mask); x3 with backward
-        return 12 * cfg.n_heads * cfg.head_dim * (min(cfg.gla.chunk_size, seq_len) + cfg.head_dim)
+        C = min(GatedLinearAttention.options(cfg).chunk_size, seq_len)
+        return 12 * cfg.n_heads * cfg.head_dim * (C + cfg.head_dim)
 
     @staticmethod
     def activation_bytes(cfg, seq_len: int, s: int) -> float:
@@ -121,8 +122,9 @@ class GatedLinearAttention(Mixer):
         make of them), the norm's input and output, the swish gate and its input; the chunk scores (H C), the
         states entering the chunks and their decays (2 H d^2 / C) and the norm's rsqrt (H)."""
         D, H, d = cfg.d_model, cfg.n_heads, cfg.head_dim
-        C = min(cfg.gla.chunk_size, seq_len)
-        return s * (D + cfg.gla.gate_rank) + 4 * (20 * D + H * C + 2 * H * d * d / C + H)
+        gla = GatedLinearAttention.options(cfg)
+        C = min(gla.chunk_size, seq_len)
+        return s * (D + gla.gate_rank) + 4 * (20 * D + H * C + 2 * H * d * d / C + H)
 
     def init_cache(self, batch_size: int, device, dtype) -> Tensor:
         # the state stays fp32 whatever the model dtype (see the module docstring)

@@ -83,7 +83,7 @@ class LinearAttention(Mixer):
 
     def __init__(self, cfg, position: nn.Module):
         super().__init__()
-        lin = cfg.linear
+        lin = self.options(cfg)
         self.fla = (kernels.load("linear", "fla", "fla.ops.linear_attn", "chunk_linear_attn")
                     if lin.backend == "fla" else None)
         self.n_heads, self.n_kv_heads, self.head_dim = cfg.n_heads, cfg.kv_heads, cfg.head_dim
@@ -100,14 +100,15 @@ class LinearAttention(Mixer):
     @staticmethod
     def flops_per_token(cfg, seq_len: int) -> float:
         # forward: phi(Q) phi(K)^T and A V inside a chunk (2 * 2 C d), K^T V and Q S (2 * 2 d^2); x3 with backward
-        return 12 * cfg.n_heads * cfg.head_dim * (min(cfg.linear.chunk_size, seq_len) + cfg.head_dim)
+        C = min(LinearAttention.options(cfg).chunk_size, seq_len)
+        return 12 * cfg.n_heads * cfg.head_dim * (C + cfg.head_dim)
 
     @staticmethod
     def activation_bytes(cfg, seq_len: int, s: int) -> float:
         """Input and output (s D each); fp32 inside the core: phi(q), phi(k), v, rotated copies and the
         denominator (7 D + 4 D_kv), the chunk scores (H C) and the chunk states (H_kv d^2 / C)."""
         D, d, Hk = cfg.d_model, cfg.head_dim, cfg.kv_heads
-        C = min(cfg.linear.chunk_size, seq_len)
+        C = min(LinearAttention.options(cfg).chunk_size, seq_len)
         return 2 * s * D + 4 * (7 * D + 4 * Hk * d + cfg.n_heads * C + Hk * d * d / C)
 
     def init_cache(self, batch_size: int, device, dtype) -> tuple[Tensor, Tensor]:

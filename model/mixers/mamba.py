@@ -51,12 +51,12 @@ class MambaConfig(Options):
 
 class Mamba(Mixer):
     section = MambaConfig
-    width_knob = "mamba.d_inner"
+    width_knob = "d_inner"
     lora_targets = ("in_proj", "x_proj", "out_proj")
 
     def __init__(self, cfg, position: nn.Module | None = None):
         super().__init__()  # `position` is unused: the recurrence and the causal conv carry order
-        m = cfg.mamba
+        m = self.options(cfg)
         self.kernel = (kernels.load("mamba", "mamba_ssm", "mamba_ssm.ops.selective_scan_interface", "selective_scan_fn")
                        if m.backend == "mamba_ssm" else None)
         self.d_inner, self.d_state, self.d_conv = self.inner(cfg), m.d_state, m.d_conv
@@ -91,20 +91,21 @@ class Mamba(Mixer):
 
     @staticmethod
     def inner(cfg) -> int:
-        return cfg.mamba.d_inner or cfg.mamba.expand * cfg.d_model
+        m = Mamba.options(cfg)
+        return m.d_inner or m.expand * cfg.d_model
 
     @staticmethod
     def flops_per_token(cfg, seq_len: int) -> float:
         """The scan, per channel and state: exp(dt A) (2), dt B x (2), the update h (2) and C . h (2) forward,
         x3 with backward: 24 E N. The projections and the conv are parameters (6 N covers them)."""
-        return 24 * Mamba.inner(cfg) * cfg.mamba.d_state
+        return 24 * Mamba.inner(cfg) * Mamba.options(cfg).d_state
 
     @staticmethod
     def activation_bytes(cfg, seq_len: int, s: int) -> float:
         """Input (s D); x, z, the conv output and its SiLU, the gate and y (6 s E); the fp32 scan inputs x, dt, its
         pre-activation, y and the gated product (20 E) and B, C (24 N with their pre-split copies)."""
         E = Mamba.inner(cfg)
-        return s * cfg.d_model + 6 * s * E + 20 * E + 24 * cfg.mamba.d_state
+        return s * cfg.d_model + 6 * s * E + 20 * E + 24 * Mamba.options(cfg).d_state
 
     def init_cache(self, batch_size: int, device, dtype) -> tuple[Tensor, Tensor]:
         conv_state = torch.zeros(batch_size, self.d_inner, self.d_conv - 1, device=device, dtype=dtype)

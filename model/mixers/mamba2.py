@@ -50,7 +50,7 @@ from torch import Tensor, nn
 
 from model.component import Mixer
 from model.mixers import kernels
-from model.options import Options, option
+from model.options import Options, option, section_name
 
 
 @dataclass
@@ -158,12 +158,12 @@ class CausalConv(torch.autograd.Function):
 
 class Mamba2(Mixer):
     section = Mamba2Config
-    width_knob = "mamba2.heads"  # an integer that keeps E a multiple of headdim at every width
+    width_knob = "heads"  # an integer that keeps E a multiple of headdim at every width
     lora_targets = ("in_proj", "out_proj")
 
     def __init__(self, cfg, position: nn.Module | None = None):
         super().__init__()  # `position` is unused: the recurrence and the causal conv carry order
-        m = cfg.mamba2
+        m = self.options(cfg)
         self.d_inner = self.inner(cfg)
         self.headdim, self.d_state, self.d_conv, self.chunk_size = m.headdim, m.d_state, m.d_conv, m.chunk_size
         self.n_heads, self.eps, self.backend = self.d_inner // m.headdim, cfg.norm_eps, m.backend
@@ -197,13 +197,14 @@ class Mamba2(Mixer):
 
     @staticmethod
     def inner(cfg) -> int:
-        m = cfg.mamba2
+        m = Mamba2.options(cfg)
         if m.heads:
             return m.heads * m.headdim
         E = m.expand * cfg.d_model
         if E % m.headdim:
-            raise ValueError(f"mamba2.headdim={m.headdim} must divide the inner width expand * d_model = "
-                             f"{m.expand} * {cfg.d_model} = {E}; pick a divisor of {E} or set model.mamba2.heads")
+            key = section_name(cfg, Mamba2Config)
+            raise ValueError(f"{key}.headdim={m.headdim} must divide the inner width expand * d_model = "
+                             f"{m.expand} * {cfg.d_model} = {E}; pick a divisor of {E} or set model.{key}.heads")
         return E
 
     def residual_projections(self) -> list[nn.Linear]:
@@ -219,8 +220,8 @@ class Mamba2(Mixer):
         triangular (n, n) decay matrix times the n chunk states (2 n P N per head and chunk, n = T / C chunks);
         x3 with backward. Elementwise work (decays, the gate, the norm) is left out; the projections and the
         conv are parameters (6 N covers them)."""
-        E, N = Mamba2.inner(cfg), cfg.mamba2.d_state
-        C = min(cfg.mamba2.chunk_size, seq_len)
+        E, N = Mamba2.inner(cfg), Mamba2.options(cfg).d_state
+        C = min(Mamba2.options(cfg).chunk_size, seq_len)
         return 3 * (2 * C * N + 2 * C * E + 4 * E * N + 2 * E * N * math.ceil(seq_len / C) / C)
 
     @staticmethod
@@ -232,7 +233,7 @@ class Mamba2(Mixer):
         decayed B and C (2 H N); the chunk states and the states entering the chunks (2 E N / C); the chunk decay
         matrix (H n / C, n = T / C chunks); per-head scalars (dt, its pre-activation, decays: ~5 H). T not a
         multiple of C pads the last chunk: up to C - 1 tokens' worth more, left out."""
-        D, m = cfg.d_model, cfg.mamba2
+        D, m = cfg.d_model, Mamba2.options(cfg)
         E = Mamba2.inner(cfg)
         H, N = E // m.headdim, m.d_state
         C, conv = min(m.chunk_size, seq_len), E + 2 * N

@@ -96,10 +96,11 @@ class RetNet(Mixer):
 
     def __init__(self, cfg, position: nn.Module):
         super().__init__()
+        opts = self.options(cfg)
         self.kernel = (kernels.load("retnet", "fla", "fla.ops.retention", "chunk_retention")
-                       if cfg.retnet.backend == "fla" else None)
+                       if opts.backend == "fla" else None)
         self.n_heads, self.head_dim = cfg.n_heads, cfg.head_dim
-        self.chunk_size = cfg.retnet.chunk_size
+        self.chunk_size = opts.chunk_size
         self.position = position
         D, HD = cfg.d_model, cfg.n_heads * cfg.head_dim
         self.q_proj = nn.Linear(D, HD, bias=False)
@@ -124,7 +125,8 @@ class RetNet(Mixer):
     def flops_per_token(cfg, seq_len: int) -> float:
         # forward per head: Q K^T and (.. ⊙ D) V inside a chunk (2 * 2 C d), the chunk state K^T V and Q S
         # (2 * 2 d^2); x3 with backward. The decay multiplications and the norm are O(d) and left out.
-        return 12 * cfg.n_heads * cfg.head_dim * (min(cfg.retnet.chunk_size, seq_len) + cfg.head_dim)
+        C = min(RetNet.options(cfg).chunk_size, seq_len)
+        return 12 * cfg.n_heads * cfg.head_dim * (C + cfg.head_dim)
 
     @staticmethod
     def activation_bytes(cfg, seq_len: int, s: int) -> float:
@@ -135,7 +137,7 @@ class RetNet(Mixer):
         (torch 2.13) and checked in tests/model/test_retnet.py; with T not a multiple of C the padded chunk adds
         up to C - 1 tokens' worth, left out."""
         D, H, d = cfg.d_model, cfg.n_heads, cfg.head_dim
-        C = min(cfg.retnet.chunk_size, seq_len)
+        C = min(RetNet.options(cfg).chunk_size, seq_len)
         return 4 * s * D + 4 * (6 * D + H + H * C + H * d * d / C)
 
     def init_cache(self, batch_size: int, device, dtype) -> Tensor:

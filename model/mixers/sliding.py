@@ -61,20 +61,21 @@ class SlidingWindowAttention(SoftmaxAttention):
 
     def __init__(self, cfg, position: nn.Module):
         super().__init__(cfg, position)
-        self.window = cfg.sliding.window
+        self.window = self.options(cfg).window
 
     @staticmethod
     def flops_per_token(cfg, seq_len: int) -> float:
         # Q K^T and A V over at most W keys (2 min(W, T) H d each), forward + backward (x3): the band's work, as
         # softmax counts T for its causal triangle (a dense masked kernel computes the full T, see the docstring)
-        return 12 * cfg.n_heads * cfg.head_dim * min(cfg.sliding.window, seq_len)
+        return 12 * cfg.n_heads * cfg.head_dim * min(SlidingWindowAttention.options(cfg).window, seq_len)
 
     @staticmethod
     def activation_bytes(cfg, seq_len: int, s: int) -> float:
         dense = SoftmaxAttention.activation_bytes(cfg, seq_len, s)
-        if cfg.sliding.window >= seq_len:
+        W = SlidingWindowAttention.options(cfg).window
+        if W >= seq_len:
             return dense
-        W = cfg.sliding.window  # + q's block copy, k and v twice (the windows), a mask row of 2W per query
+        # + q's block copy, k and v twice (the windows), a mask row of 2W per query
         return dense + s * (cfg.d_model + 2 * cfg.kv_heads * cfg.head_dim + 2 * W)
 
     def band(self, T: int, past: int, device) -> Tensor:

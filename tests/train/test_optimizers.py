@@ -19,6 +19,7 @@ from train.optim import build_optimizer, remember_shapes
 from train.optimizers.muon import MuonAdamW
 from train.run import pretrain
 from train.schedules import SCHEDULES
+from train.schedules.wsd import WSDConfig
 
 pytestmark = pytest.mark.skipif(not hasattr(torch.optim, "Muon"), reason="torch.optim.Muon needs torch >= 2.9")
 
@@ -131,7 +132,7 @@ def test_muon_resume_is_exact(tiny_corpus, muon_run, tmp_path):
 
 def wsd_cfg(max_steps=100, shape="linear", warmup=10, fraction=0.2, m=0.1):
     return SimpleNamespace(max_steps=max_steps, warmup_steps=warmup, min_lr_ratio=m,
-                           wsd=SimpleNamespace(decay_fraction=fraction, shape=shape))
+                           wsd=WSDConfig(decay_fraction=fraction, shape=shape))
 
 
 @pytest.mark.parametrize("shape", ["linear", "1-sqrt"])

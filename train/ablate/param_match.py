@@ -63,7 +63,7 @@ def width_knob(cfg: Config) -> str:
     ffns = [FFNS[f] for f in (cfg.model.layer_ffn(m) for m in mixers) if f != "none"]
     for component in [*ffns, *(MIXERS[m] for m in mixers)]:
         if component.width_knob:
-            return f"model.{component.width_knob}"
+            return f"model.{component.width_key(cfg.model)}"
     raise ConfigError("match: params needs a width knob (a component declaring `width_knob`); this variant's "
                       f"mixers {sorted(set(mixers))} and FFNs declare none")
 

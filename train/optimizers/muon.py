@@ -108,7 +108,7 @@ class Muon(OptimizerRecipe):
         if not hasattr(torch.optim, "Muon"):
             raise ConfigError(f"train.optimizer=muon needs torch.optim.Muon (torch >= 2.9); "
                              f"this torch is {torch.__version__}: upgrade torch or use train.optimizer=adamw")
-        cfg: MuonConfig = getattr(train_cfg, "muon", None) or MuonConfig()
+        cfg: MuonConfig = Muon.options(train_cfg)
         muon_groups, adamw_groups = split_groups(groups)
         bad = [tuple(p.shape) for g in muon_groups for p in g["params"] if p.ndim != 2]
         if bad:

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from typing import ClassVar
 
+from model.options import Sectioned
 
-class OptimizerRecipe:
-    REQUIRED: ClassVar[tuple[str, ...]] = ("build",)
-    section: ClassVar[type | None] = None  # config dataclass under train.<registry name>
+
+class OptimizerRecipe(Sectioned):
+    REQUIRED: ClassVar[tuple[str, ...]] = ("build",)  # its own `section` (train.<registry name>): `options(train_cfg)`
 
     @staticmethod
     def build(groups: list[dict], train_cfg, fused: bool):

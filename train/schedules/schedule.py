@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from typing import ClassVar
 
+from model.options import Sectioned
 
-class Schedule:
-    REQUIRED: ClassVar[tuple[str, ...]] = ("factor",)
-    section: ClassVar[type | None] = None  # config dataclass under train.<registry name>
+
+class Schedule(Sectioned):
+    REQUIRED: ClassVar[tuple[str, ...]] = ("factor",)  # its own `section` (train.<registry name>): `options(train_cfg)`
 
     @staticmethod
     def factor(step: int, train_cfg) -> float:

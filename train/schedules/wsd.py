@@ -43,7 +43,7 @@ class WSD(Schedule):
 
     @staticmethod
     def decay_start(train_cfg) -> int:
-        cfg = getattr(train_cfg, "wsd", None) or WSDConfig()
+        cfg = WSD.options(train_cfg)
         S = train_cfg.max_steps
         return max(train_cfg.warmup_steps, S - round(cfg.decay_fraction * S))
 
@@ -52,7 +52,7 @@ class WSD(Schedule):
         warm = Schedule.warmup(step, train_cfg)
         if warm is not None:
             return warm
-        cfg = getattr(train_cfg, "wsd", None) or WSDConfig()
+        cfg = WSD.options(train_cfg)
         S, m, D = train_cfg.max_steps, train_cfg.min_lr_ratio, WSD.decay_start(train_cfg)
         if step < D:
             return 1.0
