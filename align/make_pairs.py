@@ -34,7 +34,9 @@ from align.rewards import combined_reward, read_rewards, reward_terms
 from data.corpus import DataError
 from data.instruct import InstructExample, parse_header
 from data.words import word_pattern
-from inputs import InputError, json_lines, regular_file
+from inputs.errors import InputError
+from inputs.files import regular_file
+from inputs.json import json_lines
 
 COLUMNS = ("prompt", "chosen", "rejected")
 REJECTED = ("other", "swapped")

@@ -25,7 +25,7 @@ from align.config import AlignTree
 from finetune.config import adapt, finetune_config
 from finetune.merge import merge_run
 from finetune.sft import LoRALanguageModel
-from inputs import read_yaml
+from inputs.yaml import read_yaml
 from model.lora import LoRAConfig, adapters_disabled, merge_lora
 from train.rundir.adapter import resolve
 from train.config import Config, merge, parse_overrides

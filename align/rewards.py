@@ -28,7 +28,8 @@ from functools import partial
 
 from data.instruct import has_dialogue
 from data.words import word_inclusion as _included
-from inputs import InputError, parse_yaml
+from inputs.errors import InputError
+from inputs.yaml import parse_yaml
 from model.component import Registry
 
 Reward = Callable[..., float]

@@ -26,7 +26,7 @@ import numpy as np
 from data.cache import file_fingerprint
 from data.readers import EOT, READERS, DataError, HubReader, split_stories
 from data.sources import resolve_path
-from inputs import regular_file
+from inputs.files import regular_file
 
 __all__ = ["EOT", "DataError", "split_stories", "Corpus", "open_corpus", "load_stories", "held_out",
            "sample_stories"]

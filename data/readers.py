@@ -20,7 +20,8 @@ import json
 from collections.abc import Iterator
 from pathlib import Path
 
-from inputs import InputError, json_lines, read_json
+from inputs.errors import InputError
+from inputs.json import json_lines, read_json
 
 EOT = "<|endoftext|>"
 NL = b"\n"

@@ -16,7 +16,8 @@ from pathlib import Path
 
 import torch
 
-from inputs import read_yaml, require_mapping
+from inputs.schema import require_mapping
+from inputs.yaml import read_yaml
 from model.lora import LoRAConfig, apply_lora, store_base_weights
 from model.options import Options, option
 from train.config import Config, ConfigError, extend, load_config, merge, parse_overrides

@@ -11,8 +11,8 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 from data.corpus import DataError
-from inputs import InputError, clip, refusal
-from inputs.errors import LINE_CHARS
+from inputs.environment import refusal
+from inputs.errors import LINE_CHARS, InputError, clip
 from train.config import Config, ConfigError, load_config
 from train.distributed import launch_rank
 from train.errors import TrainingHalted

@@ -22,8 +22,10 @@ from pathlib import Path
 import yaml
 
 from data.readers import EOT
-from inputs import check_text, clip, parse_value, read_yaml
+from inputs.errors import clip
+from inputs.files import check_text
 from inputs.tree import MAX_DEPTH
+from inputs.yaml import parse_value, read_yaml
 from model.config import ModelConfig
 from model.options import Options, compose, option
 from train.errors import ConfigError

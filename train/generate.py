@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import argparse
 
-from inputs import check_text
+from inputs.files import check_text
 from train.cli import user_errors_exit_2
 from train.rundir.load import load_run, pick_device
 from train.sampling import sample_stories

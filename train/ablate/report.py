@@ -30,7 +30,7 @@ import statistics
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from inputs import read_json
+from inputs.json import read_json
 from train.ablate.stats import paired, verdict, warnings
 from train.report import read_metrics, series
 

@@ -53,7 +53,7 @@ import sys
 import time
 from pathlib import Path
 
-from inputs import read_yaml
+from inputs.yaml import read_yaml
 from train.ablate.launch import LAUNCHERS, Job, default_jobs, launch
 from train.cli import parse_args, user_errors_exit_2
 from train.config import Config, ConfigError, load_config, merge, parse_overrides, to_dict

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import torch
 
-from inputs import read_json
+from inputs.json import read_json
 from model.transformer import Transformer
 from train.config import Config
 from train.interop.export_hf import KEY_MAP

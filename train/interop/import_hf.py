@@ -37,7 +37,7 @@ from pathlib import Path
 from data.corpus import DataError
 from data.tokenizer import load_tokenizer
 from data.tokens import content_hash
-from inputs import read_json
+from inputs.json import read_json
 from model.ffn import FFNS
 from model.mixers import MIXERS
 from model.positions import POSITIONS

@@ -29,7 +29,8 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from inputs import read_json, read_yaml
+from inputs.json import read_json
+from inputs.yaml import read_yaml
 from model.lora import ALL_LINEAR, LoRAConfig, apply_lora, find_targets, lora_modules, lora_state_dict
 from train.rundir.weights import CheckpointError, check_values
 

@@ -21,7 +21,9 @@ from pathlib import Path
 import torch
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
-from inputs import InputError, regular_file, require_field, require_mapping
+from inputs.errors import InputError
+from inputs.files import regular_file
+from inputs.schema import require_field, require_mapping
 from train.rundir.weights import CheckpointError
 
 STEP = re.compile(r"step=(\d+)")
