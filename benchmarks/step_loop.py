@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from benchmarks.common import cpu_name, shape_config, write_outputs
 from model.transformer import Transformer
 from train.callbacks import peak_flops
+from train.sizes import model_config
 
 
 def loop_config(name: str, args):
@@ -23,7 +24,7 @@ def loop_config(name: str, args):
     if args.config:
         cfg = load_config(args.config)
         cfg.data.seq_len = args.seq or cfg.data.seq_len
-        cfg.model.vocab_size = cfg.model.vocab_size or cfg.data.vocab_size
+        cfg.model = model_config(cfg)
         cfg.train.batch_size = args.batch or cfg.train.batch_size
     else:
         cfg = load_config(None, {})

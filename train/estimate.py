@@ -33,8 +33,6 @@ on an H100 at 110M: eager peak within +8..+14% of this estimate, compiled 19-26%
 from __future__ import annotations
 
 import argparse
-import copy
-import dataclasses
 import math
 import re
 import sys
@@ -45,6 +43,7 @@ from model.ffn import FFNS
 from model.mixers import MIXERS
 from train.cli import run_cli
 from train.config import Config, ConfigError
+from train.sizes import count_params, model_config
 
 UNITS = {"": 1, "b": 1, "k": 1e3, "kb": 1e3, "m": 1e6, "mb": 1e6, "g": 1e9, "gb": 1e9, "t": 1e12, "tb": 1e12,
          "kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40}
@@ -58,28 +57,6 @@ def parse_size(text: str) -> int:
     if not match or match.group(2).lower() not in UNITS:
         raise ConfigError(f"--memory {text!r}: expected a size like 80GiB, 24GB or 512MiB")
     return int(float(match.group(1)) * UNITS[match.group(2).lower()])
-
-
-def model_config(cfg: Config):
-    m = copy.deepcopy(cfg.model)
-    m.vocab_size = m.vocab_size or cfg.data.vocab_size
-    m.max_seq_len = m.max_seq_len or cfg.data.seq_len
-    return m
-
-
-def count_params(m) -> dict[str, int]:
-    """Total parameters (tied counted once), the largest block, and the rest (embeddings, head, final norm).
-
-    Blocks of the same mixer are the same size, so the meta-device model holds one block per distinct mixer and the
-    total multiplies each by its number of layers (`layer_counts`): counting costs the same at any depth."""
-    from model.transformer import Transformer
-
-    counts = m.layer_counts()
-    with torch.device("meta"):
-        model = Transformer(dataclasses.replace(m, n_layers=len(counts), mixer=list(counts)))
-    blocks = [sum(p.numel() for p in layer.parameters()) for layer in model.layers]
-    root = sum(p.numel() for p in model.parameters()) - sum(blocks)
-    return {"total": root + sum(n * b for n, b in zip(counts.values(), blocks)), "block": max(blocks), "root": root}
 
 
 def layer_bytes(m, mixer: str, ffn: str, seq_len: int, precision: str) -> float:

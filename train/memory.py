@@ -8,13 +8,14 @@ Three steps, each cheap enough to run before anything is built:
 1. a lower bound per integer size of the model config: every one (vocab_size, n_layers, d_ff, a component's
    num_experts, d_state, ...) multiplies the width d_model at least once in the fp32 weights, so value x D x 4 bytes
    more than the memory available is refused at once, naming the key (and no model of that depth is counted).
-2. the parameters, counted on the meta device (train/estimate.py `count_params`, one block per mixer) under a
+2. the parameters, counted on the meta device (train/sizes.py `count_params`, one block per mixer) under a
    budget: creating more tensor bytes than are available stops the count (a product of sizes that each passed 1).
 3. the estimate: loading keeps the fp32 weights twice on the host (the file's tensors, then the model's) and once on
    the device; decoding adds `batch x tokens` times the bytes per token of every layer and the head
    (train/estimate.py `layer_bytes` / `head_bytes`: what training keeps, an upper bound of a decoding cache);
    training needs estimate's model state (weights only for `frozen` ones, LoRA) plus one micro-batch of
-   activations on the training device, and the fp32 weights on the host, where the model is built.
+   activations on the training device, and the fp32 weights on the host, where the model is built; and no more
+   DataLoader workers (data.num_workers, processes) than the machine has CPU cores.
 Available memory: /proc/meminfo's MemAvailable (os.sysconf's available pages where there is none) for the CPU,
 `torch.cuda.mem_get_info` for a GPU. A refusal is one ConfigError line naming the key, the need and what is there.
 """
@@ -29,7 +30,8 @@ from torch.overrides import TorchFunctionMode
 
 from model.options import identity
 from train.config import Config, ConfigError
-from train.estimate import count_params, estimate, fmt, head_bytes, layer_bytes, model_config, world_size
+from train.estimate import estimate, fmt, head_bytes, layer_bytes, world_size
+from train.sizes import count_params, model_config
 
 FACTORIES = {"empty", "zeros", "ones", "full", "rand", "randn", "arange", "tensor", "eye", "empty_like", "zeros_like",
              "ones_like", "full_like", "randn_like", "rand_like"}  # the calls that create a tensor's storage
@@ -142,6 +144,9 @@ def check_memory(cfg: Config, device: str = "cpu", source: str = "", batch: int 
                     f"{_model_key(m, params)}: the fp32 weights")
             _refuse(source, what, weights + decode, device, free)
         return
+    if cfg.data.num_workers > (os.cpu_count() or 1):  # each worker is a process holding a copy of the dataset
+        raise ConfigError(f"{source}data.num_workers={cfg.data.num_workers}: more DataLoader workers than this "
+                          f"machine's {os.cpu_count()} CPU cores; use at most that many (0 = load in the main process)")
     run = copy.deepcopy(cfg)
     run.train.batch_size, run.data.seq_len = batch or cfg.train.batch_size, tokens or cfg.data.seq_len
     devices = training_devices(run)
@@ -159,3 +164,11 @@ def check_memory(cfg: Config, device: str = "cpu", source: str = "", batch: int 
             if samples > activations:
                 what = f"train.num_samples={cfg.train.num_samples}: sampling at each validation"
             _refuse(source, what, need, device, free)
+
+
+def check_decoding(cfg: Config, device: str, tokenizer, prompts: list[str], batch: int, max_new_tokens: int) -> None:
+    """`check_memory` for decoding `prompts` in batches of `batch` (finetune/evaluate.py `generate_stories`), each
+    with up to `max_new_tokens` new tokens after the longest prompt."""
+    longest = max((len(tokenizer.encode(p).ids) for p in prompts), default=0)
+    check_memory(cfg, device, f"--max_new_tokens={max_new_tokens} --batch_size={batch}", batch=min(batch, len(prompts)),
+                 tokens=longest + max_new_tokens)

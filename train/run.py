@@ -30,6 +30,7 @@ from train.faults import Preempted, PreemptionCheckpoint, preempted_step, preemp
 from train.module import LanguageModel
 from train.report import write_metrics_and_plot
 from train.rundir.paths import check_run_name, lock_run_dir, remove_stale_tmp, unlock_run_dir
+from train.sizes import model_config
 
 
 def make_run_dir(cfg: Config) -> Path:
@@ -58,11 +59,12 @@ def prepare_data(cfg: Config, tokenizer=None):
     d = cfg.data
     tokenizer, tokens = prepare_tokens(d.path, d.vocab_size, d.cache_dir, d.val_fraction, d.max_stories, tokenizer,
                                        tokenizer_sample=d.tokenizer_sample)
-    cfg.model.vocab_size = cfg.model.vocab_size or tokenizer.get_vocab_size()
+    explicit = cfg.model.vocab_size
+    cfg.model = model_config(cfg)  # the sizes that follow the data, as the estimate and `match: params` see them
     if cfg.model.vocab_size < tokenizer.get_vocab_size():
-        raise ConfigError(f"model.vocab_size={cfg.model.vocab_size} is smaller than the tokenizer's "
-                          f"{tokenizer.get_vocab_size()} tokens; set model.vocab_size=0 to follow the tokenizer")
-    cfg.model.max_seq_len = cfg.model.max_seq_len or d.seq_len
+        key = "model.vocab_size" if explicit else "data.vocab_size (model.vocab_size=0)"
+        raise ConfigError(f"{key}={cfg.model.vocab_size} is smaller than the tokenizer's {tokenizer.get_vocab_size()} "
+                          "tokens (a byte-level BPE has at least 257: 256 bytes and <|endoftext|>); raise it")
     return tokenizer, tokens
 
 

@@ -12,9 +12,9 @@ import yaml
 from conftest import tiny_train_overrides
 
 import train.run
+from train.ablate.param_match import count_non_embedding, match_params
 from train.ablate.sweep import build_configs, load_sweep, main
 from train.errors import TrainingHalted
-from train.ablate.param_match import count_params, match_params
 
 
 def write_sweep(tmp_path: Path, corpus: Path, variants: dict, **top) -> Path:
@@ -67,7 +67,7 @@ def test_match_params_lands_within_two_percent(tiny_corpus, tmp_path):
                 "mamba": {"model.mixer": "mamba", "model.ffn": "none"},
                 "moe": {"model.ffn": "moe"}, "hybrid": {"model.mixer": ["mamba", "softmax"]}}
     configs = build_configs(*load_sweep(str(write_sweep(tmp_path, tiny_corpus, variants)), []))
-    before = {name: count_params(next(iter(runs.values())))[1] for name, runs in configs.items()}
+    before = {name: count_non_embedding(next(iter(runs.values()))) for name, runs in configs.items()}
     widths = match_params(configs)
     target = before["swiglu"]
     assert widths["gau"].startswith("gau.hidden=") and widths["mamba"].startswith("mamba.d_inner=")
@@ -75,7 +75,7 @@ def test_match_params_lands_within_two_percent(tiny_corpus, tmp_path):
     for name, runs in configs.items():
         assert abs(before[name] - target) > 0.02 * target or name in ("swiglu", "gelu")
         for run in runs.values():
-            assert count_params(run)[1] == pytest.approx(target, rel=0.02), name
+            assert count_non_embedding(run) == pytest.approx(target, rel=0.02), name
 
 
 @pytest.mark.parametrize("variant, cli, message", [

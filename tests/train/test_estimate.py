@@ -17,7 +17,8 @@ from model.mixers.linear import LinearAttentionConfig
 from model.mixers.mamba import MambaConfig
 from model.transformer import Transformer
 from train.config import load_config
-from train.estimate import count_params, estimate, head_bytes, layer_bytes, main, parse_size
+from train.estimate import estimate, head_bytes, layer_bytes, main, parse_size
+from train.sizes import count_params
 
 MODELS = {
     "softmax": dict(mixer="softmax", ffn="swiglu"),
@@ -42,6 +43,7 @@ def test_param_count_matches_the_model(name):
     counted = count_params(cfg)
     assert counted["total"] == sum(p.numel() for p in model.parameters())
     assert counted["block"] == max(sum(p.numel() for p in layer.parameters()) for layer in model.layers)
+    assert counted["non_embedding"] == model.num_params(non_embedding=True)
 
 
 REGISTERED = {f"mixer-{name}": dict(mixer=name) for name in MIXERS} | {f"ffn-{name}": dict(ffn=name) for name in FFNS}

@@ -77,8 +77,9 @@ def train_one(cfg, threads: int, splits: tuple[str, ...] = ("selection", "test")
     import torch
 
     from train.ablate.splits import split_scores
-    from train.ablate.param_match import count_flops, count_params
+    from train.ablate.param_match import count_flops
     from train.run import pretrain
+    from train.sizes import count_params, model_config
 
     if threads:
         torch.set_num_threads(threads)
@@ -89,8 +90,9 @@ def train_one(cfg, threads: int, splits: tuple[str, ...] = ("selection", "test")
     except TrainingHalted as err:  # a diverged variant is a result too: NaN in the table
         halted = str(err)
         print(f"warning: {cfg.train.name} halted: {err}", file=sys.stderr)
-    total, non_emb = count_params(cfg)
-    info = {"wall_s": time.perf_counter() - t0, "params": total, "non_embedding_params": non_emb,
+    params = count_params(model_config(cfg))
+    info = {"wall_s": time.perf_counter() - t0, "params": params["total"],
+            "non_embedding_params": params["non_embedding"],
             "flops_per_token": count_flops(cfg), "halted": halted, "threads": torch.get_num_threads(),
             "tokens_per_step": cfg.train.batch_size * cfg.train.grad_accum * cfg.data.seq_len,
             "splits": None if halted else split_scores(run_dir, splits)}

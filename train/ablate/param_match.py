@@ -12,9 +12,13 @@ from __future__ import annotations
 
 import copy
 
+import torch
+
 from model.ffn import FFNS
 from model.mixers import MIXERS
+from model.transformer import Transformer
 from train.config import Config, ConfigError
+from train.sizes import count_params, model_config
 
 TOLERANCE = 0.02
 
@@ -32,20 +36,8 @@ def put(cfg, dotted: str, value) -> None:
 
 def meta_model(cfg: Config):
     """cfg's model built on the meta device (no memory, no init cost)."""
-    import torch
-
-    from model.transformer import Transformer
-
-    m = copy.deepcopy(cfg.model)
-    m.vocab_size, m.max_seq_len = m.vocab_size or cfg.data.vocab_size, m.max_seq_len or cfg.data.seq_len
     with torch.device("meta"):
-        return Transformer(m)
-
-
-def count_params(cfg: Config) -> tuple[int, int]:
-    """(total, non-embedding) parameters of cfg's model."""
-    model = meta_model(cfg)
-    return model.num_params(), model.num_params(non_embedding=True)
+        return Transformer(model_config(cfg))
 
 
 def count_flops(cfg: Config) -> float:
@@ -53,7 +45,12 @@ def count_flops(cfg: Config) -> float:
     return meta_model(cfg).flops_per_token(cfg.data.seq_len)
 
 
-MEASURES = {"params": lambda cfg: count_params(cfg)[1], "flops": count_flops}  # what `match:` can equalise
+def count_non_embedding(cfg: Config) -> int:
+    """Non-embedding parameters of cfg's model (train/sizes.py `count_params`)."""
+    return count_params(model_config(cfg))["non_embedding"]
+
+
+MEASURES = {"params": count_non_embedding, "flops": count_flops}  # what `match:` can equalise
 UNITS = {"params": "non-embedding parameters", "flops": "training FLOPs per token"}
 
 
