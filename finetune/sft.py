@@ -73,12 +73,7 @@ def finetune(cfg: Config, callbacks: list = ()) -> Path:
                                t.seed, t.val_batches, cfg.data.num_workers)
     run_dir = make_run_dir(cfg)
     samples = SampleStories(run_dir, tokenizer, t.num_samples, t.sample_tokens, prompt=examples["validation"][0].prompt)
-    trainer = fit(cfg, module, datamodule, run_dir, tokenizer, [samples, *callbacks])
-    if trainer.is_global_zero:
-        trained = sum(p.numel() for p in module.model.parameters() if p.requires_grad)
-        val = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val/")}
-        print(f"run: {run_dir}  method={f.method}  trainable={trained:,}  "
-              + "  ".join(f"{k}={v:.4f}" for k, v in sorted(val.items())))
+    def evaluate_base_and_tuned(trainer) -> None:  # part of the run: it counts as finished once eval.md is written
         if f.eval_prompts > 0:
             heldout = examples["validation"][: f.eval_prompts]
             _, _, base_model = load_run(base, module.device.type)
@@ -87,4 +82,11 @@ def finetune(cfg: Config, callbacks: list = ()) -> Path:
                        f"{f.method} fine-tuned": evaluate(module.model, tokenizer, heldout, f.eval_tokens,
                                                           cfg.data.seq_len)}
             print(write_report(run_dir, results))
+
+    trainer = fit(cfg, module, datamodule, run_dir, tokenizer, [samples, *callbacks], finish=evaluate_base_and_tuned)
+    if trainer.is_global_zero:
+        trained = sum(p.numel() for p in module.model.parameters() if p.requires_grad)
+        val = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val/")}
+        print(f"run: {run_dir}  method={f.method}  trainable={trained:,}  "
+              + "  ".join(f"{k}={v:.4f}" for k, v in sorted(val.items())))
     return run_dir

@@ -9,7 +9,7 @@ import lightning as L
 import torch
 
 from train.distributed import full_state_dict, is_sharded
-from train.faults import preempted_step
+from train.faults import stopped_by_signal
 from train.sampling import sample_stories
 
 # Dense bf16 peak FLOP/s per GPU (vendor datasheets), for MFU; unknown devices log no MFU.
@@ -75,14 +75,19 @@ class SampleStories(L.Callback):
 
 class SaveFinalWeights(L.Callback):
     """At the end of training, writes the module's final weights (`model.safetensors`) into the run directory:
-    a full state dict under FSDP too; nothing when the run was pre-empted."""
+    a full state dict under FSDP too; nothing when a signal stopped the run. `written`: whether it has; a resume
+    from a checkpoint of the final step trains nothing and calls no hook, so the pipeline calls `save` itself."""
 
     def __init__(self, run_dir: Path):
         self.run_dir = run_dir
+        self.written = False
 
     def on_train_end(self, trainer, pl_module):
-        if preempted_step(trainer) is not None:
-            return  # an unfinished run: its state is in checkpoints/last.ckpt
+        if stopped_by_signal(trainer) is None:  # else an unfinished run: its state is in checkpoints/
+            self.save(trainer, pl_module)
+
+    def save(self, trainer, pl_module) -> None:
+        self.written = True
         if is_sharded(trainer):  # FSDP: every rank takes part in gathering the full state dict
             state = full_state_dict(trainer, pl_module)
             if trainer.is_global_zero:

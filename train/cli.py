@@ -1,7 +1,8 @@
 """Command-line plumbing shared by every entry point: `--config FILE` plus dotted overrides, and user
 errors (bad config, data or checkpoint) printed as one line with exit code 2 instead of a traceback.
-A run halted by non-finite losses (`TrainingHalted`) prints one line and exits with code 1; a run pre-empted
-by SIGTERM prints how to resume and exits with code 0 (`train/faults.py`)."""
+A run halted by non-finite losses (`TrainingHalted`) prints one line and exits with code 1; a run stopped by
+Ctrl-C or SIGTERM saves a checkpoint, prints the command that resumes and exits with code 130 / 143
+(`train/faults.py`); Ctrl-C outside training exits with 130 and one line."""
 
 from __future__ import annotations
 
@@ -65,6 +66,9 @@ def run_cli(main: Callable[[Config], object], argv: list[str] | None = None, usa
         with user_errors_exit_2():
             config, overrides = parse_args(argv)
             main(load(config, overrides))
+    except KeyboardInterrupt:  # outside training (reading data, evaluating): nothing more to save
+        print("error: interrupted (Ctrl-C)", file=sys.stderr)
+        sys.exit(130)
     except TrainingHalted as err:
         if launch_rank() == 0:  # every rank halts together; one line is enough
             print(f"error: training halted: {err}", file=sys.stderr)

@@ -67,7 +67,8 @@ class CoreTrainConfig(Options):
     compile: bool = False  # torch.compile the model
     ce_chunk: int = option(512, min=0)  # rows per chunk of the training cross-entropy (train/loss.py); 0 = plain
     seed: int = option(1337, min=0, max=2**32 - 1)  # model init and data order (numpy and Lightning take 32 bits)
-    resume: bool | str = False  # false | true (this run's last checkpoint) | auto | a checkpoint path
+    resume: bool | str = "auto"  # auto (resume an unfinished run, else start) | false | true | a checkpoint path
+    # (train/rundir/claim.py: what each does with the run folder, and which reruns are refused)
     val_every: int = option(200, min=1)  # validate every N optimizer steps (and at the end)
     val_batches: int = option(20, min=1)  # micro-batches per validation
     ckpt_every: int = option(500, min=1)  # checkpoint every N optimizer steps; last.ckpt also at the end

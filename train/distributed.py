@@ -6,12 +6,12 @@ final weights as one full state dict.
                                     state dict, so they load on one device
     train.strategy=deepspeed        Lightning's DeepSpeed (ZeRO stage 2), where `deepspeed` is installed
 
-The run directory name must be the same on every rank. With `train.devices > 1` Lightning re-executes the
-script for ranks 1..N-1 *after* rank 0 has created `runs/<name>`, so their "name exists -> name-1" choice
-would differ: rank 0 publishes its choice in the environment (`TINYSTACK_RUN_DIR`), which the workers it
-launches inherit. Under an external launcher (torchrun, SLURM srun) all ranks start at once: rank 0 writes
-`<run dir>/.launch` holding a key of the launch (job id, rendezvous address) and the other ranks wait for the
-directory carrying their key.
+Only rank 0 claims the run directory (train/rundir/claim.py: it decides whether the folder may be written, and
+locks it); the other ranks take its decision. With `train.devices > 1` Lightning re-executes the script for ranks
+1..N-1 *after* rank 0 has claimed `runs/<name>`, which would refuse them: rank 0 publishes its folder in the
+environment (`TINYSTACK_RUN_DIR`), which the workers it launches inherit. Under an external launcher (torchrun,
+SLURM srun) all ranks start at once: rank 0 writes `<run dir>/.launch` holding a key of the launch (job id,
+rendezvous address) once its claim succeeded, and the other ranks wait for the folder to carry their key.
 """
 
 from __future__ import annotations
@@ -71,13 +71,9 @@ def shared_run_dir(choose: Callable[[], Path], base: Path, timeout: float = 600.
 def _wait_for_launch_dir(base: Path, key: str, timeout: float) -> Path:
     deadline = time.time() + timeout
     while time.time() < deadline:
-        candidates = [base, *(base.with_name(f"{base.name}-{i}") for i in range(1, 10_000))]
-        for path in candidates:
-            if not path.exists():
-                break
-            marker = path / LAUNCH_FILE
-            if marker.is_file() and marker.stat().st_mtime > STARTED - timeout and marker.read_text() == key:
-                return path
+        marker = base / LAUNCH_FILE
+        if marker.is_file() and marker.stat().st_mtime > STARTED - timeout and marker.read_text() == key:
+            return base
         time.sleep(0.5)
     raise ConfigError(f"rank {launch_rank()}: rank 0 did not create the run directory under {base.parent} within "
                       f"{timeout:.0f}s; is the output folder shared between nodes (train.out_dir)?")

@@ -10,6 +10,8 @@ own LightningModule and DataModule, so no stage copies the loop.
 from __future__ import annotations
 
 import os
+import signal
+import sys
 from dataclasses import asdict
 from pathlib import Path
 
@@ -26,33 +28,20 @@ from train.component_callbacks import component_callbacks
 from train.rundir.checkpoint import AtomicCheckpointIO, check_compatible, resolve_resume
 from train.config import Config, ConfigError, save_config
 from train.distributed import build_strategy, shared_run_dir
-from train.faults import Preempted, PreemptionCheckpoint, preempted_step, preemption_message
+from train.faults import Preempted, PreemptionCheckpoint, StopNow, preemption_message, stopped_by_signal
 from train.module import LanguageModel
 from train.report import write_metrics_and_plot
-from train.rundir.paths import check_run_name, lock_run_dir, remove_stale_tmp, unlock_run_dir
+from train.rundir.claim import FINISHED, check_same_config, claim_run_dir, mark_finished, release_run_dir
+from train.rundir.paths import check_run_name, lock_run_dir, remove_stale_tmp
 from train.sizes import model_config
 
 
 def make_run_dir(cfg: Config) -> Path:
-    """out_dir/name, the only folder a run writes. A fresh run never overwrites an existing one (name-1, name-2,
-    ...); `train.resume=true|auto` continues out_dir/name; `train.resume=PATH` continues out_dir/name when PATH is
-    one of its checkpoints, else PATH is only read and the run gets a fresh folder. Every rank of a multi-process
-    run gets rank 0's choice (`train/distributed.py`)."""
+    """out_dir/name, the only folder a run writes, claimed (created or found, and locked) by rank 0 for this command:
+    a rerun resumes an unfinished run and refuses a finished one (train/rundir/claim.py). Every rank of a
+    multi-process run gets rank 0's folder (`train/distributed.py`)."""
     base = Path(cfg.train.out_dir) / check_run_name(cfg.train.name or "run")
-    resume = cfg.train.resume
-    if resume in (True, "true", "auto"):
-        return base
-    if resume not in (False, "false") and Path(resume).resolve().parent == (base / "checkpoints").resolve():
-        return base
-
-    def fresh() -> Path:
-        i, path = 0, base
-        while path.exists():
-            i += 1
-            path = base.with_name(f"{base.name}-{i}")
-        return path
-
-    return shared_run_dir(fresh, base)
+    return shared_run_dir(lambda: claim_run_dir(base, cfg.train.resume), base)
 
 
 def prepare_data(cfg: Config, tokenizer=None):
@@ -119,40 +108,55 @@ def check_inputs(cfg: Config, module: L.LightningModule, run_dir: Path, tok_hash
 
 
 def fit(cfg: Config, module: L.LightningModule, datamodule: L.LightningDataModule, run_dir: Path, tokenizer,
-        callbacks: list = (), monitor_val: bool = True, run_files=None) -> L.Trainer:
+        callbacks: list = (), monitor_val: bool = True, run_files=None, finish=None) -> L.Trainer:
     """Check the inputs, lock and write the run directory, train (resuming if asked), save final weights, metrics
-    and plot. The lock is held (rank 0) until training ends, so a second run on the same folder is refused.
-    `run_files(run_dir)`: a stage's own files (alignment's merged reference), written after the checks too."""
-    tok_hash = content_hash(tokenizer.to_str())
-    ckpt = check_inputs(cfg, module, run_dir, tok_hash)
-    module.run_info = {"model": asdict(cfg.model), "tokenizer_hash": tok_hash}
-    trainer = build_trainer(cfg, run_dir, [SaveFinalWeights(run_dir), *callbacks], monitor_val)
-    locked = trainer.is_global_zero and lock_run_dir(run_dir)
+    and plot, then mark the run finished (train/rundir/claim.py). The lock is held (rank 0) until then, so a second
+    run on the same folder is refused. `run_files(run_dir)`: a stage's own files (alignment's merged reference),
+    written after the checks too; `finish(trainer)`: a stage's own results (finetune's evaluation), on rank 0 after
+    training and before the run counts as finished."""
     try:
+        tok_hash = content_hash(tokenizer.to_str())
+        ckpt = check_inputs(cfg, module, run_dir, tok_hash)
+        module.run_info = {"model": asdict(cfg.model), "tokenizer_hash": tok_hash}
+        trainer = build_trainer(cfg, run_dir, [SaveFinalWeights(run_dir), *callbacks], monitor_val)
         if trainer.is_global_zero:
+            lock_run_dir(run_dir)  # already held when make_run_dir claimed the folder
+            if cfg.train.resume == "auto":
+                check_same_config(run_dir, cfg)
             remove_stale_tmp(run_dir, run_dir / "checkpoints")
+            (run_dir / FINISHED).unlink(missing_ok=True)  # trained further (resume=true): unfinished until done
             save_config(cfg, run_dir / "config.yaml")
             tokenizer.save(str(run_dir / "tokenizer.json"))
             if run_files is not None:
                 run_files(run_dir)
         _train(cfg, trainer, module, datamodule, run_dir, ckpt, monitor_val)
+        if trainer.is_global_zero:
+            if finish is not None:
+                finish(trainer)
+            mark_finished(run_dir, trainer.global_step)
     finally:
-        if locked:
-            unlock_run_dir(run_dir)
+        release_run_dir(run_dir)
     return trainer
 
 
 def _train(cfg: Config, trainer: L.Trainer, module, datamodule, run_dir: Path, ckpt: Path | None,
            monitor_val: bool) -> None:
-    trainer.fit(module, datamodule=datamodule, ckpt_path=str(ckpt) if ckpt else None, weights_only=True)
-    if preempted_step(trainer) is not None:  # SIGTERM: last.ckpt is saved; no final validation or weights
-        message = preemption_message(trainer)
+    try:
+        trainer.fit(module, datamodule=datamodule, ckpt_path=str(ckpt) if ckpt else None, weights_only=True)
+    except StopNow:  # a signal in the middle of a gradient accumulation (train/faults.py)
+        pass
+    stopped = stopped_by_signal(trainer)
+    if stopped is not None:  # SIGINT / SIGTERM: checkpoint saved; no final validation, weights or marker
+        message = preemption_message(stopped, cfg.train.resume)
         if trainer.is_global_zero:
             write_metrics_and_plot(run_dir, module.plots())
-            print(message)
-        raise Preempted(message)
+            print(message, file=sys.stderr)
+        raise Preempted(message, stopped.signum or signal.SIGTERM)
+    final_weights = next(cb for cb in trainer.callbacks if isinstance(cb, SaveFinalWeights))
+    if not final_weights.written:  # resumed at the final step: fit trained nothing and called no hook
+        final_weights.save(trainer, module)
     if trainer.global_step % cfg.train.ckpt_every:  # the final step is always checkpointed
-        trainer.save_checkpoint(run_dir / "checkpoints" / "last.ckpt")
+        trainer.save_checkpoint(run_dir / "checkpoints" / "last.ckpt", weights_only=False)
     if monitor_val and cfg.train.max_steps % cfg.train.val_every:
         trainer.validate(module, datamodule=datamodule, verbose=False)
     if trainer.is_global_zero:

@@ -22,11 +22,12 @@ from train_script import Hooks, as_argv
 from train.config import ConfigError, load_config
 from train.distributed import LAUNCH_FILE, RUN_DIR_ENV, build_strategy, shared_run_dir
 from train.run import make_run_dir, pretrain
+from train.rundir.claim import mark_finished, release_run_dir
 
 ROOT = Path(__file__).resolve().parents[2]
 SCRIPT = Path(__file__).with_name("train_script.py")
 RUN_FILES = {"config.yaml", "tokenizer.json", "model.safetensors", "metrics.csv", "loss.png", "samples.md",
-             "checkpoints", "logs"}
+             "checkpoints", "logs", "finished.json"}
 
 
 def batches(out: Path, rank: int) -> dict[int, list[str]]:
@@ -40,7 +41,6 @@ def test_two_process_ddp_matches_one_process(tiny_corpus, tmp_path):
     one, two = tmp_path / "one", tmp_path / "two"
     common = {"train.accelerator": "cpu", "train.val_every": 8}
     single = pretrain(load_config(None, tiny_train_overrides(tiny_corpus, one, **common)), [Hooks(0.0)])
-    (two / "tiny").mkdir(parents=True)  # a fresh run must become tiny-1 on both ranks
     args = as_argv(tiny_train_overrides(tiny_corpus, two, **common, **{"train.batch_size": 2, "train.devices": 2,
                                                                        "train.strategy": "ddp"}))
     env = {**os.environ, "WANDB_MODE": "disabled"}
@@ -48,11 +48,10 @@ def test_two_process_ddp_matches_one_process(tiny_corpus, tmp_path):
     proc = subprocess.run([sys.executable, str(SCRIPT), *args], cwd=ROOT, env=env, capture_output=True, text=True,
                           timeout=300)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    run_dir = two / "tiny-1"
+    run_dir = two / "tiny"
     assert (two / ".rank0").read_text() == (two / ".rank1").read_text() == str(run_dir)
     assert {p.name for p in run_dir.iterdir()} == RUN_FILES  # one set of files, written by rank 0
-    assert sorted(p.name for p in two.iterdir() if not p.name.startswith(".")) == ["cache", "tiny", "tiny-1"]
-    assert not any((two / "tiny").iterdir())
+    assert sorted(p.name for p in two.iterdir() if not p.name.startswith(".")) == ["cache", "tiny"]
     # the same global batches: rank 0 and rank 1 together saw exactly the 1-process run's samples, no overlap
     rank0, rank1, full = batches(two, 0), batches(two, 1), batches(one, 0)
     assert sorted(rank0) == sorted(rank1) == sorted(full) == list(range(1, 9))  # global_step after each batch
@@ -117,14 +116,15 @@ def fresh_config(out: Path):
 def test_workers_launched_by_lightning_use_rank_0s_run_dir(tmp_path, monkeypatch):
     for name in ("RANK", "LOCAL_RANK", "NODE_RANK", "WORLD_SIZE", "SLURM_NTASKS", "TORCHELASTIC_RUN_ID", RUN_DIR_ENV):
         monkeypatch.delenv(name, raising=False)
-    (tmp_path / "tiny").mkdir()
-    chosen = make_run_dir(fresh_config(tmp_path))  # rank 0, before trainer.fit launches the workers
-    assert chosen == tmp_path / "tiny-1" and os.environ[RUN_DIR_ENV] == str(chosen)
-    chosen.mkdir()  # rank 0 writes it before launching; a worker deciding for itself would pick tiny-2
+    chosen = make_run_dir(fresh_config(tmp_path))  # rank 0 claims it, before trainer.fit launches the workers
+    assert chosen == tmp_path / "tiny" and os.environ[RUN_DIR_ENV] == str(chosen) and (chosen / ".lock").is_file()
+    mark_finished(chosen, 8)  # rank 0 may write anything there now; a worker claiming for itself would be refused
     monkeypatch.setenv("LOCAL_RANK", "1")
     assert make_run_dir(fresh_config(tmp_path)) == chosen
-    monkeypatch.setenv("LOCAL_RANK", "0")  # a later run in rank 0's process chooses again
-    assert make_run_dir(fresh_config(tmp_path)) == tmp_path / "tiny-2"
+    release_run_dir(chosen)
+    monkeypatch.setenv("LOCAL_RANK", "0")  # a later run in rank 0's process claims again: this one is finished
+    with pytest.raises(ConfigError, match="is a finished run"):
+        make_run_dir(fresh_config(tmp_path))
 
 
 def test_externally_launched_ranks_find_rank_0s_run_dir(tmp_path, monkeypatch):
@@ -133,19 +133,19 @@ def test_externally_launched_ranks_find_rank_0s_run_dir(tmp_path, monkeypatch):
     env = {"WORLD_SIZE": "2", "TORCHELASTIC_RUN_ID": "job7", "MASTER_ADDR": "node0", "MASTER_PORT": "29500"}
     for key, value in env.items():
         monkeypatch.setenv(key, value)
-    (tmp_path / "tiny").mkdir()  # an older run
     monkeypatch.setenv("RANK", "1")
     with pytest.raises(ConfigError, match="did not create the run directory"):
         shared_run_dir(lambda: tmp_path / "unused", tmp_path / "tiny", timeout=0.3)  # rank 0 has not chosen yet
     monkeypatch.setenv("RANK", "0")
     chosen = make_run_dir(fresh_config(tmp_path))
-    assert chosen == tmp_path / "tiny-1" and (chosen / LAUNCH_FILE).is_file()
+    assert chosen == tmp_path / "tiny" and (chosen / LAUNCH_FILE).is_file()
     monkeypatch.setenv("RANK", "1")
     monkeypatch.delenv(RUN_DIR_ENV)  # torchrun started every rank itself: nothing inherited
     assert make_run_dir(fresh_config(tmp_path)) == chosen
     monkeypatch.setenv("MASTER_PORT", "29501")  # another launch does not take this one's directory
     with pytest.raises(ConfigError):
         shared_run_dir(lambda: tmp_path / "unused", tmp_path / "tiny", timeout=0.3)
+    release_run_dir(chosen)
 
 
 def test_strategy_choices():

@@ -1,12 +1,14 @@
 """Fault tolerance: atomic checkpoints, `train.resume=auto` past a truncated checkpoint, a SIGKILLed run that
-resumes to the same losses, SIGTERM pre-emption (checkpoint, exit 0, resumable), NaN steps skipped and the
-N-in-a-row stop, and checkpoints from another model or tokenizer refused with the differing field named."""
+resumes to the same losses, SIGTERM and Ctrl-C (a checkpoint within one micro-batch, also mid-accumulation, exit
+143 / 130, the printed command resumes exactly), NaN steps skipped and the N-in-a-row stop, and checkpoints from
+another model or tokenizer refused with the differing field named."""
 
 from __future__ import annotations
 
 import io
 import os
 import re
+import shlex
 import shutil
 import signal
 import subprocess
@@ -22,11 +24,13 @@ from conftest import tiny_train_overrides
 from test_pretrain import train_losses
 from train_script import as_argv
 
+from train.faults import resume_command
 from train.rundir.checkpoint import AtomicCheckpointIO, check_compatible, newest_checkpoint, read_checkpoint, resolve_resume
 from train.cli import run_cli
 from train.config import load_config
 from train.module import LanguageModel
 from train.run import pretrain
+from train.rundir.claim import is_finished
 from train.rundir.weights import CheckpointError
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -124,22 +128,73 @@ def test_sigkill_then_resume_auto_reaches_the_same_loss(tiny_corpus, reference, 
     assert_same_losses(got, expected)
 
 
+def stop_line(log: Path, proc: subprocess.Popen, code: int) -> tuple[int, str]:
+    """(the step saved, the command that resumes) from the one line a stopped run prints."""
+    assert proc.wait(timeout=120) == code, log.read_text()
+    lines = [ln for ln in log.read_text().splitlines() if ln.startswith("stopped (")]
+    assert len(lines) == 1, lines
+    step = int(re.search(r"\(step (\d+)\)", lines[0]).group(1))
+    return step, lines[0].split("; to resume, run: ")[1]
+
+
 @pytest.mark.slow
-def test_sigterm_saves_a_checkpoint_exits_0_and_resumes(tiny_corpus, reference, tmp_path):
+@pytest.mark.parametrize("how, code", [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
+def test_a_signal_saves_a_checkpoint_exits_128_plus_it_and_prints_the_command_that_resumes(
+        tiny_corpus, reference, tmp_path, how, code):
     proc = start(tiny_corpus, tmp_path)
     wait_for(tmp_path / "tiny" / "checkpoints" / "step=4.ckpt", proc)
-    proc.send_signal(signal.SIGTERM)
-    assert proc.wait(timeout=120) == 0, (tmp_path / "log.txt").read_text()
-    lines = [ln for ln in (tmp_path / "log.txt").read_text().splitlines() if "pre-empted" in ln]
-    assert len(lines) == 1 and "--train.resume=auto" in lines[0], lines
-    step = int(re.search(r"at step (\d+)", lines[0]).group(1))
+    proc.send_signal(how)
+    step, command = stop_line(tmp_path / "log.txt", proc, code)
     last = tmp_path / "tiny" / "checkpoints" / "last.ckpt"
     assert 4 <= step < 12 and read_checkpoint(last)["global_step"] == step
-    assert not (tmp_path / "tiny" / "model.safetensors").exists()  # not a finished run
-    resumed = run(tiny_corpus, tmp_path, **{"train.resume": "auto"})
-    got, expected = train_losses(resumed), train_losses(reference)
-    assert sorted(got) == list(range(12))  # the pre-empted launch logged its steps too
+    assert not (tmp_path / "tiny" / "model.safetensors").exists() and not is_finished(tmp_path / "tiny")
+    assert (tmp_path / "tiny" / "metrics.csv").is_file()
+    env = {**os.environ, "WANDB_MODE": "disabled"}
+    again = subprocess.run(shlex.split(command), cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0, again.stderr[-3000:]
+    got, expected = train_losses(tmp_path / "tiny"), train_losses(reference)
+    assert sorted(got) == list(range(12)) and is_finished(tmp_path / "tiny")  # both launches logged their steps
     assert_same_losses(got, expected)
+
+
+class CtrlC(L.Callback):
+    """Sends this process SIGINT at micro-batch `micro` of optimizer step `step`; counts the micro-batches after."""
+
+    def __init__(self, step: int, micro: int):
+        self.at, self.after = (step, micro), None
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        if self.after is not None:
+            self.after += 1
+        elif (trainer.global_step, batch_idx % trainer.accumulate_grad_batches) == self.at:
+            self.after = 0
+            os.kill(os.getpid(), signal.SIGINT)
+
+
+# The signal comes at the end of micro-batch `micro` with `step` optimizer steps done, so (2, 3) is step 1's last
+# one; the run stops at the end of the next: in the middle of step 2, at its end (saved at 3), at its first one.
+@pytest.mark.parametrize("micro, saved", [(1, 2), (2, 3), (3, 2)])
+def test_ctrl_c_stops_within_a_micro_batch_under_accumulation_and_resumes_exactly(tiny_corpus, tmp_path, micro, saved):
+    accum = {"train.grad_accum": 4, "train.max_steps": 6, "train.val_every": 6, "train.ckpt_every": 6}
+    expected = train_losses(run(tiny_corpus, tmp_path / "reference", **accum))
+    ctrl_c = CtrlC(step=2, micro=micro)
+    with pytest.raises(SystemExit) as exit_info:
+        run(tiny_corpus, tmp_path, [ctrl_c], **accum)
+    assert exit_info.value.code == 130 and ctrl_c.after <= 1  # stopped at the end of the next micro-batch
+    assert read_checkpoint(tmp_path / "tiny" / "checkpoints" / "last.ckpt")["global_step"] == saved
+    resumed = run(tiny_corpus, tmp_path, **accum)  # the same command again
+    got = train_losses(resumed)
+    assert sorted(got) == list(range(6)) and is_finished(resumed)
+    assert_same_losses(got, expected)
+
+
+def test_the_resume_command_is_this_command_with_resume_auto():
+    python = ["/usr/bin/python3", "-m", "train", "--config", "a b.yaml"]
+    assert resume_command("auto", python) == "/usr/bin/python3 -m train --config 'a b.yaml'"
+    assert resume_command(False, [*python, "--train.resume=false"]).endswith("'a b.yaml' --train.resume=auto")
+    assert resume_command("x.ckpt", [*python, "--train.resume", "x.ckpt"]).endswith("'a b.yaml' --train.resume=auto")
+    script = ["/v/bin/python", "/v/bin/tinystack", "pretrain", "--config", "c.yaml"]
+    assert resume_command(True, script) == "tinystack pretrain --config c.yaml"
 
 
 class Recorder(L.Callback):

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from conftest import stop_at, tiny_train_overrides, train_losses
 
-from train.config import load_config
+from train.config import ConfigError, load_config
 from train.generate import main as generate_main
 from train.run import pretrain
 
@@ -44,5 +44,8 @@ def test_resume_gives_the_same_losses(tiny_corpus, full_run, tmp_path):
 
 
 def test_second_run_never_overwrites_the_first(tiny_corpus, full_run):
-    again = run(tiny_corpus, full_run.parent, **{"train.max_steps": 1, "train.val_every": 1})
-    assert again != full_run and again.name == "tiny-1"
+    weights = (full_run / "model.safetensors").read_bytes()
+    with pytest.raises(ConfigError, match="is a finished run .*--train.name.*--train.resume=true"):
+        run(tiny_corpus, full_run.parent, **{"train.max_steps": 1, "train.val_every": 1})
+    assert (full_run / "model.safetensors").read_bytes() == weights
+    assert sorted(p.name for p in full_run.parent.iterdir()) == ["cache", "tiny"]  # no tiny-1 beside it

@@ -78,6 +78,7 @@ def train_one(cfg, threads: int, splits: tuple[str, ...] = ("selection", "test")
 
     from train.ablate.splits import split_scores
     from train.ablate.param_match import count_flops
+    from train.rundir.claim import is_finished
     from train.run import pretrain
     from train.sizes import count_params, model_config
 
@@ -86,7 +87,8 @@ def train_one(cfg, threads: int, splits: tuple[str, ...] = ("selection", "test")
     run_dir = Path(cfg.train.out_dir) / cfg.train.name
     t0, halted = time.perf_counter(), None
     try:
-        pretrain(cfg)
+        if not is_finished(run_dir):  # finished but unscored (stopped before ablate.json): score it
+            pretrain(cfg)
     except TrainingHalted as err:  # a diverged variant is a result too: NaN in the table
         halted = str(err)
         print(f"warning: {cfg.train.name} halted: {err}", file=sys.stderr)

@@ -32,6 +32,7 @@ from torch import nn
 from inputs.json import read_json
 from inputs.yaml import read_yaml
 from model.lora import ALL_LINEAR, LoRAConfig, apply_lora, find_targets, lora_modules, lora_state_dict
+from train.rundir.atomic import replacing, write_text
 from train.rundir.weights import CheckpointError, check_values
 
 CONFIG_NAME = "adapter_config.json"
@@ -94,9 +95,10 @@ def save_adapter(model: nn.Module, lora_cfg: LoRAConfig, out_dir: str | Path,
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     tensors = {PREFIX + k: v.detach().contiguous().cpu() for k, v in lora.items()}
-    save_file(tensors, str(out / WEIGHTS_NAME), metadata={"format": "pt"})
+    with replacing(out / WEIGHTS_NAME) as tmp:  # temp + rename: never a half-written adapter
+        save_file(tensors, str(tmp), metadata={"format": "pt"})
     config = _peft_config(lora_cfg, targets, None if base_model_name_or_path is None else str(base_model_name_or_path))
-    (out / CONFIG_NAME).write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+    write_text(out / CONFIG_NAME, json.dumps(config, indent=2, sort_keys=True) + "\n")
     return out
 
 

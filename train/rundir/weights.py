@@ -16,6 +16,8 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from train.rundir.atomic import replacing
+
 TOKENIZER_HASH = "tokenizer_hash"  # metadata key: the tokenizer the weights were trained with
 
 
@@ -31,7 +33,8 @@ def save_weights(model: nn.Module, path: str | Path, tied: bool = True, state: d
     state = {k: v.detach().contiguous().cpu() for k, v in (model.state_dict() if state is None else state).items()}
     if tied:
         state.pop("lm_head.weight", None)
-    save_file(state, str(path), metadata={TOKENIZER_HASH: tokenizer_hash} if tokenizer_hash else None)
+    with replacing(path) as tmp:  # temp + rename: a kill mid-write leaves the previous file, never half of one
+        save_file(state, str(tmp), metadata={TOKENIZER_HASH: tokenizer_hash} if tokenizer_hash else None)
 
 
 def read_metadata(path: str | Path) -> dict[str, str]:
