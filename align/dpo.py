@@ -37,6 +37,7 @@ from data.sft import IGNORE, example_tensors, instruct_examples, pad_batch, toke
 from data.tokenizer import eot_id, token_byte_lengths
 from train.cli import run_cli
 from train.config import Config
+from train.memory import check_memory
 from train.run import fit, make_run_dir
 
 
@@ -139,6 +140,8 @@ def preference_pairs(cfg: Config) -> dict[str, list[dict]]:
 def train_dpo(cfg: Config, callbacks: list = ()) -> Path:
     """DPO from the SFT run cfg.finetune.base; returns the run directory."""
     t = cfg.train
+    # a batch is the chosen and the rejected halves: 2 x train.batch_size sequences
+    check_memory(cfg, training=True, frozen=cfg.finetune.method == "lora", batch=2 * t.batch_size)
     L.seed_everything(t.seed, workers=True, verbose=False)
     run_dir = make_run_dir(cfg)
     tokenizer, model, lora_cfg, run_files = start_policy(cfg, run_dir)

@@ -27,6 +27,23 @@ from align.config import AlignConfig
 from align.rewards import combined_reward, read_rewards, reward_terms, word_inclusion
 from data.instruct import InstructExample, parse_header
 from finetune.evaluate import generate_stories
+from inputs.json import read_json
+from train.config import ConfigError
+from train.flags import check_flags
+from train.memory import check_decoding
+from train.rundir.paths import FileKind, check_output, starts_with
+
+
+def _is_details(path: Path) -> bool:
+    try:
+        return set(read_json(path, "reward details")) >= {"weights", "results"}
+    except ValueError:
+        return False
+
+
+TITLE = "# Rewards on held-out prompts"
+REPORT = FileKind(f"a reward table (Markdown starting with {TITLE!r})", starts_with(TITLE.encode()))
+DETAILS = FileKind("a reward table's details (JSON with weights and results)", _is_details)
 
 
 def parse_run(spec: str) -> tuple[str, str, str | None]:
@@ -92,21 +109,23 @@ def write_report(path: str | Path, results: dict[str, list[dict]], weights: dict
     first = next(iter(results.values()))[0]["example"]
     examples = "\n\n".join(f"**{name}:**\n\n> " + runs[0]["example"]["completion"].replace("\n", "\n> ")
                            for name, runs in results.items())
-    path.write_text(f"# Rewards on held-out prompts\n\n{note}\n\n{table}\n\n## Example\n\n```\n{first['prompt']}"
+    path.write_text(f"{TITLE}\n\n{note}\n\n{table}\n\n## Example\n\n```\n{first['prompt']}"
                     f"```\n\n{examples}\n")
     path.with_suffix(".json").write_text(json.dumps({"weights": weights, "results": results}, indent=2) + "\n")
     return table
 
 
 def check_arguments(args) -> None:
-    """The numeric and path arguments, before any model is loaded (one line each)."""
-    for name in ("n", "max_new_tokens", "samples", "batch_size"):
-        if getattr(args, name) < 1:
-            raise ValueError(f"--{name}={getattr(args, name)}: must be at least 1")
-    if args.temperature < 0:
-        raise ValueError(f"--temperature={args.temperature}: must be 0 (greedy) or positive")
-    if args.out and Path(args.out).is_dir():
-        raise ValueError(f"--out {args.out} is a folder; give a file name, e.g. {Path(args.out) / 'rewards.md'}")
+    """The numeric and path arguments, before any model is loaded (one line each): --out FILE.md and FILE.json are
+    written only where `check_output` allows (never inside a run folder; --force replaces only earlier tables)."""
+    check_flags(args, "n", "max_new_tokens", "samples", "batch_size", "temperature", "seed", "prompt_seed")
+    if args.out:
+        if Path(args.out).suffix == ".json":
+            raise ConfigError(f"--out {args.out}: the table is Markdown and its details go to the .json beside it; "
+                              f"give a .md name, e.g. {Path(args.out).with_suffix('.md')}")
+        inputs = [path for spec in args.runs for path in parse_run(spec)[1:] if path]
+        check_output(args.out, REPORT, args.force, inputs)
+        check_output(Path(args.out).with_suffix(".json"), DETAILS, args.force, inputs)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -130,6 +149,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--batch_size", type=int, default=32)
     parser.add_argument("--out", default=None, help="write the table here (Markdown) and the details to .json")
     parser.add_argument("--device", default="auto")
+    parser.add_argument("--force", action="store_true", help="replace --out (and its .json) if they are reward tables")
     args = parser.parse_args(argv)
     with user_errors_exit_2(ValueError):
         check_arguments(args)
@@ -141,7 +161,9 @@ def main(argv: list[str] | None = None) -> None:
         heldout = instruct_examples(args.data or cfg.data.path, seed, cfg.data.val_fraction)["validation"][: args.n]
         device, results = pick_device(args.device), {}
         for name, path, adapter in specs:
-            _, tokenizer, model = load_run(path, device, adapter)
+            run_cfg, tokenizer, model = load_run(path, device, adapter)
+            prompts = [ex.prompt for ex in heldout]
+            check_decoding(run_cfg, device, tokenizer, prompts, args.batch_size, args.max_new_tokens)
             merge_lora(model)  # same function, faster decoding
             scores = reward_scores(model, tokenizer, heldout, weights, args.max_new_tokens, args.batch_size,
                                    args.temperature, args.seed, args.samples)

@@ -51,6 +51,7 @@ from data.sft import instruct_examples
 from data.tokenizer import eot_id, token_byte_lengths
 from train.cli import run_cli
 from train.config import Config, ConfigError
+from train.memory import check_memory
 from train.report import LOSS_PLOTS, Plot
 from train.run import fit, make_run_dir
 
@@ -242,6 +243,9 @@ def train_grpo(cfg: Config, callbacks: list = ()) -> Path:
     if a.group_size < 2 or a.num_iterations < 1 or a.prompts_per_step < 1:
         raise ConfigError(f"align.group_size must be >= 2 (got {a.group_size}), align.num_iterations and "
                           f"align.prompts_per_step >= 1 (got {a.num_iterations}, {a.prompts_per_step})")
+    # a step decodes and trains on prompts_per_step x group_size sequences of a prompt and its completion
+    check_memory(cfg, training=True, frozen=cfg.finetune.method == "lora", batch=a.prompts_per_step * a.group_size,
+                 tokens=cfg.data.seq_len + a.max_new_tokens)
     L.seed_everything(t.seed, workers=True, verbose=False)
     run_dir = make_run_dir(cfg)
     tokenizer, model, lora_cfg, run_files = start_policy(cfg, run_dir)

@@ -16,6 +16,10 @@ on_policy  K completions per prompt sampled from the SFT model (K copies of the 
            prompts whose K scores tie are skipped: a tie states no preference. On-policy pairs keep DPO's data
            where the policy puts its mass (Tajwar et al. 2024, arXiv:2404.14367; Xu et al. 2024, arXiv:2404.10719).
 
+`--out` is checked before any pair is made (train/rundir/paths.py `check_output`): never an input or inside a run
+folder; an existing file is replaced only with --force, and only if it is a pairs file (`PAIRS`: empty, or a first
+line with prompt/chosen/rejected).
+
 `load_pairs` reads such a JSONL file, or any Hugging Face dataset with prompt/chosen/rejected columns
 (`datasets.load_dataset`: a hub id, or a local folder of .jsonl/.parquet files).
 """
@@ -37,9 +41,27 @@ from data.words import word_pattern
 from inputs.errors import InputError
 from inputs.files import regular_file
 from inputs.json import json_lines
+from train.flags import check_flags
+from train.memory import check_decoding
+from train.rundir.paths import FileKind, check_output
 
 COLUMNS = ("prompt", "chosen", "rejected")
+
+
+def is_pairs_file(path: Path) -> bool:
+    """Whether `path` is what `save_pairs` writes: empty, or a first line that is a JSON object with COLUMNS."""
+    with path.open("rb") as f:
+        first = f.readline(1 << 20)
+    try:
+        row = json.loads(first) if first.strip() else None
+    except ValueError:
+        return False
+    return not first.strip() and path.stat().st_size == 0 or isinstance(row, dict) and set(COLUMNS) <= set(row)
+
+
+PAIRS = FileKind("a JSONL file of preference pairs (prompt/chosen/rejected)", is_pairs_file)
 REJECTED = ("other", "swapped")
+DECODE_BATCH = 64  # on-policy completions decoded at once
 
 
 def score(prompt: str, completion: str, weights: dict[str, float]) -> float:
@@ -80,7 +102,7 @@ def offline_pairs(examples: list[InstructExample], weights: dict[str, float], se
 
 def on_policy_pairs(model, tokenizer, prompts: list[str], weights: dict[str, float], k: int = 4,
                     max_new_tokens: int = 160, temperature: float = 1.0, seed: int = 0,
-                    batch_size: int = 64) -> list[dict]:
+                    batch_size: int = DECODE_BATCH) -> list[dict]:
     """Best vs worst of k sampled completions per prompt; ties skipped."""
     from finetune.evaluate import generate_stories
 
@@ -162,13 +184,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--rewards", default=None, help="reward weights as YAML, e.g. '{word_inclusion: 2}'")
     parser.add_argument("--data", default=None, help="corpus (default: the run's data.path)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--force", action="store_true", help="replace --out if it is an existing pairs file")
     args = parser.parse_args(argv)
     try:
+        check_flags(args, "n", "k", "max_new_tokens", "candidates", "temperature", "seed")
         weights = read_rewards(args.rewards) if args.rewards else AlignConfig().rewards
         reward_terms(weights)
-        for name in ("n", "k", "max_new_tokens", "candidates"):
-            if getattr(args, name) < 1:
-                raise ValueError(f"--{name}={getattr(args, name)}: must be at least 1")
+        check_output(args.out, PAIRS, args.force, inputs=(args.run,))
     except ValueError as err:
         print(f"error: {err if str(err).startswith('--') else f'--rewards: {err}'}", file=sys.stderr)
         sys.exit(2)
@@ -179,7 +201,8 @@ def main(argv: list[str] | None = None) -> None:
         if args.kind == "offline":
             pairs = offline_pairs(examples, weights, args.seed, args.candidates, args.rejected)
         else:
-            _, tokenizer, model = load_run(args.run)
+            run_cfg, tokenizer, model = load_run(args.run)
+            check_decoding(run_cfg, "cpu", tokenizer, [ex.prompt for ex in examples], DECODE_BATCH, args.max_new_tokens)
             merge_lora(model)  # same function, no adapter matmuls while sampling
             pairs = on_policy_pairs(model, tokenizer, [ex.prompt for ex in examples], weights, args.k,
                                     args.max_new_tokens, args.temperature, args.seed)

@@ -28,7 +28,7 @@ from finetune.sft import LoRALanguageModel
 from inputs.yaml import read_yaml
 from model.lora import LoRAConfig, adapters_disabled, merge_lora
 from train.rundir.adapter import resolve
-from train.config import Config, merge, parse_overrides
+from train.config import Config, ConfigError, merge, parse_overrides
 from train.rundir.load import load_run
 
 REFERENCE_DIR = "reference"
@@ -60,6 +60,9 @@ def start_policy(cfg: Config, run_dir: Path) -> tuple[object, object, LoRAConfig
     directory names the weights its adapter applies to and a refused start writes nothing. On resume the
     reference already there is used."""
     weights_dir, adapter_dir = resolve(cfg.finetune.base)
+    if run_dir.resolve() in (Path(cfg.finetune.base).resolve(), weights_dir.resolve()):
+        raise ConfigError(f"{run_dir} is the SFT run finetune.base={cfg.finetune.base} (or its base); aligning into "
+                          "it would replace its config.yaml and weights: choose another --train.name")
     run_files = None
     if cfg.finetune.method == "lora" and adapter_dir is not None:
         reference, sft = run_dir / REFERENCE_DIR, cfg.finetune.base

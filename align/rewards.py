@@ -22,6 +22,7 @@ and binds the parameters: ``{name: (weight, fn)}``.
 from __future__ import annotations
 
 import inspect
+import math
 import re
 from collections.abc import Callable, Mapping
 from functools import partial
@@ -114,8 +115,8 @@ def _term(name: str, value, fn: Reward) -> tuple[float, Reward]:
     """One spec entry (a weight, or {weight, **params}) -> (weight, fn with its parameters bound)."""
     params = dict(value) if isinstance(value, Mapping) else {"weight": value}
     weight = params.pop("weight", 1.0)
-    if isinstance(weight, bool) or not isinstance(weight, (int, float)) or weight < 0:
-        raise ValueError(f"{name}: the weight must be a number >= 0, got {weight!r}")
+    if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not 0 <= weight < math.inf:
+        raise ValueError(f"{name}: the weight must be a number >= 0 (and finite), got {weight!r}")
     valid = reward_params(fn)
     unknown = sorted(set(params) - set(valid))
     if unknown:
@@ -123,7 +124,8 @@ def _term(name: str, value, fn: Reward) -> tuple[float, Reward]:
     for key, value in params.items():  # the default's type (an int where a float goes is fine)
         default = valid[key]
         accepted = (int, float) if type(default) is float else type(default)
-        if isinstance(value, bool) != isinstance(default, bool) or not isinstance(value, accepted):
+        if isinstance(value, bool) != isinstance(default, bool) or not isinstance(value, accepted) or (
+                isinstance(value, float) and not math.isfinite(value)):
             raise ValueError(f"{name}.{key}: expected {type(default).__name__} like {default!r}, got {value!r}")
     bound = partial(fn, **params) if params else fn
     bound({}, "")  # a bad combination (length's min_words > max_words) fails now, not at the first sample

@@ -31,6 +31,10 @@ from data.instruct import InstructExample
 from data.sft import IGNORE, example_tensors, pad_batch, tokenize_examples
 from data.tokenizer import eot_id
 from data.words import word_inclusion
+from inputs.json import read_json
+from train.flags import check_flags
+from train.memory import check_decoding
+from train.rundir.paths import FileKind, check_output, starts_with
 
 
 @torch.no_grad()
@@ -117,6 +121,24 @@ def markdown_table(results: dict[str, dict]) -> str:
     return "\n".join(lines)
 
 
+def _is_results(path: Path) -> bool:
+    try:
+        return all(isinstance(r, dict) and "word_inclusion" in r for r in read_json(path, "evaluation").values())
+    except ValueError:
+        return False
+
+
+TITLE = "# Instruction following on held-out prompts"
+OUTPUTS = {"eval.md": FileKind(f"an evaluation table (Markdown starting with {TITLE!r})", starts_with(TITLE.encode())),
+           "eval.json": FileKind("an evaluation's results (JSON of word_inclusion scores)", _is_results)}
+
+
+def check_out(out_dir: str | Path, force: bool, *inputs) -> None:
+    """`--out DIR`: eval.md and eval.json may be written there (train/rundir/paths.py `check_output`)."""
+    for name, kind in OUTPUTS.items():
+        check_output(Path(out_dir) / name, kind, force, inputs, flag=f"--out {out_dir}:")
+
+
 def write_report(out_dir: str | Path, results: dict[str, dict]) -> str:
     """Write eval.md (the table and one example per model) and eval.json; returns the table."""
     out_dir = Path(out_dir)
@@ -128,7 +150,7 @@ def write_report(out_dir: str | Path, results: dict[str, dict]) -> str:
     r = next(iter(results.values()))
     decoding = f"sampling at temperature {r['temperature']}" if r["temperature"] else "greedy decoding"
     (out_dir / "eval.md").write_text(
-        f"# Instruction following on held-out prompts\n\n{decoding.capitalize()}, at most {r['max_new_tokens']} new "
+        f"{TITLE}\n\n{decoding.capitalize()}, at most {r['max_new_tokens']} new "
         f"tokens; word inclusion is data.words.word_inclusion.\n\n{table}\n\n## Example\n\n```\n"
         f"{first['prompt']}```\n\n{examples}\n")
     (out_dir / "eval.json").write_text(json.dumps(results, indent=2) + "\n")
@@ -167,8 +189,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--batch_size", type=int, default=32)
     parser.add_argument("--out", default=None, help="write eval.md and eval.json here")
     parser.add_argument("--device", default="auto")
+    parser.add_argument("--force", action="store_true", help="replace eval.md and eval.json of an earlier evaluation")
     args = parser.parse_args(argv)
     with user_errors_exit_2():
+        check_flags(args, "n", "max_new_tokens", "temperature", "seed", "batch_size")
+        if args.out:
+            check_out(args.out, args.force, args.run, args.adapter)
         device = pick_device(args.device)
         config = Path(args.run) / "config.yaml"
         cfg = load_config(config, run_file=True) if config.is_file() else None  # else checked by load_run below
@@ -180,7 +206,9 @@ def main(argv: list[str] | None = None) -> None:
         heldout = examples["validation"][: args.n]
         results = {}
         for name, (run, adapter_dir) in models.items():
-            _, tokenizer, model = load_run(run, device, adapter_dir)
+            run_cfg, tokenizer, model = load_run(run, device, adapter_dir)
+            check_decoding(run_cfg, device, tokenizer, [ex.prompt for ex in heldout], args.batch_size,
+                           args.max_new_tokens)
             results[name] = evaluate(model, tokenizer, heldout, args.max_new_tokens, cfg.data.seq_len,
                                      args.batch_size, args.temperature, args.seed)
         print(write_report(args.out, results) if args.out else markdown_table(results))

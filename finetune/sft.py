@@ -28,6 +28,7 @@ from model.lora import LoRAConfig, store_base_weights
 from train.rundir.adapter import ADAPTER_DIR, save_adapter
 from train.callbacks import SampleStories
 from train.config import Config, ConfigError
+from train.memory import check_memory
 from train.rundir.load import load_run
 from train.module import LanguageModel
 from train.run import fit, make_run_dir
@@ -61,6 +62,7 @@ def finetune(cfg: Config, callbacks: list = ()) -> Path:
     """Fine-tune cfg.finetune.base on cfg.data.path; returns the run directory."""
     t, f = cfg.train, cfg.finetune
     base = check_base(f.base)
+    check_memory(cfg, training=True, frozen=f.method == "lora")  # this machine, before a weight is read
     L.seed_everything(t.seed, workers=True, verbose=False)
     base_cfg, tokenizer, model = load_run(base)
     if base_cfg.model != cfg.model:
@@ -73,6 +75,7 @@ def finetune(cfg: Config, callbacks: list = ()) -> Path:
                                t.seed, t.val_batches, cfg.data.num_workers)
     run_dir = make_run_dir(cfg)
     samples = SampleStories(run_dir, tokenizer, t.num_samples, t.sample_tokens, prompt=examples["validation"][0].prompt)
+
     def evaluate_base_and_tuned(trainer) -> None:  # part of the run: it counts as finished once eval.md is written
         if f.eval_prompts > 0:
             heldout = examples["validation"][: f.eval_prompts]

@@ -1,15 +1,36 @@
 """Autoregressive sampling with the model's cache: one prefill over the prompt, then one token per step.
 
 Each step turns the last logits (B, V) into a distribution: divide by `temperature` (0 = greedy), keep the
-`top_k` largest, keep the smallest set whose probability reaches `top_p` (nucleus sampling, Holtzman et
-al. 2019), sample. A sequence that emits `eos_id` is finished: it keeps emitting `eos_id` (so the batch
-stays rectangular) and generation stops when every sequence is finished.
+`top_k` largest (0 = all), keep the smallest set whose probability reaches `top_p` in (0, 1] (nucleus sampling,
+Holtzman et al. 2019), sample; other settings are refused (`check_sampling`). A sequence that emits `eos_id` is
+finished: it keeps emitting `eos_id` (so the batch stays rectangular) and generation stops when every sequence is
+finished. A model whose position declares a largest position (`max_positions`, model/positions.py: a table has
+one; RoPE and sinusoids have none) generates at most up to it: `max_new_tokens` is capped at that context minus the
+prompt (`context_room`); commands say so when they cap a user's request.
 """
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import Tensor
+
+
+def check_sampling(temperature: float, top_k: int | None, top_p: float | None) -> None:
+    """ValueError naming the first setting no distribution comes from (`name=value: why`)."""
+    if not 0 <= temperature < math.inf:
+        raise ValueError(f"temperature={temperature!r}: must be 0 (greedy) or a positive finite number")
+    if top_k is not None and top_k < 0:
+        raise ValueError(f"top_k={top_k!r}: must be 0 (all tokens) or positive")
+    if top_p is not None and not 0 < top_p <= 1:
+        raise ValueError(f"top_p={top_p!r}: must be in (0, 1] (1 = all tokens)")
+
+
+def context_room(model, prompt_tokens: int) -> int | None:
+    """New tokens that fit the model's context after a prompt (None: its position has no largest position)."""
+    context = model.position.max_positions
+    return None if context is None else max(0, context - prompt_tokens)
 
 
 def filter_logits(logits: Tensor, temperature: float, top_k: int | None, top_p: float | None) -> Tensor:
@@ -31,7 +52,13 @@ def filter_logits(logits: Tensor, temperature: float, top_k: int | None, top_p: 
 def generate(model, idx: Tensor, max_new_tokens: int, temperature: float = 1.0, top_k: int | None = None,
              top_p: float | None = None, eos_id: int | None = None, generator: torch.Generator | None = None
              ) -> Tensor:
-    """idx (B, T) prompt tokens -> (B, T + n) with n <= max_new_tokens new tokens."""
+    """idx (B, T) prompt tokens, T >= 1 -> (B, T + n) with n <= max_new_tokens new tokens (and n <= the room left in
+    the model's context, `context_room`)."""
+    check_sampling(temperature, top_k, top_p)
+    if idx.ndim != 2 or idx.shape[1] == 0:
+        raise ValueError(f"a prompt of shape {tuple(idx.shape)}: give (batch, tokens) with at least one token")
+    room = context_room(model, idx.shape[1])
+    max_new_tokens = max_new_tokens if room is None else min(max_new_tokens, room)
     state = model.init_state(idx.shape[0])
     logits, state = model(idx, state)
     out, finished = [idx], torch.zeros(idx.shape[0], dtype=torch.bool, device=idx.device)

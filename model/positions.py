@@ -33,6 +33,7 @@ class NoPosition(nn.Module):
     every position: `embed` and `rotate` are the identity unless a subclass overrides them."""
 
     llama_module = None  # Hugging Face Llama's own position (RoPE) declares its name there
+    max_positions: int | None = None  # the largest position it can place (a learned table's size); None: any
 
     def __init__(self, d_model: int, theta: float = 10000.0):
         super().__init__()

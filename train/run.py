@@ -21,7 +21,7 @@ from lightning.pytorch.callbacks import ModelCheckpoint, TQDMProgressBar
 from lightning.pytorch.loggers import CSVLogger
 
 from data.datamodule import PackedDataModule
-from data.tokenizer import token_byte_lengths
+from data.tokenizer import eot_token, token_byte_lengths
 from data.tokens import content_hash, prepare_tokens
 from train.callbacks import SampleStories, SaveFinalWeights, Throughput
 from train.component_callbacks import component_callbacks
@@ -29,6 +29,7 @@ from train.rundir.checkpoint import AtomicCheckpointIO, check_compatible, resolv
 from train.config import Config, ConfigError, save_config
 from train.distributed import build_strategy, shared_run_dir
 from train.faults import Preempted, PreemptionCheckpoint, StopNow, preemption_message, stopped_by_signal
+from train.memory import check_memory
 from train.module import LanguageModel
 from train.report import write_metrics_and_plot
 from train.rundir.claim import FINISHED, check_same_config, claim_run_dir, mark_finished, release_run_dir
@@ -54,7 +55,18 @@ def prepare_data(cfg: Config, tokenizer=None):
         key = "model.vocab_size" if explicit else "data.vocab_size (model.vocab_size=0)"
         raise ConfigError(f"{key}={cfg.model.vocab_size} is smaller than the tokenizer's {tokenizer.get_vocab_size()} "
                           "tokens (a byte-level BPE has at least 257: 256 bytes and <|endoftext|>); raise it")
+    check_eos(cfg, tokenizer)
     return tokenizer, tokens
+
+
+def check_eos(cfg: Config, tokenizer) -> None:
+    """data.eos_token must be the token the tokenizer ends, pads and stops text with (`eot_token`): a token it lacks,
+    or another one, would be recorded in config.yaml and break every later load of the run."""
+    eos, own = cfg.data.eos_token, eot_token(tokenizer)
+    if eos != own:
+        what = "is not a token of the tokenizer" if tokenizer.token_to_id(eos) is None else "is not its end of text"
+        raise ConfigError(f"data.eos_token={eos!r} {what}: the tokenizer ends text with {own!r}; leave "
+                          "data.eos_token unset (it follows the tokenizer)")
 
 
 def check_precision(precision: str, accelerator: str) -> None:
@@ -116,6 +128,7 @@ def fit(cfg: Config, module: L.LightningModule, datamodule: L.LightningDataModul
     training and before the run counts as finished."""
     try:
         tok_hash = content_hash(tokenizer.to_str())
+        check_eos(cfg, tokenizer)
         ckpt = check_inputs(cfg, module, run_dir, tok_hash)
         module.run_info = {"model": asdict(cfg.model), "tokenizer_hash": tok_hash}
         trainer = build_trainer(cfg, run_dir, [SaveFinalWeights(run_dir), *callbacks], monitor_val)
@@ -166,6 +179,7 @@ def _train(cfg: Config, trainer: L.Trainer, module, datamodule, run_dir: Path, c
 def pretrain(cfg: Config, callbacks: list = ()) -> Path:
     L.seed_everything(cfg.train.seed, workers=True, verbose=False)
     check_run_name(cfg.train.name or "run")  # before the data is read: a bad name costs nothing
+    check_memory(cfg, training=True)  # every size against this machine, before the data or a tensor
     tokenizer, tokens = prepare_data(cfg)
     run_dir = make_run_dir(cfg)
     t = cfg.train

@@ -47,6 +47,7 @@ val_loss_vs_compute.png and, with `lrs`, lr_grid.csv and lr_grid.png (train/abla
 from __future__ import annotations
 
 import copy
+import math
 import os
 import re
 import sys
@@ -57,6 +58,7 @@ from inputs.yaml import read_yaml
 from train.ablate.launch import LAUNCHERS, Job, default_jobs, launch
 from train.cli import parse_args, user_errors_exit_2
 from train.config import Config, ConfigError, load_config, merge, parse_overrides, to_dict
+from train.flags import SEED_MAX
 from train.ablate.param_match import MEASURES, get, match_params
 
 SWEEP_KEYS = ("base", "name", "overrides", "seeds", "match", "lrs", "lr_seeds", "jobs", "threads", "launcher", "slurm",
@@ -115,8 +117,8 @@ def load_sweep(path: str | None, argv: list[str]) -> tuple[dict, dict]:
         raise ConfigError(f"{path}: no `seeds`; give the seeds every variant trains with, e.g. seeds: [0, 1, 2]")
     seeds, variants = sweep["seeds"], sweep.get("variants")
     if not isinstance(seeds, list) or not seeds or not all(isinstance(s, int) and not isinstance(s, bool)
-                                                          and s >= 0 for s in seeds):
-        raise ConfigError(f"seeds: expected a list of non-negative integers, got {seeds!r}")
+                                                          and 0 <= s <= SEED_MAX for s in seeds):
+        raise ConfigError(f"seeds: expected a list of integers in [0, {SEED_MAX}], got {seeds!r}")
     if len(set(seeds)) != len(seeds):
         raise ConfigError(f"seeds: {seeds!r} repeats a seed; each seed is one independent run")
     if not isinstance(variants, dict) or not variants:
@@ -124,6 +126,10 @@ def load_sweep(path: str | None, argv: list[str]) -> tuple[dict, dict]:
     for name, values in variants.items():
         if not re.fullmatch(r"[A-Za-z0-9_.+-]+", str(name)) or not isinstance(values or {}, dict):
             raise ConfigError(f"variant {name!r}: names use letters, digits, _ . + -, and map to overrides")
+    names = [str(name) for name in variants]
+    twice = next((name for name in names if names.count(name) > 1), None)
+    if twice is not None:  # `1` and `"1"` are two YAML keys but one run folder
+        raise ConfigError(f"variants: two variants are named {twice!r}; each variant needs its own name")
     sweep["match"] = sweep.get("match") or "none"
     if sweep["match"] not in (*MEASURES, "none"):
         raise ConfigError(f"match: invalid choice {sweep['match']!r}; valid choices: {', '.join(MEASURES)}, none")
@@ -135,14 +141,33 @@ def _count(value) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
+def _lr(value, lrs) -> float:
+    """One entry of `lrs` as a float in (0, 1): a number, or a string YAML 1.1 left unparsed (`1e-3`)."""
+    try:
+        lr = float(value) if isinstance(value, (int, float, str)) and not isinstance(value, bool) else math.nan
+    except ValueError:
+        lr = math.nan
+    if not 0 < lr < 1:
+        raise ConfigError(f"lrs: expected a list of learning rates in (0, 1), e.g. [1.0e-3, 3.0e-3], got {lrs!r}")
+    return lr
+
+
+def lr_label(lr: float) -> str:
+    """How a learning rate appears in its runs' names (<variant>-lr<label>-s<seed>)."""
+    return f"{lr:g}"
+
+
 def check_run_keys(sweep: dict) -> None:
     """lrs, jobs, threads, launcher and slurm: how the runs train (train/ablate/launch.py)."""
     lrs = sweep.get("lrs")
-    if lrs is not None and (not isinstance(lrs, list) or not lrs or not all(
-            isinstance(lr, (int, float)) and not isinstance(lr, bool) and 0 < lr < 1 for lr in lrs)):
-        raise ConfigError(f"lrs: expected a list of learning rates in (0, 1), e.g. [1.0e-3, 3.0e-3], got {lrs!r}")
-    if lrs is not None and len(set(lrs)) != len(lrs):
-        raise ConfigError(f"lrs: {lrs!r} repeats a learning rate")
+    if lrs is not None:
+        sweep["lrs"] = lrs = [_lr(lr, lrs) for lr in lrs] if isinstance(lrs, list) and lrs else _lr(None, lrs)
+        labels = [lr_label(lr) for lr in lrs]
+        twice = next((label for label in labels if labels.count(label) > 1), None)
+        if twice is not None:  # one run folder <variant>-lr<label>-s<seed> for two learning rates
+            same = [lr for lr, label in zip(lrs, labels) if label == twice]
+            raise ConfigError(f"lrs: {' and '.join(map(repr, same))} both name runs '-lr{twice}-'; give learning "
+                              "rates that differ in their first 6 significant digits, each once")
     lr_seeds = sweep.get("lr_seeds")
     if lr_seeds is not None:
         if lrs is None:
@@ -183,7 +208,7 @@ def build_configs(sweep: dict, cli: dict) -> Runs:
         for lr in sweep.get("lrs") or [cfg.train.lr]:
             for seed in sweep["seeds"]:
                 run = copy.deepcopy(cfg)
-                label = f"{name}-lr{lr:g}-s{seed}" if sweep.get("lrs") else f"{name}-s{seed}"
+                label = f"{name}-lr{lr_label(lr)}-s{seed}" if sweep.get("lrs") else f"{name}-s{seed}"
                 run.train.seed, run.train.name, run.train.lr = seed, label, float(lr)
                 run.train.out_dir, run.train.resume = str(sweep_dir), "auto"
                 configs[name][float(lr), seed] = run
