@@ -5,15 +5,17 @@ Parameters are counted on a model built on the meta device (nothing allocated). 
 nodes, B = train.batch_size (per device), T = data.seq_len, V = vocabulary, s = bytes of the compute dtype (2
 for bf16/16, 4 for 32), r = bytes of the residual stream (fp32 unless bf16-true).
 
-Model state per device (AdamW keeps two states, m and v, in the parameters' dtype):
+Model state per device. The optimizer keeps the tensors its recipe declares (`state`, train/optimizers/recipe.py),
+each of its parameter's size and dtype: AdamW m and v on every parameter (8P in fp32); Muon a momentum on the
+hidden matrices and AdamW's m, v on the rest (4H + 8(P - H), H = hidden-matrix parameters); below, "AdamW 8P".
     32, *-mixed (Lightning keeps fp32 weights: they are the master copy)   weights 4P, grads 4P, AdamW 8P
     *-mixed adds the autocast cache: a bf16 copy of every weight, held from forward to backward        2P
     bf16-true: weights 2P, grads 2P, AdamW 4P, no fp32 master copy (cheapest, least accurate)
     ddp (W > 1): + the gradient buckets DDP all-reduces from, as large as the gradients
-    fsdp (FULL_SHARD): weights, grads and AdamW / W, + the gathered units in use: the root (embeddings, head,
-        final norm; kept gathered) and two blocks (the current one and the prefetched next) in s bytes
-    deepspeed (ZeRO-2): grads and AdamW / W (+ an fp32 master / W under mixed precision, weights in s bytes),
-        + 2 communication buckets of 2e8 elements
+    fsdp (FULL_SHARD): weights, grads and optimizer state / W, + the gathered units in use: the root (embeddings,
+        head, final norm; kept gathered) and two blocks (the current one and the prefetched next) in s bytes
+    deepspeed (ZeRO-2): grads and optimizer state / W (+ an fp32 master / W under mixed precision, weights in s
+        bytes), + 2 communication buckets of 2e8 elements
 
 Activations: what autograd keeps for backward, per token, counted tensor by tensor for our blocks (the
 approach of Korthikanti et al. 2022, "Reducing Activation Recomputation in Large Transformer Models", their
@@ -32,7 +34,6 @@ on an H100 at 110M: eager peak within +8..+14% of this estimate, compiled 19-26%
 
 from __future__ import annotations
 
-import argparse
 import math
 import re
 import sys
@@ -41,8 +42,9 @@ import torch
 
 from model.ffn import FFNS
 from model.mixers import MIXERS
-from train.cli import run_cli
+from train.cli import ArgumentParser, run_cli
 from train.config import Config, ConfigError
+from train.optimizers import OPTIMIZERS
 from train.sizes import count_params, model_config
 
 UNITS = {"": 1, "b": 1, "k": 1e3, "kb": 1e3, "m": 1e6, "mb": 1e6, "g": 1e9, "gb": 1e9, "t": 1e12, "tb": 1e12,
@@ -84,7 +86,7 @@ def estimate(cfg: Config, world: int) -> dict:
     params = count_params(m)
     P, prec = params["total"], t.precision
     strategy = "ddp" if t.strategy == "auto" and world > 1 else t.strategy
-    w = 2 if prec == "bf16-true" else 4  # stored weights, gradients and AdamW states
+    w = 2 if prec == "bf16-true" else 4  # stored weights, gradients and optimizer states
     s = 4 if prec == "32" else 2
     shard = world if strategy in ("fsdp", "deepspeed") else 1
     rows = []
@@ -95,7 +97,9 @@ def estimate(cfg: Config, world: int) -> dict:
     else:
         rows += [(f"weights ({'bf16' if w == 2 else 'fp32'})", w * P / (shard if strategy == "fsdp" else 1), w * P),
                  (f"gradients ({'bf16' if w == 2 else 'fp32'})", w * P / shard, w * P)]
-    rows.append(("AdamW m, v", 2 * w * P / shard, 2 * w * P))
+    optimizer = OPTIMIZERS[t.optimizer]
+    state = w * optimizer.state_elements(params["hidden_matrix"], P - params["hidden_matrix"])
+    rows.append((f"{t.optimizer} {optimizer.describe_state()}", state / shard, state))
     if prec.endswith("mixed") and strategy != "fsdp":
         rows.append(("autocast bf16 weight copies", 2 * P, 2 * P))
     if strategy == "ddp" and world > 1:
@@ -158,7 +162,7 @@ def report(cfg: Config, memory: float | None, overhead: float, world: int) -> st
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(add_help=False)
+    parser = ArgumentParser(add_help=False)
     parser.add_argument("--memory", default=None, help="device memory, e.g. 80GiB")
     parser.add_argument("--devices", type=int, default=None, help="devices per node (overrides train.devices)")
     parser.add_argument("--overhead", default="1GiB", help="CUDA context and allocator slack (default 1GiB)")

@@ -19,6 +19,7 @@ import dataclasses
 import torch
 
 from model.transformer import Transformer
+from train.optim import param_groups
 
 
 def model_config(cfg):
@@ -32,15 +33,24 @@ def model_config(cfg):
 def count_params(m) -> dict[str, int]:
     """Parameters of the model of ModelConfig `m`, counted on the meta device (nothing allocated):
     total (a tied head counted once), non_embedding (total less the token embedding: what `match: params`
-    equalises), block (the largest block) and root (embeddings, head, final norm).
+    equalises), block (the largest block), root (embeddings, head, final norm) and hidden_matrix (those in the
+    hidden matrices train/optim.py tags, for an optimizer whose state differs there: Muon).
 
     Blocks of the same mixer are the same size, so the meta-device model holds one block per distinct mixer and the
     total multiplies each by its number of layers (`layer_counts`): counting costs the same at any depth."""
     counts = m.layer_counts()
     with torch.device("meta"):
         model = Transformer(dataclasses.replace(m, n_layers=len(counts), mixer=list(counts)))
-    blocks = [sum(p.numel() for p in layer.parameters()) for layer in model.layers]
-    root = sum(p.numel() for p in model.parameters()) - sum(blocks)
-    total = root + sum(n * b for n, b in zip(counts.values(), blocks))
+    param_groups(model, 0.0)  # tags each parameter `_hidden_matrix` (train/optim.py)
+
+    def numel(module, hidden_only: bool = False) -> int:
+        return sum(p.numel() for p in module.parameters() if p._hidden_matrix or not hidden_only)
+
+    def whole(hidden_only: bool = False) -> int:
+        """The full model's count: the root once, each distinct block times its number of layers."""
+        blocks = [numel(layer, hidden_only) for layer in model.layers]
+        return numel(model, hidden_only) - sum(blocks) + sum(n * b for n, b in zip(counts.values(), blocks))
+
+    total, blocks = whole(), [numel(layer) for layer in model.layers]
     return {"total": total, "non_embedding": total - model.embed_tokens.weight.numel(), "block": max(blocks),
-            "root": root}
+            "root": numel(model) - sum(blocks), "hidden_matrix": whole(hidden_only=True)}

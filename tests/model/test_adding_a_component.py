@@ -100,6 +100,8 @@ class SquaredReLU(FFN):
 class SignSGD(OptimizerRecipe):
     """signSGD (Bernstein et al. 2018): theta -= lr sign(g)."""
 
+    state = {"hidden": (), "other": ()}  # stateless
+
     @staticmethod
     def build(groups, train_cfg, fused):
         class Sign(torch.optim.Optimizer):
@@ -146,7 +148,13 @@ def test_registration_refuses_an_incomplete_component():
         MIXERS["noflops"] = NoFlops
     with pytest.raises(TypeError, match="must subclass"):
         FFNS["plain"] = nn.Linear
-    assert "noflops" not in MIXERS and "plain" not in FFNS
+
+    class NoState(OptimizerRecipe):  # builds, but does not say what state it keeps (train.estimate reads it)
+        build = SignSGD.build
+
+    with pytest.raises(TypeError, match="does not declare state"):
+        OPTIMIZERS["nostate"] = NoState
+    assert "noflops" not in MIXERS and "plain" not in FFNS and "nostate" not in OPTIMIZERS
 
 
 def test_toy_mixer_and_ffn_get_the_model_battery(toys):

@@ -18,7 +18,9 @@ from model.mixers.mamba import MambaConfig
 from model.transformer import Transformer
 from train.config import load_config
 from train.estimate import estimate, head_bytes, layer_bytes, main, parse_size
-from train.sizes import count_params
+from train.optim import build_optimizer, param_groups, remember_shapes
+from train.optimizers import OPTIMIZERS
+from train.sizes import count_params, model_config
 
 MODELS = {
     "softmax": dict(mixer="softmax", ffn="swiglu"),
@@ -44,6 +46,8 @@ def test_param_count_matches_the_model(name):
     assert counted["total"] == sum(p.numel() for p in model.parameters())
     assert counted["block"] == max(sum(p.numel() for p in layer.parameters()) for layer in model.layers)
     assert counted["non_embedding"] == model.num_params(non_embedding=True)
+    param_groups(model, 0.0)  # tags the hidden matrices
+    assert counted["hidden_matrix"] == sum(p.numel() for p in model.parameters() if p._hidden_matrix)
 
 
 REGISTERED = {f"mixer-{name}": dict(mixer=name) for name in MIXERS} | {f"ffn-{name}": dict(ffn=name) for name in FFNS}
@@ -81,11 +85,47 @@ def test_sharding_divides_the_model_state(tiny_corpus):
     assert sharded["activations_per_sample"] == single["activations_per_sample"]  # FSDP does not shard activations
 
 
+@pytest.mark.parametrize("name", sorted(OPTIMIZERS))
+def test_the_optimizer_state_is_what_its_recipe_declares(name):
+    """The state an optimizer really keeps after a step, per parameter (hidden matrices and the rest), is what its
+    recipe's `state` says, and the estimate's row names it and counts it."""
+    if name == "muon" and not hasattr(torch.optim, "Muon"):
+        pytest.skip("torch.optim.Muon needs torch >= 2.9")
+    cfg = load_config(None, {"model": {"d_model": 32, "n_layers": 2, "n_heads": 4, "mixer": ["mamba", "softmax"]},
+                             "data": {"vocab_size": 64, "seq_len": 16}, "train": {"optimizer": name}})
+    torch.manual_seed(0)
+    model = Transformer(model_config(cfg))
+    remember_shapes(model)
+    optimizer, _ = build_optimizer(model, cfg.train)
+    model(torch.randint(0, 64, (2, 16)))[0].float().logsumexp(-1).mean().backward()
+    optimizer.step()
+    kept = {kind: 0 for kind in ("hidden", "other")}  # state elements, by the kind of their parameter
+    for p in model.parameters():
+        kind = "hidden" if p._hidden_matrix else "other"
+        kept[kind] += sum(t.numel() for t in optimizer.state[p].values() if torch.is_tensor(t) and t.dim() > 0)
+    hidden = sum(p.numel() for p in model.parameters() if p._hidden_matrix)
+    recipe, P = OPTIMIZERS[name], model.num_params()
+    assert kept == {kind: len(recipe.state[kind]) * n for kind, n in (("hidden", hidden), ("other", P - hidden))}
+    rows = {row: full for row, _, full in estimate(cfg, world=1)["rows"]}
+    assert rows[f"{name} {recipe.describe_state()}"] == 4 * sum(kept.values())
+
+
+def test_muon_state_differs_from_adamw_and_is_named():
+    cfg = load_config(None, {"data": {"vocab_size": 1000, "seq_len": 128}})
+    adamw = estimate(cfg, world=1)
+    cfg.train.optimizer = "muon"
+    muon = estimate(cfg, world=1)
+    P, H = muon["params"]["total"], muon["params"]["hidden_matrix"]
+    assert dict((r[0], r[1]) for r in adamw["rows"])["adamw m, v"] == 8 * P
+    assert dict((r[0], r[1]) for r in muon["rows"])["muon momentum (matrices), m, v (rest)"] == 4 * H + 8 * (P - H)
+    assert 0 < H < P and muon["static"] == adamw["static"] - 4 * H
+
+
 def test_cli_prints_the_table_and_the_largest_batch(capsys):
     main(["--config", "configs/pretrain/fsdp_110m.yaml", "--memory", "80GiB", "--devices", "4"])
     out = capsys.readouterr().out
     assert "strategy fsdp, 4 device(s)" in out and "FSDP gathered units" in out
-    assert "AdamW m, v" in out and "activations (B=32, T=1024)" in out
+    assert "adamw m, v" in out and "activations (B=32, T=1024)" in out
     largest = int(out.rsplit("the largest that fits: ", 1)[1].split()[0])
     assert 32 <= largest < 1000
     main(["--config", "configs/pretrain/fsdp_110m.yaml", "--memory", "8GiB", "--train.strategy=ddp"])

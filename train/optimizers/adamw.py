@@ -15,6 +15,7 @@ from train.optimizers.recipe import OptimizerRecipe
 
 
 class AdamW(OptimizerRecipe):
+    state = {"hidden": ("m", "v"), "other": ("m", "v")}  # first and second moments of every parameter
     @staticmethod
     def build(groups: list[dict], train_cfg, fused: bool) -> torch.optim.Optimizer:
         return torch.optim.AdamW(groups, lr=train_cfg.lr, betas=tuple(train_cfg.betas), fused=fused)

@@ -102,6 +102,7 @@ def split_groups(groups: list[dict]) -> tuple[list[dict], list[dict]]:
 
 class Muon(OptimizerRecipe):
     section = MuonConfig
+    state = {"hidden": ("momentum",), "other": ("m", "v")}  # Muon's buffer B on the matrices, AdamW's on the rest
 
     @staticmethod
     def build(groups: list[dict], train_cfg, fused: bool) -> torch.optim.Optimizer:
