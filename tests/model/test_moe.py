@@ -8,7 +8,7 @@ import torch
 
 from model.config import ModelConfig
 from model.ffn import FFNS
-from model.ffn.moe import MoE, MoEConfig
+from model.ffn.moe import MoE, MoEConfig, dense_ffns
 from model.transformer import Transformer
 
 
@@ -38,7 +38,7 @@ def reference(m: MoE, x: torch.Tensor) -> torch.Tensor:
     return torch.stack(out).view_as(x)
 
 
-@pytest.mark.parametrize("expert", ["swiglu", "gelu"])
+@pytest.mark.parametrize("expert", sorted(dense_ffns()))  # every FFN an expert can be
 def test_one_expert_top1_equals_dense_ffn(expert):
     torch.manual_seed(0)
     cfg = make_cfg(num_experts=1, top_k=1, expert=expert)
@@ -358,8 +358,8 @@ def test_bad_balance_values_are_refused_in_one_line():
     from train.config import ConfigError, load_config
 
     with pytest.raises(ConfigError) as err:
-        load_config(None, ["--model.moe.balance=loss_free"])
-    assert str(err.value) == "model.moe.balance: invalid choice 'loss_free'; valid choices: aux, bias"
+        load_config(None, ["--model.moe.balance=no-such-balance"])
+    assert str(err.value) == "model.moe.balance: invalid choice 'no-such-balance'; valid choices: aux, bias"
     with pytest.raises(ConfigError) as err:
         load_config(None, ["--model.moe.bias_update_rate=-0.001"])
     assert str(err.value) == "model.moe.bias_update_rate=-0.001: must be at least 0.0"

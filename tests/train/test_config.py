@@ -8,7 +8,11 @@ from pathlib import Path
 
 import pytest
 
+from model.config import ffn_names
+from model.mixers import MIXERS
 from train.config import ConfigError, load_config, parse_overrides
+from train.optimizers import OPTIMIZERS
+from train.schedules import SCHEDULES
 
 DEMO = Path(__file__).resolve().parents[2] / "configs" / "pretrain" / "demo.yaml"
 
@@ -23,10 +27,10 @@ def test_overrides_are_yaml_and_win():
 @pytest.mark.parametrize("override, words", [
     ("--model.no_such_key=1", ["unknown config key 'model.no_such_key'", "d_model"]),
     ("--nosection.x=1", ["unknown config key 'nosection'"]),
-    ("--model.mixer=nonsense", ["model.mixer", "softmax, linear, gau, mamba"]),
+    ("--model.mixer=nonsense", ["model.mixer", ", ".join(MIXERS)]),  # every valid name
     ("--model.mixer=[mamba,nonsense]", ["invalid choice 'nonsense'"]),
-    ("--model.ffn=big", ["swiglu", "moe", "none"]),
-    ("--train.precision=fp8", ["bf16-mixed"]),
+    ("--model.ffn=big", ["model.ffn", ", ".join(ffn_names())]),
+    ("--train.precision=no-such-precision", ["bf16-mixed"]),
     ("--train.max_steps=many", ["train.max_steps: expected int"]),
     ("--train.lr=[1]", ["train.lr: expected float"]),
     ("--model.d_model=100", ["model.d_model=100 must be divisible by n_heads"]),
@@ -79,8 +83,8 @@ def test_cli_errors_exit_2_with_one_line(tmp_path):
     ("--train.log_every=0", ["train.log_every=0"]),
     ("--train.devices=abc", ["train.devices='abc'", "auto"]),
     ("--train.devices=0", ["train.devices=0"]),
-    ("--train.optimizer=lion", ["train.optimizer", "adamw"]),
-    ("--train.schedule=step", ["train.schedule", "cosine, constant"]),
+    ("--train.optimizer=no-such-optimizer", ["train.optimizer", ", ".join(OPTIMIZERS)]),
+    ("--train.schedule=no-such-schedule", ["train.schedule", ", ".join(SCHEDULES)]),
     ("--data.val_fraction=1.0", ["data.val_fraction=1.0"]),
     ("--model.moe.top_k=5", ["model.moe.top_k=5", "num_experts"]),
     ("--model.linear.chunk_size=0", ["model.linear.chunk_size=0"]),
