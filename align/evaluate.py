@@ -16,7 +16,6 @@ the same for every run; completions are greedy (or `--samples` per prompt at --t
 
 from __future__ import annotations
 
-import argparse
 import json
 import statistics
 import sys
@@ -131,11 +130,11 @@ def check_arguments(args) -> None:
 def main(argv: list[str] | None = None) -> None:
     from data.sft import instruct_examples
     from model.lora import merge_lora
-    from train.cli import user_errors_exit_2
+    from train.cli import ArgumentParser, user_errors_exit_2
     from train.config import load_config
     from train.rundir.load import load_run, pick_device
 
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("runs", nargs="+", help="name=path[,adapter=DIR]; a repeated name averages its runs")
     parser.add_argument("--n", type=int, default=100, help="held-out prompts")
     parser.add_argument("--max_new_tokens", type=int, default=160)

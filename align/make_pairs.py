@@ -26,7 +26,6 @@ line with prompt/chosen/rejected).
 
 from __future__ import annotations
 
-import argparse
 import json
 import random
 import re
@@ -167,11 +166,11 @@ def load_pairs(source: str | Path, split: str = "train") -> list[dict]:
 def main(argv: list[str] | None = None) -> None:
     from data.sft import instruct_examples
     from model.lora import merge_lora
-    from train.cli import user_errors_exit_2
+    from train.cli import ArgumentParser, user_errors_exit_2
     from train.config import load_config
     from train.rundir.load import load_run
 
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--run", required=True, help="the SFT run (plain or LoRA run directory)")
     parser.add_argument("--kind", choices=["offline", "on_policy"], default="offline")
     parser.add_argument("--out", required=True, help="JSONL file to write")

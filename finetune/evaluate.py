@@ -17,7 +17,6 @@ A LoRA run directory (or --adapter) is compared with its base model in one Markd
 
 from __future__ import annotations
 
-import argparse
 import json
 import time
 from collections import defaultdict
@@ -174,11 +173,11 @@ def models_to_compare(run: str | Path, adapter: str | Path | None) -> dict[str, 
 def main(argv: list[str] | None = None) -> None:
     from data.sft import instruct_examples
     from data.tokenizer import load_tokenizer
-    from train.cli import user_errors_exit_2
+    from train.cli import ArgumentParser, user_errors_exit_2
     from train.config import load_config
     from train.rundir.load import load_run, pick_device
 
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--run", required=True, help="a run directory (plain, full fine-tune, or LoRA)")
     parser.add_argument("--adapter", default=None, help="a LoRA adapter directory to apply to --run")
     parser.add_argument("--n", type=int, default=100, help="held-out prompts")

@@ -10,13 +10,12 @@ that `python -m train.generate --run DIR` samples from and `python -m train.inte
 
 from __future__ import annotations
 
-import argparse
 from pathlib import Path
 
 from data.tokens import content_hash
 from finetune.config import read_run_config
 from model.lora import merge_lora
-from train.cli import user_errors_exit_2
+from train.cli import ArgumentParser, user_errors_exit_2
 from train.config import save_config
 from train.rundir.adapter import resolve
 from train.rundir.load import load_run
@@ -46,7 +45,7 @@ def merge_run(run: str | Path, out: str | Path, adapter: str | Path | None = Non
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--run", required=True, help="a LoRA run directory, or the base run with --adapter")
     parser.add_argument("--adapter", default=None, help="adapter directory (adapter_config.json + weights)")
     parser.add_argument("--out", required=True, help="the merged run directory to write")

@@ -24,6 +24,7 @@ OS_ERRORS = {
     errno.ENOENT: ("no such file or folder", "check the path"),
     errno.EISDIR: ("is a folder", "give the path of a file"),
     errno.ENOTDIR: ("not a folder", "a part of the path is a file: check the path"),
+    errno.EEXIST: ("already exists (a file where a folder goes, or the reverse)", "choose another path"),
     errno.ELOOP: ("too many levels of symbolic links", "check the links in the path"),
     errno.EMLINK: ("too many links", WRITE_ELSEWHERE),
 }

@@ -14,12 +14,14 @@ import re
 PART_CHARS = 240  # the most characters of one part (what, file, key, fix) that a message shows
 LINE_CHARS = 1000  # the most characters of a whole message line
 
-_BREAKS = re.compile(r"\s*[\r\n\x0b\x0c\x85\u2028\u2029]+\s*")
+_BREAKS = re.compile(r"\s*[\n\r\x0b\x0c\x1c-\x1e\x85\u2028\u2029]+\s*")  # what str.splitlines splits on
+_CONTROL = re.compile(r"[\x00-\x08\x0e-\x1b\x1f\x7f-\x84\x86-\x9f]")  # other control characters (escapes)
 
 
 def clip(text: object, limit: int = PART_CHARS) -> str:
-    """`text` on one line, at most `limit` characters (the cut marked with '...')."""
-    line = _BREAKS.sub(" ", str(text)).strip()
+    """`text` on one line, control characters shown as \\xNN, at most `limit` characters (the cut marked
+    '...')."""
+    line = _CONTROL.sub(lambda m: f"\\x{ord(m.group()):02x}", _BREAKS.sub(" ", str(text))).strip()
     return line if len(line) <= limit else line[: limit - 3] + "..."
 
 

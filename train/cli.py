@@ -6,10 +6,12 @@ Ctrl-C or SIGTERM saves a checkpoint, prints the command that resumes and exits 
 
 from __future__ import annotations
 
+import argparse
 import os
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from typing import NoReturn
 
 from data.corpus import DataError
 from inputs.environment import refusal
@@ -20,6 +22,15 @@ from train.errors import TrainingHalted
 from train.rundir.weights import CheckpointError
 
 USER_ERRORS = (ConfigError, DataError, CheckpointError, InputError)
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse for the entry points' flags, whose usage errors (an unknown flag, a missing or malformed value) are
+    one line and exit code 2, like every other refusal, instead of a usage block."""
+
+    def error(self, message: str) -> NoReturn:
+        print(f"error: {clip(message, LINE_CHARS)}; see {self.prog} --help", file=sys.stderr)
+        sys.exit(2)
 
 
 @contextmanager

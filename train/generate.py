@@ -10,11 +10,9 @@ model with a context limit caps max_new_tokens with a note (model/generate.py `c
 
 from __future__ import annotations
 
-import argparse
-
 from inputs.files import check_text
 from model.generate import context_room
-from train.cli import user_errors_exit_2
+from train.cli import ArgumentParser, user_errors_exit_2
 from train.config import ConfigError
 from train.flags import check_flags, note_capped
 from train.memory import check_memory
@@ -23,7 +21,7 @@ from train.sampling import sample_stories
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--run", required=True, help="run directory (runs/<name>)")
     parser.add_argument("--prompt", default="Once upon a time")
     parser.add_argument("--num_samples", type=int, default=1)

@@ -15,7 +15,6 @@ Needs the `eval` extra: pip install -e ".[eval]".
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import os
@@ -23,7 +22,7 @@ import sys
 from pathlib import Path
 
 from data.sources import resolve_path
-from train.cli import USER_ERRORS, user_errors_exit_2
+from train.cli import USER_ERRORS, ArgumentParser, user_errors_exit_2
 from train.config import ConfigError, load_config
 
 TASKS_DIR = Path(__file__).parent / "tasks"
@@ -31,7 +30,7 @@ INSTALL = 'pip install -e ".[eval]"'
 
 
 def parse_args(argv: list[str] | None):
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--run", required=True, help="run directory (runs/<name>)")
     parser.add_argument("--tasks", required=True, help="comma-separated lm_eval task names")
     parser.add_argument("--limit", type=float, default=None, help="docs per task (testing); < 1: a share")

@@ -37,7 +37,6 @@ The file is written to `.<name>.tmp<PID>` beside `--out`, then renamed: an exist
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 from pathlib import Path
@@ -49,7 +48,7 @@ from torch import Tensor, nn
 from data.corpus import DataError
 from data.tokenizer import eot_id
 from model.lora import merge_lora
-from train.cli import user_errors_exit_2
+from train.cli import ArgumentParser, user_errors_exit_2
 from train.config import load_config
 from train.interop.export_hf import DEFAULT_MAX_POSITIONS, check_llama, to_hf_state_dict
 from train.rundir.paths import FileKind, check_output, starts_with
@@ -226,7 +225,7 @@ def export(run_dir: str | Path, out: str | Path, dtype: str = "f16", force: bool
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--run", required=True, help="run directory (runs/<name>)")
     parser.add_argument("--out", required=True, help="the .gguf file to write (its folder must exist)")
     parser.add_argument("--dtype", default="f16", choices=list(DTYPES), help="matrix precision (norms stay f32)")

@@ -20,7 +20,6 @@ tokenizer as a `PreTrainedTokenizerFast` whose bos, eos, unk and pad are the run
 
 from __future__ import annotations
 
-import argparse
 import json
 import re
 from pathlib import Path
@@ -33,7 +32,7 @@ from model.ffn import FFNS
 from model.lora import merge_lora
 from model.mixers import MIXERS
 from model.positions import POSITIONS
-from train.cli import user_errors_exit_2
+from train.cli import ArgumentParser, user_errors_exit_2
 from train.config import ConfigError, load_config
 from train.rundir.paths import check_output
 from train.rundir.weights import CheckpointError
@@ -157,7 +156,7 @@ def export(run_dir: str | Path, out_dir: str | Path) -> Path:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--run", required=True, help="run directory (runs/<name>)")
     parser.add_argument("--out", required=True, help="output folder for the Hugging Face model")
     args = parser.parse_args(argv)

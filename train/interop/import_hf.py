@@ -28,7 +28,6 @@ import leaves nothing. Needs no `transformers`.
 
 from __future__ import annotations
 
-import argparse
 import math
 import os
 import shutil
@@ -41,7 +40,7 @@ from inputs.json import read_json
 from model.ffn import FFNS
 from model.mixers import MIXERS
 from model.positions import POSITIONS
-from train.cli import user_errors_exit_2
+from train.cli import ArgumentParser, user_errors_exit_2
 from train.config import Config, ConfigError, DataConfig, load_config, save_config
 from train.interop.export_hf import check_llama
 from train.interop.hf_weights import convert_weights, read_weights, weight_files
@@ -223,7 +222,7 @@ def _write(out: Path, cfg: Config, state: dict, tokenizer_file: Path) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", required=True, help="Hugging Face LlamaForCausalLM folder (save_pretrained)")
     parser.add_argument("--out", required=True, help="the run directory to write (runs/<name>)")
     parser.add_argument("--eos-token", default=None, help="end-of-text token text (default: the model's eos)")
