@@ -2,7 +2,8 @@
 errors (bad config, data or checkpoint) printed as one line with exit code 2 instead of a traceback.
 A run halted by non-finite losses (`TrainingHalted`) prints one line and exits with code 1; a run stopped by
 Ctrl-C or SIGTERM saves a checkpoint, prints the command that resumes and exits with code 130 / 143
-(`train/faults.py`); Ctrl-C outside training exits with 130 and one line."""
+(`train/faults.py`); Ctrl-C outside training exits with 130 and one line. Harmless third-party messages are
+silenced first (`train/quiet.py`)."""
 
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ from inputs.errors import LINE_CHARS, InputError, clip
 from train.config import Config, ConfigError, load_config
 from train.distributed import launch_rank
 from train.errors import TrainingHalted
+from train.quiet import quiet
 from train.rundir.weights import CheckpointError
 
 USER_ERRORS = (ConfigError, DataError, CheckpointError, InputError)
@@ -73,6 +75,7 @@ def run_cli(main: Callable[[Config], object], argv: list[str] | None = None, usa
         print(usage or "usage: --config FILE [--section.key=value ...]")
         return
     os.environ.setdefault("WANDB_MODE", "offline")
+    quiet()
     try:
         with user_errors_exit_2():
             config, overrides = parse_args(argv)
