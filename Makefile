@@ -17,9 +17,11 @@ $(VENV)/.installed: pyproject.toml
 
 install: $(VENV)/.installed
 
-demo: install
-	$(PY) -m train --config configs/pretrain/demo.yaml --train.name=demo --train.resume=auto
+demo: runs/demo/finished.json
 	$(PY) -m train.generate --run runs/demo --prompt "Once upon a time" --num_samples 3 --max_new_tokens 160
+
+runs/demo/finished.json: | install  # written last by a finished run: a second `make demo` only samples
+	$(PY) -m train --config configs/pretrain/demo.yaml --train.name=demo
 
 test: install
 	$(PY) -m pytest -q

@@ -173,6 +173,8 @@ def main(argv: list[str] | None = None) -> None:
         note = (f"{len(heldout)} prompts from the validation stories; {decoding} decoding, at most "
                 f"{args.max_new_tokens} new tokens; reward weights {weights}.")
         print(write_report(args.out, results, weights, note) if args.out else markdown_table(results, weights))
+        if args.out:
+            print(f"wrote {args.out} and {Path(args.out).with_suffix('.json')}")
 
 
 if __name__ == "__main__":

@@ -9,6 +9,7 @@ from pathlib import Path
 
 from model.config import ModelConfig
 
+RESULTS = Path("runs") / "benchmarks"  # default output folder (under runs/, never the tracked benchmarks/results/)
 SHAPES = {"15m": (288, 6, 6, 256), "42m": (512, 8, 8, 1024), "110m": (768, 12, 12, 1024)}  # d, L, H, T
 
 

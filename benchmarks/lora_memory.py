@@ -40,6 +40,7 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script from any directory
 
+from benchmarks.common import RESULTS  # noqa: E402
 from model.config import ModelConfig  # noqa: E402
 from model.lora import LoRAConfig, apply_lora, store_base_weights  # noqa: E402
 from model.transformer import Transformer  # noqa: E402
@@ -183,7 +184,8 @@ def main(argv=None) -> None:
     p.add_argument("--steps", type=int, default=5, help="timed steps per method")
     p.add_argument("--warmup", type=int, default=1)
     p.add_argument("--threads", type=int, default=0, help="torch.set_num_threads (0 = default)")
-    p.add_argument("--out", default=None, help="writes <out>.json and <out>.md (default results/lora_memory_<dev>)")
+    p.add_argument("--out", default=None, help="writes <out>.json and <out>.md (default runs/benchmarks/"
+                   "lora_memory_<dev>)")
     args = p.parse_args(argv)
     if args.device == "cuda" and not torch.cuda.is_available():
         p.error("--device cuda but no CUDA GPU is visible")
@@ -200,11 +202,12 @@ def main(argv=None) -> None:
         rows += shape_rows
     meta = {"device": args.device, "torch": torch.__version__, "threads": torch.get_num_threads(),
             "device_name": torch.cuda.get_device_name() if args.device == "cuda" else platform.processor() or "CPU"}
-    out = Path(args.out or Path(__file__).parent / "results" / f"lora_memory_{args.device}")
+    out = Path(args.out or RESULTS / f"lora_memory_{args.device}")
     out.parent.mkdir(parents=True, exist_ok=True)
     out.with_suffix(".json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=2) + "\n")
     out.with_suffix(".md").write_text(markdown(rows, args.device, meta))
     print(markdown(rows, args.device, meta))
+    print(f"wrote {out.with_suffix('.json')} and {out.with_suffix('.md')}")
 
 
 if __name__ == "__main__":

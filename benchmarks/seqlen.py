@@ -36,6 +36,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script from any directory
 
+from benchmarks.common import RESULTS  # noqa: E402
 from model.config import ModelConfig  # noqa: E402
 from model.mixers import MIXERS  # noqa: E402
 from model.positions import POSITIONS  # noqa: E402
@@ -58,7 +59,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--warmup", type=int, default=None, help="untimed calls per mixer and T (default 1 CPU, 3 CUDA)")
     p.add_argument("--repeats", type=int, default=None, help="timed calls per mixer and T (default 3 CPU, 10 CUDA)")
     p.add_argument("--threads", type=int, default=0, help="CPU threads (torch.set_num_threads); 0 = torch default")
-    p.add_argument("--out", default="benchmarks/results/seqlen", help="writes <out>.json, <out>.md and <out>.png")
+    p.add_argument("--out", default=str(RESULTS / "seqlen"), help="writes <out>.json, <out>.md and <out>.png")
     args = p.parse_args(argv)
     cuda = args.device == "cuda"
     if cuda and not torch.cuda.is_available():

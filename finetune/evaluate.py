@@ -211,6 +211,8 @@ def main(argv: list[str] | None = None) -> None:
             results[name] = evaluate(model, tokenizer, heldout, args.max_new_tokens, cfg.data.seq_len,
                                      args.batch_size, args.temperature, args.seed)
         print(write_report(args.out, results) if args.out else markdown_table(results))
+        if args.out:
+            print(f"wrote {Path(args.out) / 'eval.md'} and {Path(args.out) / 'eval.json'}")
 
 
 if __name__ == "__main__":

@@ -42,6 +42,7 @@ def make_run_dir(cfg: Config) -> Path:
     a rerun resumes an unfinished run and refuses a finished one (train/rundir/claim.py). Every rank of a
     multi-process run gets rank 0's folder (`train/distributed.py`)."""
     base = Path(cfg.train.out_dir) / check_run_name(cfg.train.name or "run")
+    check_not_base(cfg, base)
     return shared_run_dir(lambda: claim_run_dir(base, cfg.train.resume), base)
 
 
@@ -104,15 +105,20 @@ def build_trainer(cfg: Config, run_dir: Path, callbacks: list, monitor_val: bool
     )
 
 
+def check_not_base(cfg: Config, run_dir: Path) -> None:
+    """A stage that starts from a run (finetune/, align/: finetune.base) never writes into that run's folder."""
+    base = getattr(getattr(cfg, "finetune", None), "base", "")
+    if base and Path(base).resolve() == run_dir.resolve():
+        raise ConfigError(f"{run_dir} is the base run finetune.base={base}; fine-tuning into it would replace its "
+                          "config.yaml and weights: choose another --train.name")
+
+
 def check_inputs(cfg: Config, module: L.LightningModule, run_dir: Path, tok_hash: str) -> Path | None:
     """Everything a run needs, checked before it writes anything -> the checkpoint to resume from (or None).
 
     The checkpoint is read here with the safe loader (train/rundir/checkpoint.py), also for Lightning's FSDP resume,
     which unpickles full checkpoints with its own loader."""
-    base = getattr(getattr(cfg, "finetune", None), "base", "")  # stages that start from a run (finetune/, align/)
-    if base and Path(base).resolve() == run_dir.resolve():
-        raise ConfigError(f"{run_dir} is the base run finetune.base={base}; fine-tuning into it would replace its "
-                          "config.yaml and weights: choose another --train.name")
+    check_not_base(cfg, run_dir)
     ckpt = resolve_resume(cfg.train.resume, run_dir / "checkpoints")
     if ckpt is not None:
         check_compatible(ckpt, cfg.model, tok_hash, set(module.state_dict()))

@@ -45,12 +45,12 @@ def test_only_the_known_messages_are_dropped():
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         quiet()  # after simplefilter: its filters come first again
-        warnings.warn("You're resuming from a checkpoint that ended before the epoch ended and ...", UserWarning)
-        warnings.warn("`isinstance(treespec, LeafSpec)` is deprecated, use ...", FutureWarning)
-        warnings.warn("a real problem", UserWarning)
-        warnings.warn("`isinstance(treespec, LeafSpec)` is deprecated, use ...", UserWarning)  # another category
-    assert [str(w.message) for w in caught] == ["a real problem", "`isinstance(treespec, LeafSpec)` is deprecated, "
-                                                                  "use ..."]
+        leaf = "`isinstance(treespec, LeafSpec)` is deprecated, use ..."
+        warnings.warn("You're resuming from a checkpoint that ended before the epoch ended", UserWarning, stacklevel=1)
+        warnings.warn(leaf, FutureWarning, stacklevel=1)
+        warnings.warn("a real problem", UserWarning, stacklevel=1)
+        warnings.warn(leaf, UserWarning, stacklevel=1)  # the same text in another category
+    assert [str(w.message) for w in caught] == ["a real problem", leaf]
     logger, seen = logging.getLogger("lightning.pytorch.utilities.rank_zero"), []
     handler = logging.Handler()
     handler.emit = lambda record: seen.append(record.getMessage())

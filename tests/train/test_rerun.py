@@ -18,8 +18,8 @@ from train_script import as_argv
 
 from train.cli import run_cli
 from train.config import ConfigError, load_config
-from train.rundir.claim import FINISHED, config_difference, is_finished
 from train.run import pretrain
+from train.rundir.claim import FINISHED, config_difference, is_finished
 
 ROOT = Path(__file__).resolve().parents[2]
 SCRIPT = Path(__file__).with_name("train_script.py")

@@ -313,4 +313,6 @@ def main(argv: list[str] | None = None) -> None:
         print(f"error: {err}", file=sys.stderr)
         sys.exit(1)
     print(table)
+    folder = Path(first_run(configs).train.out_dir)
+    print(f"results: {folder}/ (results.md, results.csv, the plots; each run's folder and train.log under it)")
 

@@ -1,4 +1,4 @@
-"""`python -m train.interop.export_gguf --run runs/<name> --out FILE.gguf [--dtype f16|f32] [--force]`: llama.cpp GGUF.
+"""`python -m train.interop.export_gguf --run runs/<name> [--out FILE.gguf] [--dtype f16|f32] [--force]`: a GGUF file.
 
 The file is what llama.cpp's own `convert_hf_to_gguf.py` writes for a `LlamaForCausalLM` ("llama" architecture),
 made from the run directly with gguf-py's `GGUFWriter`. Only a Llama-shaped model exports (RoPE, softmax attention
@@ -227,12 +227,14 @@ def export(run_dir: str | Path, out: str | Path, dtype: str = "f16", force: bool
 def main(argv: list[str] | None = None) -> None:
     parser = ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--run", required=True, help="run directory (runs/<name>)")
-    parser.add_argument("--out", required=True, help="the .gguf file to write (its folder must exist)")
+    parser.add_argument("--out", default=None, help="the .gguf file to write (its folder must exist; default: "
+                        "<name>-<dtype>.gguf beside the run, e.g. runs/demo-f16.gguf)")
     parser.add_argument("--dtype", default="f16", choices=list(DTYPES), help="matrix precision (norms stay f32)")
     parser.add_argument("--force", action="store_true", help="replace --out if it is an existing GGUF file")
     args = parser.parse_args(argv)
     with user_errors_exit_2(MissingDependency):
-        out = export(args.run, args.out, args.dtype, args.force)
+        run = Path(args.run)
+        out = export(run, args.out or run.parent / f"{run.resolve().name}-{args.dtype}.gguf", args.dtype, args.force)
     print(f"wrote {out} ({args.dtype}; llama-cli -m {out} -p \"Once upon a time\")")
 
 

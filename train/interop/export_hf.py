@@ -1,4 +1,4 @@
-"""`python -m train.interop.export_hf --run runs/<name> --out DIR`: write a Hugging Face `LlamaForCausalLM` folder.
+"""`python -m train.interop.export_hf --run runs/<name> [--out DIR]`: write a Hugging Face `LlamaForCausalLM` folder.
 
 A model with RoPE positions, softmax attention in every layer and SwiGLU FFNs is a Llama: same pre-norm
 block, same RMSNorm (fp32, cast back, times the gain), same RoPE convention (rotate halves), same GQA head
@@ -158,10 +158,12 @@ def export(run_dir: str | Path, out_dir: str | Path) -> Path:
 def main(argv: list[str] | None = None) -> None:
     parser = ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--run", required=True, help="run directory (runs/<name>)")
-    parser.add_argument("--out", required=True, help="output folder for the Hugging Face model")
+    parser.add_argument("--out", default=None, help="output folder for the Hugging Face model (default: <name>-hf "
+                        "beside the run, e.g. runs/demo-hf)")
     args = parser.parse_args(argv)
     with user_errors_exit_2(MissingDependency):
-        out = export(args.run, args.out)
+        run = Path(args.run)
+        out = export(run, args.out or run.parent / f"{run.resolve().name}-hf")
     print(f"wrote {out} (LlamaForCausalLM.from_pretrained / AutoTokenizer.from_pretrained)")
 
 
