@@ -58,6 +58,7 @@ from inputs.yaml import read_yaml
 from train.ablate.launch import LAUNCHERS, Job, default_jobs, launch
 from train.cli import parse_args, user_errors_exit_2
 from train.config import Config, ConfigError, load_config, merge, parse_overrides, to_dict
+from train.rundir.claim import flat
 from train.flags import SEED_MAX
 from train.ablate.param_match import MEASURES, get, match_params
 
@@ -77,17 +78,6 @@ def nest(values: dict) -> dict:
         for part in reversed(parents):
             node = {part: node}
         out = merge(out, node)
-    return out
-
-
-def flat(values: dict, prefix: str = "") -> dict:
-    """The inverse of nest: {'model': {'mixer': 'x'}} -> {'model.mixer': 'x'}."""
-    out = {}
-    for key, value in values.items():
-        if isinstance(value, dict) and value:
-            out.update(flat(value, f"{prefix}{key}."))
-        else:
-            out[f"{prefix}{key}"] = value
     return out
 
 
