@@ -64,7 +64,7 @@ def read_bytes(path: str | Path, limit: int, what: str = "file") -> bytes:
         data = f.read(limit + 1)
     if len(data) > limit:
         raise InputError(f"{what} is larger than {_size(limit)}", path,
-                         fix=f"is this the right file? a {what} is at most {_size(limit)}")
+                         fix=f"is this the right file? it may be at most {_size(limit)}")
     return data
 
 

@@ -121,7 +121,7 @@ def check_inputs(cfg: Config, module: L.LightningModule, run_dir: Path, tok_hash
     check_not_base(cfg, run_dir)
     ckpt = resolve_resume(cfg.train.resume, run_dir / "checkpoints")
     if ckpt is not None:
-        check_compatible(ckpt, cfg.model, tok_hash, set(module.state_dict()))
+        check_compatible(ckpt, cfg.model, tok_hash, {k: tuple(v.shape) for k, v in module.state_dict().items()})
     return ckpt
 
 

@@ -138,6 +138,13 @@ def tree_digest(root: Path) -> str:
     return digest.hexdigest()
 
 
+class Blob(bytes):
+    """Bytes whose repr is short (a failing example of a 1 MB file is reported by size and hash)."""
+
+    def __repr__(self) -> str:
+        return f"Blob({len(self)} bytes, sha256 {hashlib.sha256(self).hexdigest()[:12]}, starts {bytes(self[:48])!r})"
+
+
 class Tally:
     """Counts the examples, the distinct inputs among them and their outcomes, for the report line."""
 

@@ -27,9 +27,9 @@ from inputs.schema import require_field, require_mapping
 from train.rundir.weights import CheckpointError
 
 STEP = re.compile(r"step=(\d+)")
-FIELDS = {"global_step": int, "epoch": int, "state_dict": Mapping, "optimizer_states": list, "lr_schedulers": list,
-          "loops": Mapping, "callbacks": Mapping, "tinystack": Mapping}  # what resuming reads, when present
-REQUIRED = ("global_step",)  # a checkpoint without state_dict is refused by check_compatible ("another kind of run")
+FIELDS = {"global_step": int, "epoch": int, "pytorch-lightning_version": str, "state_dict": Mapping,
+          "optimizer_states": list, "lr_schedulers": list, "loops": Mapping, "callbacks": Mapping,
+          "tinystack": Mapping}  # their types, wherever present; resuming needs them all (check_resumable)
 NOT_OURS = "resume from a checkpoint this stack wrote (checkpoints/*.ckpt), or start fresh with --train.resume=false"
 
 
@@ -63,12 +63,13 @@ def read_checkpoint(path: Path) -> dict:
     return check_structure(checkpoint, path)
 
 
-def check_structure(checkpoint, path: Path) -> dict:
+def check_structure(checkpoint, path: Path, required: tuple[str, ...] = ("global_step",)) -> dict:
     """`checkpoint` if it is what Lightning and this stack wrote: a mapping whose fields have their types
-    (`global_step` an integer >= 0, `state_dict` tensors by name, ...); else InputError naming the field."""
+    (`global_step` an integer >= 0, `state_dict` tensors by name, ...) and holds the `required` ones; else
+    InputError naming the field."""
     values = require_mapping(checkpoint, path, "checkpoint", NOT_OURS)
     for key, kind in FIELDS.items():
-        require_field(values, key, kind, path, NOT_OURS, required=key in REQUIRED, minimum=0 if kind is int else None)
+        require_field(values, key, kind, path, NOT_OURS, required=key in required, minimum=0 if kind is int else None)
     state = values.get("state_dict") or {}
     bad = next((k for k, v in state.items() if not isinstance(k, str) or not isinstance(v, torch.Tensor)), None)
     if bad is not None:
@@ -78,6 +79,23 @@ def check_structure(checkpoint, path: Path) -> dict:
         require_field(saved, "model", dict, path, NOT_OURS)
         require_field(saved, "tokenizer_hash", str, path, NOT_OURS, required=False)
     return values
+
+
+def check_resumable(checkpoint: dict, path: Path, shapes: Mapping[str, tuple] | None) -> None:
+    """Everything `trainer.fit(ckpt_path=...)` restores is there with its type, and the weights have the model's
+    `shapes`: a damaged checkpoint is refused here, in one line, not inside Lightning."""
+    check_structure(checkpoint, path, required=tuple(key for key in FIELDS if key != "tinystack"))
+    require_field(checkpoint["loops"], "fit_loop", Mapping, path, NOT_OURS)
+    for state in (*checkpoint["optimizer_states"], *checkpoint["lr_schedulers"]):
+        require_mapping(state, path, "an optimizer or schedule state", NOT_OURS)
+    for state in checkpoint["optimizer_states"]:
+        require_field(state, "state", Mapping, path, NOT_OURS)
+        require_field(state, "param_groups", list, path, NOT_OURS)
+    for key, shape in (shapes or {}).items():
+        saved = tuple(checkpoint["state_dict"][key].shape)
+        if saved != tuple(shape):
+            raise CheckpointError(f"{path}: {key} has shape {saved} but the model's is {tuple(shape)}; resume with "
+                                  "the config that wrote the checkpoint")
 
 
 def _step(path: Path) -> int:
@@ -116,11 +134,13 @@ def resolve_resume(resume: bool | str, ckpt_dir: Path) -> Path | None:
     return path
 
 
-def check_compatible(path: Path, model_cfg, tokenizer_hash: str, state_keys: set[str] | None = None) -> None:
+def check_compatible(path: Path, model_cfg, tokenizer_hash: str,
+                     state_keys: set[str] | Mapping[str, tuple] | None = None) -> None:
     """Refuse a checkpoint of another model, tokenizer or stage (`state_keys`: the module's state-dict names, so
-    a LoRA fine-tune's checkpoint never resumes a pretraining run or the reverse). Every field of `model_cfg`
-    (a ModelConfig) that defines the model must match; a field the checkpoint predates counts as its default, and
-    runtime fields (kernel backends, activation checkpointing) may differ."""
+    a LoRA fine-tune's checkpoint never resumes a pretraining run or the reverse; with their shapes, also a
+    checkpoint that cannot be restored: `check_resumable`). Every field of `model_cfg` (a ModelConfig) that defines
+    the model must match; a field the checkpoint predates counts as its default, and runtime fields (kernel
+    backends, activation checkpointing) may differ."""
     from model.options import identity
 
     checkpoint = read_checkpoint(path)
@@ -138,9 +158,11 @@ def check_compatible(path: Path, model_cfg, tokenizer_hash: str, state_keys: set
         raise CheckpointError(f"{path} was trained with another tokenizer (hash {saved.get('tokenizer_hash')} != "
                               f"{tokenizer_hash}); use the same data.path and data.vocab_size")
     keys = set(checkpoint.get("state_dict", {}))
-    if state_keys is not None and keys != state_keys:
-        extra, missing = sorted(keys - state_keys), sorted(state_keys - keys)
+    if state_keys is not None and keys != set(state_keys):
+        extra, missing = sorted(keys - set(state_keys)), sorted(set(state_keys) - keys)
         lora = any(".lora_" in k for k in extra)
         lora = " (it holds LoRA adapters: resume it with python -m finetune)" if lora else ""
         raise CheckpointError(f"{path} was written by another kind of run{lora}: unexpected {extra[:2]}, missing "
                               f"{missing[:2]}; resume with the stage and config that wrote it")
+    if isinstance(state_keys, Mapping):
+        check_resumable(checkpoint, path, state_keys)
