@@ -132,9 +132,9 @@ def yaml_documents(draw, valid: dict, curated: dict | None = None) -> tuple[str,
 
 @st.composite
 def json_lines(draw, rows: list[dict]) -> tuple[str, bytes]:
-    """A JSONL file made from valid `rows` by one mutation of one line (or of the whole file)."""
+    """A JSONL file made from valid `rows` by one mutation of one line (or of the whole file), or unchanged."""
     kind = draw(st.sampled_from(["value", "row_type", "missing", "constant", "deep", "surrogate", "encoding",
-                                 "truncate", "garbage", "huge_line", "blank", "number"]))
+                                 "truncate", "garbage", "huge_line", "blank", "number", "text", "unchanged"]))
     lines = [json.dumps(row, ensure_ascii=False) for row in rows]
     at = draw(st.integers(0, len(lines) - 1))
     row = dict(rows[at])
@@ -157,6 +157,9 @@ def json_lines(draw, rows: list[dict]) -> tuple[str, bytes]:
             ["\ud800", "a\udc80b", "\udfff", "x\u0000y"]))), 1)
     elif kind == "number":
         lines[at] = lines[at].replace(json.dumps(row[key]), "9" * draw(st.integers(10, 10_000)), 1)
+    elif kind == "text":  # any text is a valid value
+        row[key] = draw(st.text(max_size=60))
+        lines[at] = json.dumps(row, ensure_ascii=draw(st.booleans()))
     elif kind == "blank":
         lines.insert(at, draw(st.sampled_from(["", "   ", "\t"])))
     text = "\n".join(lines) + "\n"
@@ -200,3 +203,67 @@ def override_args(draw, valid: dict, curated: dict | None = None) -> tuple[str, 
         return kind, ["--" + ".".join(["model"] * draw(st.integers(2, 3000))) + "=1"]
     return kind, draw(st.sampled_from([["--model.d_model"], ["positional"], ["--=1"], ["--model.=1"], ["--.x=1"],
                                        ["--model..d_model=1"], ["--train.lr", "--train.seed=1"]]))
+
+
+@st.composite
+def json_documents(draw, valid) -> tuple[str, bytes]:
+    """A JSON file made from `valid` (an object) by one mutation."""
+    kind = draw(st.sampled_from(["value", "delete", "top", "constant", "deep", "surrogate", "encoding", "truncate",
+                                 "garbage", "number"]))
+    text = json.dumps(valid)
+    if kind in ("value", "delete", "constant", "deep", "surrogate", "number"):
+        key = draw(st.sampled_from(sorted(valid)))
+        if kind == "delete":
+            return kind, json.dumps({k: v for k, v in valid.items() if k != key}).encode()
+        if kind == "value":
+            replacement = json.dumps(draw(HOSTILE_VALUES.filter(lambda v: not (isinstance(v, float)
+                                                                                and not math.isfinite(v)))))
+        elif kind == "constant":
+            replacement = draw(st.sampled_from(["NaN", "Infinity", "-Infinity", "1e999"]))
+        elif kind == "deep":
+            depth = draw(st.integers(10, 100_000))
+            replacement = "[" * depth + "]" * depth
+        elif kind == "surrogate":
+            replacement = json.dumps(draw(st.sampled_from(["\ud800", "a\udc80", "x\u0000"])))
+        else:  # "number"
+            replacement = "9" * draw(st.integers(10, 10_000))
+        return kind, json.dumps({**valid, key: "PLACEHOLDER"}).replace('"PLACEHOLDER"', replacement).encode(
+            "utf-8", "surrogatepass")
+    if kind == "top":
+        return kind, json.dumps(draw(st.sampled_from([[], [valid], "text", 3, None]))).encode()
+    if kind == "encoding":
+        return kind, text.encode(draw(st.sampled_from(["utf-16", "utf-32"])))
+    data = text.encode()
+    at = draw(st.integers(0, len(data) - 1))
+    if kind == "truncate":
+        return kind, data[:at]
+    return kind, data[:at] + draw(st.binary(min_size=1, max_size=64)) + data[at:]
+
+
+@st.composite
+def safetensors_files(draw, valid: bytes) -> tuple[str, bytes]:
+    """A safetensors file made from `valid` by one mutation of its header (length, dtype, shape, offsets, JSON) or
+    of its bytes."""
+    import struct
+
+    kind = draw(st.sampled_from(["length", "dtype", "shape", "offsets", "header_json", "truncate", "garbage"]))
+    (size,) = struct.unpack("<Q", valid[:8])
+    header, body = json.loads(valid[8:8 + size]), valid[8 + size:]
+    if kind in ("truncate", "garbage"):
+        at = draw(st.integers(0, len(valid) - 1))
+        tail = valid[at:] if kind == "garbage" else b""
+        return kind, valid[:at] + (draw(st.binary(min_size=1, max_size=64)) if kind == "garbage" else b"") + tail
+    if kind == "length":
+        return kind, struct.pack("<Q", draw(st.sampled_from([0, 1, size - 1, size + 1, 2**40, 2**64 - 1]))) + \
+            valid[8:]
+    name = draw(st.sampled_from(sorted(k for k in header if k != "__metadata__")))
+    if kind == "dtype":
+        header[name]["dtype"] = draw(st.sampled_from(["F64", "I8", "BOOL", "XX", "", 5]))
+    elif kind == "shape":
+        header[name]["shape"] = draw(st.sampled_from([[], [0], [-1], [2**40, 2**40], "x", [1] * 40]))
+    elif kind == "offsets":
+        header[name]["data_offsets"] = draw(st.sampled_from([[0, 2**50], [5, 1], [-1, 4], [0], "x"]))
+    else:
+        header = draw(st.sampled_from([[], "x", {name: header[name], name + "x": header[name]}, {}]))
+    raw = json.dumps(header).encode()
+    return kind, struct.pack("<Q", len(raw)) + raw + body
