@@ -48,6 +48,11 @@ def align_config(path: str | Path | None = None, overrides: list[str] | dict | N
         user = merge(user, {"train": {"name": Path(path).stem}})
     cfg = finetune_config(None, user, tree=AlignTree)  # align.* is checked there (align/config.py)
     cfg.finetune.base = start or cfg.finetune.base
+    run_dir = (Path(cfg.train.out_dir) / cfg.train.name).resolve()
+    if run_dir in (Path(cfg.finetune.base).resolve(), resolve(cfg.finetune.base)[0].resolve()):
+        raise ConfigError(f"train.out_dir/train.name = {run_dir} is the SFT run finetune.base={cfg.finetune.base} "
+                          "(or its base); aligning into it would replace its config.yaml and weights: choose another "
+                          "--train.name")
     return cfg
 
 
@@ -60,9 +65,6 @@ def start_policy(cfg: Config, run_dir: Path) -> tuple[object, object, LoRAConfig
     directory names the weights its adapter applies to and a refused start writes nothing. On resume the
     reference already there is used."""
     weights_dir, adapter_dir = resolve(cfg.finetune.base)
-    if run_dir.resolve() in (Path(cfg.finetune.base).resolve(), weights_dir.resolve()):
-        raise ConfigError(f"{run_dir} is the SFT run finetune.base={cfg.finetune.base} (or its base); aligning into "
-                          "it would replace its config.yaml and weights: choose another --train.name")
     run_files = None
     if cfg.finetune.method == "lora" and adapter_dir is not None:
         reference, sft = run_dir / REFERENCE_DIR, cfg.finetune.base

@@ -105,8 +105,8 @@ def _params(m, source: str, available: float) -> dict[str, int]:
         with Budget(available):
             return count_params(m)
     except _OverBudget:
-        _refuse(source, f"one block of model.mixer={m.mixer!r} (model.ffn={m.ffn!r}) at model.d_model={m.d_model}",
-                None, "cpu", available)
+        _refuse(source, f"the weights of model.d_model={m.d_model} with model.mixer={m.mixer!r} and model.ffn="
+                f"{m.ffn!r} (the embedding and one block of each mixer)", None, "cpu", available)
 
 
 def _model_key(m, params: dict[str, int]) -> str:

@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 import yaml
 from conftest import tiny_finetune_values, tiny_train_overrides
+from untouched import copy_run
 
 from data.tokenizer import train_tokenizer
 from finetune.config import finetune_config
@@ -25,11 +26,6 @@ from train.run import pretrain
 from train.rundir.weights import CheckpointError, save_weights
 
 ROOT = Path(__file__).resolve().parents[2]
-
-
-def copy_run(src: Path, dst: Path) -> Path:
-    shutil.copytree(src, dst, ignore=shutil.ignore_patterns("checkpoints", "logs", ".lock"))
-    return dst
 
 
 def generate_fails(run: Path, capsys, *extra: str) -> str:

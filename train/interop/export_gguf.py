@@ -159,7 +159,7 @@ def write_gguf(model: nn.Module, tokenizer, out: Path, dtype: str = "f16", name:
     eot = eot_id(tokenizer)  # the run's end-of-text token
     if eot is None:
         raise DataError("the tokenizer has no end-of-text token <|endoftext|> to use as bos/eos")
-    ffn = cfg.layer_ffn(cfg.layer_mixers()[0])  # one FFN kind in every layer (check_llama)
+    ffn = cfg.layer_ffn(next(iter(cfg.layer_counts())))  # one FFN kind in every layer (check_llama)
     file_type = gguf.LlamaFileType.MOSTLY_F16 if dtype == "f16" else gguf.LlamaFileType.ALL_F32
 
     writer = gguf.GGUFWriter(None, ARCH)

@@ -69,11 +69,11 @@ def check_llama(cfg: ModelConfig) -> None:
     if getattr(POSITIONS[cfg.position], "llama_module", None) is None:
         raise ConfigError(f"model.position={cfg.position!r} cannot be exported as Llama (Llama's own: "
                           f"{', '.join(n for n, c in POSITIONS.items() if getattr(c, 'llama_module', None))})")
-    for i, mixer in enumerate(cfg.layer_mixers()):
+    for mixer in cfg.layer_counts():  # each mixer once, whatever the depth
         ffn = cfg.layer_ffn(mixer)
         if MIXERS[mixer].llama_module != "self_attn":
-            raise ConfigError(f"model.mixer={cfg.mixer!r} cannot be exported as Llama: layer {i} is {mixer!r}; Llama "
-                              f"needs {', '.join(n for n, c in MIXERS.items() if c.llama_module)} in every layer")
+            raise ConfigError(f"model.mixer={cfg.mixer!r} cannot be exported as Llama: its layers include {mixer!r}; "
+                              f"Llama needs {', '.join(n for n, c in MIXERS.items() if c.llama_module)} in every layer")
         if ffn == "none" or FFNS[ffn].llama_module != "mlp":
             raise ConfigError(f"model.ffn={cfg.ffn!r} cannot be exported as Llama, which needs "
                               f"{', '.join(n for n, c in FFNS.items() if c.llama_module)} after every attention")
@@ -85,7 +85,7 @@ def llama_config(cfg: ModelConfig, tokenizer=None, **overrides):
     `overrides` go to LlamaConfig as they are (e.g. attn_implementation="sdpa" for an in-memory model)."""
     check_llama(cfg)
     eot = eot_id(tokenizer) if tokenizer is not None else 0
-    ffn = cfg.layer_ffn(cfg.layer_mixers()[0])  # one FFN kind in every layer (check_llama)
+    ffn = cfg.layer_ffn(next(iter(cfg.layer_counts())))  # one FFN kind in every layer (check_llama)
     kwargs = dict(
         vocab_size=cfg.vocab_size, hidden_size=cfg.d_model, intermediate_size=cfg.ffn_hidden(ffn),
         num_hidden_layers=cfg.n_layers, num_attention_heads=cfg.n_heads, num_key_value_heads=cfg.kv_heads,
