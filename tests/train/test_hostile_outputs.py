@@ -78,6 +78,18 @@ def test_finetune_evaluate_out_is_checked_before_loading(tiny_sft_run, runs, tmp
     assert (tmp_path / "report" / "eval.md").read_text() == "my table" and snapshot(*runs) == before
 
 
+@pytest.mark.parametrize("target", ["other/finished.json", "other/lm_eval.json", "base/lm_eval.json"])
+def test_lm_eval_out_never_lands_in_a_run_folder(runs, tmp_path, capsys, target):
+    pytest.importorskip("lm_eval")
+    from train.evals.evaluate import main as lm_eval_main
+
+    (runs[1] / "finished.json").write_text('{"step": 8}')
+    before = snapshot(*runs)
+    args = ["--run", runs[0], "--tasks", "tinystories_next", "--out", tmp_path / target, "--force"]
+    err = refused(lm_eval_main, args, capsys)
+    assert ("run folder" in err or "input" in err) and snapshot(*runs) == before
+
+
 def test_check_output_rules(runs, tmp_path):
     """The helper itself: inputs, run folders (own excepted), folders never replaced, --force by kind."""
     kind = FileKind("a test file", starts_with(b"TEST"))

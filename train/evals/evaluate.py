@@ -2,10 +2,12 @@
 any run directory of this stack (every mixer; the model class is train/evals/lm_eval_model.py).
 
 Prints a Markdown table of the metrics and writes lm_eval's results as JSON to
-`<run>/lm_eval_<task>+<task>.json` (or --out FILE.json). Options: --limit N (docs per task; a fraction < 1 is
-a share), --batch-size B, --num-fewshot K, --device auto|cpu|cuda, --adapter DIR (LoRA), --max-seq-len N and
---rolling-overlap N (scoring windows, see train/evals/lm_eval_model.py), --data-dir DIR (the data of this
-repository's tasks; default: the run's data.path, resolved as training resolves it, data/sources.py), --seed S.
+`<run>/lm_eval_<task>+<task>.json` (or --out FILE.json: never inside an input or a run folder, and an existing
+file only with --force when it holds lm-eval results, train/rundir/paths.py `check_output`). Options: --limit N
+(docs per task; a fraction < 1 is a share), --batch-size B, --num-fewshot K, --device auto|cpu|cuda, --adapter
+DIR (LoRA), --max-seq-len N and --rolling-overlap N (scoring windows, see train/evals/lm_eval_model.py), --data-dir
+DIR (the data of this repository's tasks; default: the run's data.path, resolved as training resolves it,
+data/sources.py), --seed S.
 
 Tasks: this repository's, in train/evals/tasks/ (`tinystories_next`: offline, built from the held-out stories;
 no network needed), and lm_eval's own (hellaswag, lambada_openai, ...), which download their data from the hub.
@@ -22,8 +24,11 @@ import sys
 from pathlib import Path
 
 from data.sources import resolve_path
+from inputs.json import read_json
 from train.cli import USER_ERRORS, ArgumentParser, user_errors_exit_2
 from train.config import ConfigError, load_config
+from train.flags import check_flags
+from train.rundir.paths import FileKind, check_output
 
 TASKS_DIR = Path(__file__).parent / "tasks"
 INSTALL = 'pip install -e ".[eval]"'
@@ -46,6 +51,7 @@ def parse_args(argv: list[str] | None):
                         help="data for tinystories_next: a directory, file or tinystories-sample "
                              "(default: the run's data.path)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--force", action="store_true", help="replace --out if it holds earlier lm-eval results")
     return parser.parse_args(argv)
 
 
@@ -56,7 +62,19 @@ def task_names(spec: str) -> list[str]:
     return names
 
 
+def _is_results(path: Path) -> bool:
+    try:
+        return set(read_json(path, "lm-eval results")) >= {"results", "config"}
+    except ValueError:
+        return False
+
+
+RESULTS = FileKind("an lm-eval results file (JSON with results and config)", _is_results)
+
+
 def output_path(args, run_dir: Path, tasks: list[str]) -> Path:
+    """The results file: the run's own lm_eval_<tasks>.json, or --out (`check_output`: an existing file only with
+    --force and only if it holds lm-eval results; never inside an input or a run folder)."""
     if args.out is None:
         return run_dir / f"lm_eval_{'+'.join(Path(t).stem for t in tasks)}.json"
     out = Path(args.out)
@@ -66,7 +84,7 @@ def output_path(args, run_dir: Path, tasks: list[str]) -> Path:
         raise ConfigError(f"--out {out} is a directory; give a .json file name inside it")
     if out.parent.exists() and not out.parent.is_dir():
         raise ConfigError(f"--out {out}: {out.parent} is not a directory")
-    return out
+    return check_output(out, RESULTS, args.force, inputs=(run_dir, args.adapter))  # never into a run folder
 
 
 def local_tasks() -> list[str]:
@@ -103,6 +121,7 @@ def evaluate(args) -> tuple[dict, Path]:
 
     run_dir = Path(args.run)
     tasks = task_names(args.tasks)
+    check_flags(args, "seed")
     out = output_path(args, run_dir, tasks)
     if args.limit is not None and args.limit <= 0:
         raise ConfigError(f"--limit {args.limit:g} must be positive (a count, or a share below 1)")
