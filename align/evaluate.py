@@ -26,23 +26,15 @@ from align.config import AlignConfig
 from align.rewards import combined_reward, read_rewards, reward_terms, word_inclusion
 from data.instruct import InstructExample, parse_header
 from finetune.evaluate import generate_stories
-from inputs.json import read_json
 from train.config import ConfigError
 from train.flags import check_flags
 from train.memory import check_decoding
-from train.rundir.paths import FileKind, check_output, starts_with
-
-
-def _is_details(path: Path) -> bool:
-    try:
-        return set(read_json(path, "reward details")) >= {"weights", "results"}
-    except ValueError:
-        return False
-
+from train.rundir.paths import FileKind, check_output, json_object, starts_with
 
 TITLE = "# Rewards on held-out prompts"
 REPORT = FileKind(f"a reward table (Markdown starting with {TITLE!r})", starts_with(TITLE.encode()))
-DETAILS = FileKind("a reward table's details (JSON with weights and results)", _is_details)
+DETAILS = FileKind("a reward table's details (JSON with weights and results)",
+                   json_object(lambda d: {"weights", "results"} <= set(d)))
 
 
 def parse_run(spec: str) -> tuple[str, str, str | None]:

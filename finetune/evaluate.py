@@ -30,10 +30,9 @@ from data.instruct import InstructExample
 from data.sft import IGNORE, example_tensors, pad_batch, tokenize_examples
 from data.tokenizer import eot_id
 from data.words import word_inclusion
-from inputs.json import read_json
 from train.flags import check_flags
 from train.memory import check_decoding
-from train.rundir.paths import FileKind, check_output, starts_with
+from train.rundir.paths import FileKind, check_output, json_object, starts_with
 
 
 @torch.no_grad()
@@ -120,16 +119,10 @@ def markdown_table(results: dict[str, dict]) -> str:
     return "\n".join(lines)
 
 
-def _is_results(path: Path) -> bool:
-    try:
-        return all(isinstance(r, dict) and "word_inclusion" in r for r in read_json(path, "evaluation").values())
-    except ValueError:
-        return False
-
-
 TITLE = "# Instruction following on held-out prompts"
 OUTPUTS = {"eval.md": FileKind(f"an evaluation table (Markdown starting with {TITLE!r})", starts_with(TITLE.encode())),
-           "eval.json": FileKind("an evaluation's results (JSON of word_inclusion scores)", _is_results)}
+           "eval.json": FileKind("an evaluation's results (JSON of word_inclusion scores)", json_object(
+               lambda d: all(isinstance(r, dict) and "word_inclusion" in r for r in d.values())))}
 
 
 def check_out(out_dir: str | Path, force: bool, *inputs) -> None:

@@ -24,11 +24,10 @@ import sys
 from pathlib import Path
 
 from data.sources import resolve_path
-from inputs.json import read_json
 from train.cli import USER_ERRORS, ArgumentParser, user_errors_exit_2
 from train.config import ConfigError, load_config
 from train.flags import check_flags
-from train.rundir.paths import FileKind, check_output
+from train.rundir.paths import FileKind, check_output, json_object
 
 TASKS_DIR = Path(__file__).parent / "tasks"
 INSTALL = 'pip install -e ".[eval]"'
@@ -62,14 +61,8 @@ def task_names(spec: str) -> list[str]:
     return names
 
 
-def _is_results(path: Path) -> bool:
-    try:
-        return set(read_json(path, "lm-eval results")) >= {"results", "config"}
-    except ValueError:
-        return False
-
-
-RESULTS = FileKind("an lm-eval results file (JSON with results and config)", _is_results)
+RESULTS = FileKind("an lm-eval results file (JSON with results and config)",
+                   json_object(lambda d: {"results", "config"} <= set(d)))
 
 
 def output_path(args, run_dir: Path, tasks: list[str]) -> Path:

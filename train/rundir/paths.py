@@ -23,6 +23,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from inputs.json import read_json
 from train.config import ConfigError
 from train.rundir.weights import CheckpointError
 
@@ -62,6 +63,16 @@ def starts_with(prefix: bytes) -> Callable[[Path], bool]:
     def recognize(path: Path) -> bool:
         with path.open("rb") as f:
             return f.read(len(prefix)) == prefix
+    return recognize
+
+
+def json_object(test: Callable[[dict], bool]) -> Callable[[Path], bool]:
+    """A recognizer: the file is a JSON object that passes `test` (a report's details, lm-eval's results)."""
+    def recognize(path: Path) -> bool:
+        try:
+            return test(read_json(path, "output file"))
+        except ValueError:  # not JSON, not an object: not of the kind
+            return False
     return recognize
 
 
