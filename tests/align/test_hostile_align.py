@@ -12,6 +12,7 @@ from untouched import copy_run, refused, snapshot
 
 from align.dpo import main as dpo_main
 from align.evaluate import main as evaluate_main
+from align.grpo import main as grpo_main
 from align.make_pairs import main as pairs_main
 from align.policy import align_config
 from train.cli import run_cli
@@ -84,3 +85,13 @@ def test_dpo_never_writes_into_its_own_sft_run(sft, tiny_corpus, tiny_sft_run, t
             f"--data.path={tiny_corpus}"]
     assert "is the SFT run" in refused(lambda a: run_cli(dpo_main, a, load=align_config), argv, capsys)
     assert snapshot(sft, tiny_sft_run[0]) == before
+
+
+@pytest.mark.parametrize("main, key", [(grpo_main, "align.group_size"), (grpo_main, "align.max_new_tokens"),
+                                       (dpo_main, "train.batch_size")])
+def test_alignment_sizes_are_refused_before_the_sft_run_is_read(tiny_corpus, tiny_sft_run, tmp_path, capsys, main, key):
+    before = snapshot(*tiny_sft_run)
+    argv = [f"--finetune.base={tiny_sft_run[1]}", f"--train.out_dir={tmp_path}", "--train.name=big",
+            f"--data.path={tiny_corpus}", f"--{key}={10**9}"]
+    err = refused(lambda a: run_cli(main, a, load=align_config), argv, capsys)
+    assert "available" in err and not (tmp_path / "big").exists() and snapshot(*tiny_sft_run) == before
