@@ -1,6 +1,7 @@
 """The fuzzing harness (GUIDE.md §9): run an entry point in-process on a mutated input and hold it to the contract
 
-    success (exit 0), or exit code 2 with ONE line `error: ...` on stderr;
+    success (exit 0), or exit code 2 with ONE line `error: ...` on stderr (the last; progress output of work done
+    before the refusal may precede it);
     never a traceback (any other exception fails the example), never a hang (a deadline per example), and no byte
     changed in another run's folder (`tree_digest` before and after).
 
@@ -116,14 +117,22 @@ def run_entry(call, seconds: int = EXAMPLE_SECONDS) -> tuple[int, str]:
     return code, err.getvalue()
 
 
+def error_lines(stderr: str) -> list[str]:
+    """The lines of `stderr`, progress bars aside (tqdm draws them after a carriage return)."""
+    return [line for line in stderr.split("\n") if line.strip() and not line.startswith("\r")]
+
+
 def check_outcome(code: int, stderr: str) -> str:
-    """'ok' or 'refused'; anything else (another exit code, several lines, no `error: `) fails."""
+    """'ok' or 'refused'. A refusal is exit code 2 and one line `error: ...`, the last on stderr: before it only the
+    progress of work the command did first (preparing data: progress bars and their notes), never another error or
+    a traceback."""
     if code == 0:
         return "ok"
-    lines = [line for line in stderr.splitlines() if line.strip()]
+    lines = error_lines(stderr)
     assert code == 2, f"exit code {code}; stderr: {stderr[-2000:]}"
-    assert len(lines) == 1, f"{len(lines)} lines on stderr: {stderr[-2000:]}"
-    assert lines[0].startswith("error: ") and len(lines[0]) <= 2000, lines[0][:2000]
+    assert lines and lines[-1].startswith("error: ") and len(lines[-1]) <= 2000, stderr[-2000:]
+    assert not any(line.lstrip().startswith(("error", "Traceback", "File ")) or "Error" in line
+                   for line in lines[:-1]), f"more than the error line on stderr: {stderr[-2000:]}"
     return "refused"
 
 

@@ -103,7 +103,7 @@ def test_fuzz_resume_checkpoints(tiny_corpus, tiny_sft_run, run_config, capsys):
     valid = torch.load(io.BytesIO(valid_bytes), weights_only=True)
     tally, before = Tally("resume checkpoints"), tree_digest(base)
 
-    @fuzz_settings(examples=120)
+    @fuzz_settings(examples=200)
     @given(mutant=checkpoints(valid, valid_bytes))
     def property_(mutant):
         kind, data = mutant

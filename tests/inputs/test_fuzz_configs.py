@@ -25,7 +25,7 @@ def test_fuzz_config_files(tiny_corpus, tiny_sft_run, monkeypatch, capsys):
     stop_before_training(monkeypatch)
     tally, before = Tally("config files"), (tree_digest(base), tree_digest(tiny_sft_run[1]))
 
-    @fuzz_settings(examples=300)
+    @fuzz_settings(examples=600)
     @given(doc=yaml_documents(valid, curated), where=WHERE, command=COMMANDS)
     def property_(doc, where, command):
         kind, data = doc
@@ -50,7 +50,7 @@ def test_fuzz_overrides(tiny_corpus, tiny_sft_run, monkeypatch, capsys):
     stop_before_training(monkeypatch)
     tally, before = Tally("command-line overrides"), tree_digest(base)
 
-    @fuzz_settings(examples=300)
+    @fuzz_settings(examples=500)
     @given(args=override_args(valid, curated), command=COMMANDS)
     def property_(args, command):
         kind, argv = args

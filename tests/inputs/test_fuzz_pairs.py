@@ -41,7 +41,7 @@ def test_fuzz_pair_files(tiny_corpus, tiny_sft_run, monkeypatch, capsys):
     stop_before_training(monkeypatch)
     tally, before = Tally("preference pairs"), (tree_digest(base), tree_digest(sft))
 
-    @fuzz_settings(examples=80)
+    @fuzz_settings(examples=150)
     @given(pairs=json_lines(PAIRS), where=WHERE)
     def property_(pairs, where):
         kind, data = pairs

@@ -55,7 +55,7 @@ def test_fuzz_run_directories(tiny_sft_run, capsys):
     runs = dict(zip(("plain", "lora"), tiny_sft_run))
     tally, before = Tally("run directories"), [tree_digest(run) for run in tiny_sft_run]
 
-    @fuzz_settings(examples=300)
+    @fuzz_settings(examples=500)
     @given(mutant=run_dirs(runs), prompt=PROMPTS)
     def property_(mutant, prompt):
         kind, name, how, data = mutant

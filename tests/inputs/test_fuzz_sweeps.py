@@ -52,7 +52,7 @@ def test_fuzz_sweep_files(tiny_corpus, tiny_sft_run, checks_only, capsys):
     tally, before = Tally("sweep files"), tree_digest(base)
     leftover = st.none() | yaml_documents(base_config)
 
-    @fuzz_settings(examples=150)
+    @fuzz_settings(examples=300)
     @given(doc=yaml_documents(VALID, CURATED), old=leftover, where=WHERE)
     def property_(doc, old, where):
         kind, data = doc

@@ -20,8 +20,9 @@ from pathlib import Path
 
 import torch
 from lightning.pytorch.plugins.io import TorchCheckpointIO
+from packaging.version import InvalidVersion, Version
 
-from inputs.errors import InputError
+from inputs.errors import InputError, clip
 from inputs.files import regular_file
 from inputs.schema import require_field, require_mapping
 from train.rundir.weights import CheckpointError
@@ -85,6 +86,11 @@ def check_resumable(checkpoint: dict, path: Path, shapes: Mapping[str, tuple] | 
     """Everything `trainer.fit(ckpt_path=...)` restores is there with its type, and the weights have the model's
     `shapes`: a damaged checkpoint is refused here, in one line, not inside Lightning."""
     check_structure(checkpoint, path, required=tuple(key for key in FIELDS if key != "tinystack"))
+    try:  # Lightning upgrades a checkpoint by its version before reading it
+        Version(checkpoint["pytorch-lightning_version"])
+    except InvalidVersion:
+        raise InputError(f"pytorch-lightning_version {clip(checkpoint['pytorch-lightning_version'], 40)!r} is not a "
+                         "version", path, fix=NOT_OURS) from None
     require_field(checkpoint["loops"], "fit_loop", Mapping, path, NOT_OURS)
     for state in (*checkpoint["optimizer_states"], *checkpoint["lr_schedulers"]):
         require_mapping(state, path, "an optimizer or schedule state", NOT_OURS)

@@ -33,8 +33,7 @@ import json
 import time
 from pathlib import Path
 
-import yaml
-
+from inputs.yaml import read_yaml
 from train.config import ConfigError
 from train.rundir.atomic import write_text
 from train.rundir.paths import lock_run_dir, unlock_run_dir
@@ -157,9 +156,9 @@ def config_difference(saved: dict, new: dict, ignore: set[str] = frozenset()) ->
 def check_same_config(run_dir: Path, cfg) -> None:
     """A run resumed by `resume=auto` must be the one its folder holds: ConfigError naming the first differing key."""
     path = run_dir / "config.yaml"
-    if not path.is_file():
+    if not path.exists():
         return
-    diff = config_difference(yaml.safe_load(path.read_text()) or {}, dataclasses.asdict(cfg), runtime_keys(cfg))
+    diff = config_difference(read_yaml(path, "run config"), dataclasses.asdict(cfg), runtime_keys(cfg))
     if diff:
         key, before, now = diff
         raise ConfigError(f"{run_dir} holds an unfinished run with {key}={before!r}, not {now!r}; rerun with its "
