@@ -6,6 +6,11 @@
     json.py         JSON metadata, JSONL pairs and corpora (finite numbers, valid strings, bounded nesting)
     schema.py       a loaded value's structure (a checkpoint: a mapping with typed fields)
     environment.py  the environment's refusals (permission, read-only, disk full, name too long) as one line
+    tree.py         checks over a parsed value (nesting, text, finite numbers), errors.py: InputError and clip
+
+The names below are the package's summary; code in the project imports the submodules (`from inputs.yaml import
+read_yaml`), which also resolve where a folder named `inputs` shadows this package (tests/inputs under an
+editable install).
 """
 
 from inputs.environment import refusal
