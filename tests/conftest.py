@@ -10,6 +10,9 @@ from pathlib import Path
 # CLIs) spinning OpenMP threads slow a step down 100x. Set before torch loads so subprocesses inherit it.
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 os.environ.setdefault("WANDB_MODE", "disabled")
+# No test reaches the network: a hub id (e.g. a fuzzed data.path) fails at once instead of retrying for minutes.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 
 import pytest  # noqa: E402
 import torch  # noqa: E402
