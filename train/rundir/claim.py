@@ -36,9 +36,8 @@ from pathlib import Path
 from inputs.yaml import read_yaml
 from train.config import ConfigError
 from train.rundir.atomic import write_text
-from train.rundir.paths import lock_run_dir, unlock_run_dir
+from train.rundir.paths import FINISHED, lock_run_dir, unlock_run_dir
 
-FINISHED = "finished.json"
 LAUNCH_KEYS = ("train.resume", "train.progress_bar", "train.out_dir", "data.num_workers", "data.cache_dir", "log.")
 
 

@@ -31,7 +31,9 @@ NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._=+-]*")
 MAX_NAME = 100  # characters of a run name: one folder name, with room for "-N" and temp-file suffixes
 TMP = re.compile(r"\.tmp(\d+)$")
 LOCK_FILE = ".lock"
-RUN_FILES = ("config.yaml", "model.safetensors", "tokenizer.json")
+WEIGHTS = "model.safetensors"
+FINISHED = "finished.json"  # written last, when a run's final files are all in place (train/rundir/claim.py)
+RUN_MARKS = ("tokenizer.json", "checkpoints", "metrics.csv", FINISHED, LOCK_FILE)  # beside a config.yaml
 _held: dict[Path, int] = {}  # run dir -> the open lock file descriptor of this process
 
 
@@ -46,7 +48,11 @@ def check_run_name(name: str, key: str = "train.name") -> str:
 
 
 def is_run_dir(path: Path) -> bool:
-    return any((path / name).is_file() for name in RUN_FILES)
+    """A folder a run (or an export of one) wrote: it holds model weights, or a config.yaml beside a run's other
+    files. A config.yaml alone (a project folder, a folder of configs) is not a run."""
+    if (path / WEIGHTS).is_file():
+        return True
+    return (path / "config.yaml").is_file() and any((path / name).exists() for name in RUN_MARKS)
 
 
 @dataclass(frozen=True)
