@@ -30,6 +30,7 @@ from model.config import ModelConfig
 from model.options import Options, compose, option
 from train.errors import ConfigError
 from train.optimizers import OPTIMIZERS
+from train.rundir.atomic import write_text
 from train.schedules import SCHEDULES
 
 
@@ -246,4 +247,6 @@ def to_dict(cfg) -> dict:
 
 
 def save_config(cfg: Config, path: str | Path) -> None:
-    Path(path).write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
+    """Write `cfg` as YAML, atomically (temp + rename): never half a file, and a FIFO or a link planted at `path` is
+    replaced, not written through."""
+    write_text(path, yaml.safe_dump(to_dict(cfg), sort_keys=False))

@@ -37,3 +37,20 @@ def test_a_config_folder_takes_outputs_but_a_run_folder_does_not(tmp_path):
         check_output(project / "report.md", REPORT)
     with pytest.raises(CheckpointError, match="run folder"):
         check_output(project / "sub" / "report.md", REPORT, force=True)
+
+
+def test_save_config_replaces_a_planted_fifo_instead_of_blocking(tmp_path):
+    """config.yaml is written atomically: a FIFO planted at its path is replaced (writing into it would block)."""
+    import os
+    import signal
+
+    from train.config import Config, load_config, save_config
+
+    path = tmp_path / "config.yaml"
+    os.mkfifo(path)
+    signal.alarm(10)  # a write through the FIFO would wait for a reader forever
+    try:
+        save_config(Config(), path)
+    finally:
+        signal.alarm(0)
+    assert path.is_file() and load_config(str(path), []).model == Config().model

@@ -31,7 +31,8 @@ STEP = re.compile(r"step=(\d+)")
 FIELDS = {"global_step": int, "epoch": int, "pytorch-lightning_version": str, "state_dict": Mapping,
           "optimizer_states": list, "lr_schedulers": list, "loops": Mapping, "callbacks": Mapping,
           "tinystack": Mapping}  # their types, wherever present; resuming needs them all (check_resumable)
-NOT_OURS = "resume from a checkpoint this stack wrote (checkpoints/*.ckpt), or start fresh with --train.resume=false"
+NOT_OURS = ("resume from a checkpoint this stack wrote (checkpoints/*.ckpt), or start a new run under another "
+            "--train.name")
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
