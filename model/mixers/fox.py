@@ -1,0 +1,105 @@
+"""Forgetting attention, the Forgetting Transformer's token mixer (`model.mixer=fox`).
+
+Lin, Nikishin, He, Courville 2025, "Forgetting Transformer: Softmax Attention with a Forget Gate"
+(arXiv:2503.02130), §2. Per head h, a scalar forget gate per token down-weights the scores of older keys:
+
+    f_t = sigmoid(w_f^T x_t + b_f)                    (one w_f, b_f per head; b_f starts at `model.fox.gate_bias`)
+    c_t = sum_{l <= t} log f_l                          cumulative log-forget, fp32
+    D_ij = sum_{l = j+1}^{i} log f_l = c_i - c_j       (j <= i; -inf for j > i)
+    y_i = sum_j softmax_j(q_i . k_j / sqrt(d) + D_ij) v_j
+
+f = 1 everywhere is causal softmax attention (softmax.py); the decay makes the bias data-dependent, like a gated
+RNN's forget gate but on softmax attention. q and k go through the model's position (`rotate(q, k, offset)`): RoPE
+when `model.position=rope`, the identity for `none` (the paper's FoX uses no RoPE: the gate orders the tokens).
+Grouped-query heads as softmax.py: H query heads, each with its own gate, share Hk = n_kv_heads key/value heads.
+
+Shapes: x (B, T, D) -> q (B, H, T, d), k/v (B, Hk, T, d), log f and c (B, H, T) -> bias D (B, H, T, P + T) ->
+y (B, T, D). Computed by `F.scaled_dot_product_attention` with D as an additive float mask; a mask that needs a
+gradient (training) runs SDPA's math path, which keeps the (B, H, T, T) probabilities for backward:
+memory quadratic in T, where the paper's Triton kernel (or fla's `forgetting_attn`) stays linear.
+Cache: (k, v, c): the rotated keys and values seen so far (B, Hk, P, d) and their cumulative log-forget values
+c (B, H, P) in fp32 (at least), so a new chunk continues c from c_{P-1} and decoding gives the full forward's biases.
+
+Inherited from softmax attention: the q/k/v/o projections and their init, `qkv` and `attend`,
+`residual_projections` (o_proj) and `lora_targets` (q/k/v/o_proj; the gate has H outputs, too few to adapt).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from model.mixers.softmax import SoftmaxAttention
+from model.options import Options, option
+
+
+@dataclass
+class FoxConfig(Options):
+    # b_f at init: 0 as in the paper (f ~ 0.5, a short memory it learns to lengthen); large -> softmax attention
+    gate_bias: float = option(0.0)
+
+
+class ForgettingAttention(SoftmaxAttention):
+    section = FoxConfig
+    llama_module = None  # Llama's attention has no forget gate: export_hf refuses this mixer
+
+    def __init__(self, cfg, position: nn.Module):
+        super().__init__(cfg, position)
+        self.gate_bias = self.options(cfg).gate_bias
+        self.f_proj = nn.Linear(cfg.d_model, cfg.n_heads, bias=True)  # w_f, b_f of every head
+
+    def reset_special_parameters(self) -> None:
+        nn.init.constant_(self.f_proj.bias, self.gate_bias)
+
+    @staticmethod
+    def flops_per_token(cfg, seq_len: int) -> float:
+        # softmax's Q K^T and A V, plus adding the bias to the T scores of each head (x3 with backward)
+        return SoftmaxAttention.flops_per_token(cfg, seq_len) + 3 * cfg.n_heads * seq_len
+
+    @staticmethod
+    def activation_bytes(cfg, seq_len: int, s: int) -> float:
+        """Measured with tests' `saved_activation_bytes` on CPU (T = 32 and 64, H = 4 and 8, Hk = H and H / 2, fp32
+        and bf16 autocast): a bias that needs a gradient sends SDPA to its math path, which computes in fp32 (bf16
+        inputs upcast) and keeps q, k and v expanded to the H heads (3 D fp32) and the probabilities (H T fp32);
+        its input and the output o_proj reads (2 D, compute dtype); logsigmoid's input and buffer (2 H fp32).
+        On CUDA the memory-efficient kernel takes the bias's gradient instead: q, k, v, the output and the bias
+        (H T) in the compute dtype, not measured here."""
+        D, H = cfg.d_model, cfg.n_heads
+        return s * 2 * D + 4 * (3 * D + H * seq_len + 2 * H)
+
+    @staticmethod
+    def cache_bytes_per_token(cfg, s: int) -> float:
+        """Decoding cache per token and layer: softmax's keys and values (s 2 Hk d) plus c, H fp32 values."""
+        return s * 2 * cfg.kv_heads * cfg.head_dim + 4 * cfg.n_heads
+
+    def init_cache(self, batch_size: int, device, dtype) -> tuple[Tensor, Tensor, Tensor]:
+        k, v = super().init_cache(batch_size, device, dtype)  # (B, Hk, 0, d) each
+        c = torch.zeros(batch_size, self.n_heads, 0, device=device, dtype=torch.promote_types(dtype, torch.float32))
+        return k, v, c  # c (B, H, 0), fp32 (fp64 in an fp64 model)
+
+    def log_forget(self, x: Tensor, start: Tensor | None) -> Tensor:
+        """c (B, H, T) fp32: the cumulative log f of x's tokens, continued from `start` (B, H, 1) when given."""
+        z = self.f_proj(x)  # (B, T, H)
+        log_f = F.logsigmoid(z.to(torch.promote_types(z.dtype, torch.float32))).transpose(1, 2)  # (B, H, T)
+        c = log_f.cumsum(dim=-1)
+        return c if start is None else c + start
+
+    def forward(self, x: Tensor, cache: tuple[Tensor, Tensor, Tensor] | None = None, offset: int = 0):
+        T = x.shape[1]
+        q, k, v = self.qkv(x, offset)  # (B, H, T, d), (B, Hk, T, d) x 2
+        past = 0 if cache is None else cache[0].shape[2]
+        start = cache[2][:, :, -1:] if past else None  # c of the last cached key (B, H, 1)
+        c = self.log_forget(x, start)  # (B, H, T): c_i of the new queries
+        if cache is not None:
+            k = torch.cat([cache[0], k], dim=2)  # (B, Hk, P + T, d)
+            v = torch.cat([cache[1], v], dim=2)
+            c_keys = torch.cat([cache[2], c], dim=2)  # (B, H, P + T)
+            cache = (k, v, c_keys)
+        else:
+            c_keys = c
+        visible = torch.ones(T, past + T, dtype=torch.bool, device=x.device).tril(diagonal=past)  # key j <= i
+        bias = (c[..., :, None] - c_keys[..., None, :]).masked_fill(~visible, float("-inf"))  # (B, H, T, P + T)
+        return self.attend(q, k, v, bias.to(q.dtype), causal=False), cache
