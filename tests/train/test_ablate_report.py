@@ -142,3 +142,23 @@ def test_write_results_adds_the_columns(tmp_path):
         hand([2.90 - 3.00, 2.98 - 3.10])[3], rel=1e-9)
     assert text == (tmp_path / "results.md").read_text()
     assert "paired t-test over seeds, two-sided" in text and "**Warning:** only 2 seeds ran" in text
+
+
+@pytest.mark.parametrize("info", [
+    [1, 2],  # not a mapping
+    {"wall_s": 1.0, "non_embedding_params": 1, "flops_per_token": 1.0},  # no params
+    {"wall_s": 1.0, "params": "many", "non_embedding_params": 1, "flops_per_token": 1.0},
+    {"wall_s": 1.0, "params": 10, "non_embedding_params": 1, "flops_per_token": 1.0, "splits": {"test": 3}},
+    {"wall_s": -1.0, "params": 10, "non_embedding_params": 1, "flops_per_token": 1.0},
+])
+def test_a_damaged_ablate_json_is_one_line_naming_the_fix(tmp_path, info):
+    """ablate.json is read through inputs/: a damaged or edited file is refused in one line naming the file."""
+    import json
+
+    from inputs.errors import InputError
+    from train.ablate.report import RunResult
+
+    (tmp_path / "ablate.json").write_text(json.dumps(info))
+    with pytest.raises(InputError, match="ablate.json") as err:
+        RunResult.read("softmax", 0, tmp_path, "")
+    assert "\n" not in str(err.value)

@@ -31,6 +31,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from inputs.json import read_json
+from inputs.schema import require_field, require_mapping
 from train.ablate.stats import paired, verdict, warnings
 from train.report import read_metrics, series
 
@@ -61,7 +62,7 @@ class RunResult:
     def read(cls, variant: str, seed: int, run_dir: Path, width: str, lr: float = math.nan) -> RunResult:
         rows = read_metrics(run_dir)
         info_file = run_dir / "ablate.json"
-        info = read_json(info_file, "ablate.json")
+        info = _read_info(info_file)
         if not info.get("halted") and not info.get("splits"):  # a run finished before the splits existed
             from train.ablate.splits import split_scores
 
@@ -76,6 +77,23 @@ class RunResult:
                    splits["test"]["loss"], splits["test"]["bpb"], statistics.median(tok_s) if tok_s else nan,
                    info["wall_s"], dict(zip(steps, losses)), lr, splits["selection"]["loss"],
                    _elapsed(steps, log_steps, tok_s, per_step), per_step)
+
+
+def _read_info(path: Path) -> dict:
+    """A run's ablate.json, its fields checked (a damaged or edited file is one line naming the field, and the fix:
+    delete the run's folder so the sweep trains it again)."""
+    fix = f"delete {path.parent} so that the sweep trains that run again"
+    info = dict(require_mapping(read_json(path, "ablate.json"), path, "ablate.json", fix))
+    for key in ("params", "non_embedding_params"):
+        require_field(info, key, int, path, fix, minimum=0)
+    for key in ("flops_per_token", "wall_s"):
+        require_field(info, key, (int, float), path, fix, minimum=0)
+    require_field(info, "tokens_per_step", int, path, fix, required=False, minimum=0)
+    splits = info.get("splits")  # None: a halted run
+    for split, values in (require_field(info, "splits", dict, path, fix) if splits is not None else {}).items():
+        for key, value in require_mapping(values, path, f"splits.{split}", fix).items():
+            require_field({key: value}, key, (int, float), path, fix)
+    return info
 
 
 def _tokens_per_step(run_dir: Path) -> int:
