@@ -4,6 +4,7 @@ incremental decoding starts from, `offset` the absolute position of x's first to
 
 from model.component import Mixer, Registry
 from model.mixers.deltanet import DeltaNet
+from model.mixers.gated_deltanet import GatedDeltaNet
 from model.mixers.gau import GAU
 from model.mixers.gla import GatedLinearAttention
 from model.mixers.linear import LinearAttention
@@ -15,4 +16,5 @@ from model.mixers.softmax import SoftmaxAttention
 
 MIXERS = Registry("mixer", Mixer, {"softmax": SoftmaxAttention, "linear": LinearAttention, "gau": GAU, "mamba": Mamba,
                                    "sliding": SlidingWindowAttention, "retnet": RetNet,
-                                   "gla": GatedLinearAttention, "deltanet": DeltaNet, "mamba2": Mamba2})
+                                   "gla": GatedLinearAttention, "deltanet": DeltaNet, "mamba2": Mamba2,
+                                   "gated_deltanet": GatedDeltaNet})
