@@ -12,6 +12,7 @@ from pathlib import Path
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
 from data.corpus import EOT, DataError
+from inputs.files import JSON_BYTES, read_text
 
 
 def train_tokenizer(stories: list[str], vocab_size: int) -> Tokenizer:
@@ -31,10 +32,11 @@ def train_tokenizer(stories: list[str], vocab_size: int) -> Tokenizer:
 def load_tokenizer(path: str | Path, eos_token: str | None = None) -> Tokenizer:
     """The tokenizer in `path`; `eos_token` (a run's data.eos_token) is recorded as its end-of-text token."""
     path = Path(path)
-    if not path.is_file():
+    if not path.exists():
         raise DataError(f"tokenizer not found: {path}; a run directory must hold tokenizer.json")
+    text = read_text(path, JSON_BYTES, "tokenizer file")  # a regular file, bounded, strict UTF-8
     try:
-        tokenizer = Tokenizer.from_file(str(path))
+        tokenizer = Tokenizer.from_str(text)
     except Exception as err:  # tokenizers raises a bare Exception for truncated or invalid JSON
         raise DataError(f"{path}: not a valid tokenizer file ({str(err)[:120]})") from None
     return tokenizer if eos_token is None else set_eot(tokenizer, eos_token, str(path))
