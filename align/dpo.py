@@ -5,13 +5,15 @@ Rafailov et al. 2023, "Direct Preference Optimization: Your Language Model is Se
 
     L = -log sigma(beta [(log pi(y_w|x) - log ref(y_w|x)) - (log pi(y_l|x) - log ref(y_l|x))])
 
-with log pi(y|x) = sum_{t in y} log pi(y_t | x, y_<t) over the completion tokens only (align/losses.py, also
-the ipo/hinge/simpo variants of `align.loss_type`, a registry: SimPO, Meng et al. 2024, needs no pi_ref and
-none is run or kept). pi_ref is the SFT model (align/policy.py: the LoRA policy with
-its adapter off, or a frozen copy). One forward scores both halves: a batch is the B chosen then the B
-rejected sequences, tokenized and prompt-masked as in SFT (data/sft.py), padded together -> (2B, T).
+with log pi(y|x) = sum_{t in y} log pi(y_t | x, y_<t) over the completion tokens only. `align.loss_type` picks the
+loss from a registry (align/losses: sigmoid, ipo, hinge, simpo, orpo, kto), each given one `PreferenceBatch`
+(both models' sequence log-probs, completion lengths, per-token NLL, desirable labels) and its own options
+(`align.<name>`); SimPO and ORPO need no pi_ref, and none is run or kept. pi_ref is the SFT model
+(align/policy.py: the LoRA policy with its adapter off, or a frozen copy). One forward scores a whole batch: B
+chosen then the B rejected sequences (2B, T), or for KTO's unpaired rows (`align.make_pairs --unpaired`) B
+completions with their labels, tokenized and prompt-masked as in SFT (data/sft.py) and padded together.
 
-Logged like TRL's DPOTrainer, on training and held-out pairs (`train/...`, `val/...`):
+Logged like TRL's DPOTrainer, on training and held-out pairs (`train/...`, `val/...`): what the loss names, e.g.
 rewards/chosen = beta (log pi(y_w) - log ref(y_w)) (mean), rewards/rejected, rewards/margins (their
 difference), rewards/accuracies (share with chosen > rejected), logps/chosen, logps/rejected.
 The loop is pretraining's: `train.run.fit` (Trainer, precision, checkpoints, resume) and the step is
@@ -27,7 +29,7 @@ import torch
 from torch import Tensor
 from torch.utils.data import Dataset
 
-from align.losses import LOSSES, dpo_loss, sequence_logprobs
+from align.losses import LOSSES, PreferenceBatch, token_logprobs
 from align.make_pairs import load_pairs, offline_pairs
 from align.policy import PolicyModel, align_config, start_policy
 from data.corpus import DataError
@@ -36,7 +38,7 @@ from data.instruct import InstructExample
 from data.sft import IGNORE, example_tensors, instruct_examples, pad_batch, tokenize_examples
 from data.tokenizer import eot_id, token_byte_lengths
 from train.cli import run_cli
-from train.config import Config
+from train.config import Config, ConfigError
 from train.memory import check_memory
 from train.run import fit, make_run_dir
 
@@ -69,45 +71,75 @@ class PairCollate:
         return pad_batch([c for c, _ in items] + [r for _, r in items], self.pad_id)
 
 
+class UnpairedDataset(Dataset):
+    """(prompt, completion, label) -> ((inputs, targets), label), prompt-masked: KTO's unpaired rows."""
+
+    def __init__(self, tokenizer, rows: list[dict], seq_len: int):
+        encoded = [(tokenize_examples(tokenizer, [InstructExample(r["prompt"], r["completion"])], seq_len), r["label"])
+                   for r in rows]
+        self.items = [(example[0], label) for example, label in encoded if example]  # [] : no room after the prompt
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, i: int):
+        example, label = self.items[i]
+        return example_tensors(*example), label
+
+
+class UnpairedCollate:
+    """B labelled completions -> inputs, targets (B, T) (EOT / -100 padded), desirable (B,) bool."""
+
+    def __init__(self, pad_id: int):
+        self.pad_id = pad_id
+
+    def __call__(self, items):
+        return (*pad_batch([x for x, _ in items], self.pad_id), torch.tensor([label for _, label in items]))
+
+
 class PairDataModule(SeededDataModule):
-    """SFT's seeded, resumable order and held-out batches (data/datamodule.py), over preference pairs."""
+    """SFT's seeded, resumable order and held-out batches (data/datamodule.py), over preference pairs, or over
+    unpaired labelled completions when the rows carry a label."""
 
     def __init__(self, tokenizer, pairs: dict[str, list[dict]], seq_len: int, batch_size: int, grad_accum: int,
                  max_steps: int, seed: int, val_batches: int, num_workers: int = 0):
         super().__init__(batch_size, grad_accum, max_steps, seed, val_batches, num_workers)
-        self.train_set = PairDataset(tokenizer, pairs["train"], seq_len)
-        self.val_set = PairDataset(tokenizer, pairs["validation"][: val_batches * batch_size], seq_len)
+        unpaired = is_unpaired(pairs)
+        dataset, collate = (UnpairedDataset, UnpairedCollate) if unpaired else (PairDataset, PairCollate)
+        self.train_set = dataset(tokenizer, pairs["train"], seq_len)
+        self.val_set = dataset(tokenizer, pairs["validation"][: val_batches * batch_size], seq_len)
         if len(self.train_set) < batch_size:
-            raise DataError(f"only {len(self.train_set)} preference pairs fit data.seq_len={seq_len} "
-                            f"(train.batch_size={batch_size}); make more pairs or raise data.seq_len")
-        self.collate = PairCollate(eot_id(tokenizer))
+            raise DataError(f"only {len(self.train_set)} preference {'rows' if unpaired else 'pairs'} fit "
+                            f"data.seq_len={seq_len} (train.batch_size={batch_size}); make more or raise data.seq_len")
+        self.collate = collate(eot_id(tokenizer))
+
+
+def is_unpaired(pairs: dict[str, list[dict]]) -> bool:
+    """Whether the rows are KTO's prompt/completion/label (align/make_pairs.py UNPAIRED), not pairs."""
+    return "label" in pairs["train"][0]
 
 
 class DPOModel(PolicyModel):
-    """The preference loss `align.loss_type` (align/losses.py LOSSES) over (2B, T) batches of chosen-then-rejected
-    sequences; the reference model runs only when the loss's registry entry needs it."""
+    """The preference loss `align.loss_type` (align/losses LOSSES) over (2B, T) batches of chosen-then-rejected
+    sequences, or (B, T) unpaired ones with their labels; the reference model runs only when the entry needs it."""
 
     def uses_reference(self) -> bool:
         return LOSSES[self.cfg.align.loss_type].needs_reference
 
     def dpo(self, batch) -> tuple[Tensor, dict[str, Tensor]]:
-        inputs, targets = batch
-        mask = targets != IGNORE  # (2B, T) completion tokens
-        logits, _ = self.model(inputs)  # (2B, T, V)
-        policy = sequence_logprobs(logits, targets, mask)  # (2B,)
-        ref = (None, None)
+        inputs, targets = batch[:2]
+        mask = (targets != IGNORE).float()  # (N, T) completion tokens
+        logits, _ = self.model(inputs)  # (N, T, V)
+        logp = token_logprobs(logits, targets) * mask  # (N, T)
+        reference = None
         if self.uses_reference():
-            with torch.no_grad(), self.reference_model() as reference:
-                ref = sequence_logprobs(reference(inputs)[0], targets, mask).chunk(2)  # (B,) each
-        policy_chosen, policy_rejected = policy.chunk(2)  # (B,) each
-        a = self.cfg.align
-        losses, chosen, rejected = dpo_loss(policy_chosen, policy_rejected, *ref, a.beta, a.loss_type,
-                                            a.label_smoothing, a.simpo_gamma, *mask.sum(-1).chunk(2))
-        loss = losses.mean()
-        return loss, {"loss": loss.detach(), "rewards/chosen": chosen.mean(), "rewards/rejected": rejected.mean(),
-                      "rewards/margins": (chosen - rejected).mean(),
-                      "rewards/accuracies": (chosen > rejected).float().mean(),
-                      "logps/chosen": policy_chosen.detach().mean(), "logps/rejected": policy_rejected.detach().mean()}
+            with torch.no_grad(), self.reference_model() as ref_model:
+                reference = (token_logprobs(ref_model(inputs)[0], targets) * mask).sum(-1)  # (N,)
+        scored = (logp.sum(-1), reference, mask.sum(-1), -logp)  # policy (N,), reference, tokens (N,), NLL (N, T)
+        batch = PreferenceBatch(*scored, batch[2]) if len(batch) == 3 else PreferenceBatch.pairs(*scored)
+        entry, a = LOSSES[self.cfg.align.loss_type], self.cfg.align
+        loss, metrics = entry.loss(batch, a.beta, entry.options(a) if entry.section is not None else None)
+        return loss, {"loss": loss.detach(), **metrics}
 
     def compute_loss(self, batch) -> tuple[Tensor, dict[str, Tensor]]:
         loss, logs = self.dpo(batch)
@@ -118,7 +150,7 @@ class DPOModel(PolicyModel):
 
     def validation_step(self, batch, batch_idx) -> None:
         _, logs = self.dpo(batch)
-        self.log_dict({f"val/{k}": v for k, v in logs.items()}, batch_size=batch[0].shape[0] // 2,
+        self.log_dict({f"val/{k}": v for k, v in logs.items()}, batch_size=batch[0].shape[0],
                       sync_dist=True)  # the ranks' validation shards differ
 
     def on_validation_epoch_end(self) -> None:
@@ -142,10 +174,15 @@ def train_dpo(cfg: Config, callbacks: list = ()) -> Path:
     t = cfg.train
     # a batch is the chosen and the rejected halves: 2 x train.batch_size sequences
     check_memory(cfg, training=True, frozen=cfg.finetune.method == "lora", batch=2 * t.batch_size)
+    pairs = preference_pairs(cfg)
+    entry = LOSSES[cfg.align.loss_type]
+    if entry.paired and is_unpaired(pairs):
+        raise ConfigError(f"align.loss_type={cfg.align.loss_type} needs pairs (prompt/chosen/rejected); "
+                          f"align.pairs={cfg.align.pairs} holds unpaired rows (prompt/completion/label): use "
+                          "align.loss_type=kto, or pairs from python -m align.make_pairs without --unpaired")
     L.seed_everything(t.seed, workers=True, verbose=False)
     run_dir = make_run_dir(cfg)
     tokenizer, model, lora_cfg, run_files = start_policy(cfg, run_dir)
-    pairs = preference_pairs(cfg)
     datamodule = PairDataModule(tokenizer, pairs, cfg.data.seq_len, t.batch_size, t.grad_accum, t.max_steps,
                                 t.seed, t.val_batches, cfg.data.num_workers)
     module = DPOModel(cfg, token_byte_lengths(tokenizer), model, lora_cfg)

@@ -5,12 +5,15 @@ prompt q, G completions o_1..o_G are sampled from pi_old, each gets a programmat
 word inclusion, dialogue, length, repetition, finished; weighted by `align.rewards`), and
 
     A_i   = (r_i - mean(r)) / std(r)           group-relative advantage, no critic (`align.scale`: the group's std
-                                             as in the paper, the batch's, or none as in Dr. GRPO)
+                                             as in the paper, the batch's, or none as in Dr. GRPO; `align.baseline`:
+                                             the group mean, or leave_one_out for RLOO's mean of the other samples)
     rho_t = pi_theta(o_t | q, o_<t) / pi_old(o_t | q, o_<t)
     L     = -mean_t [min(rho_t A_i, clip(rho_t, 1 - eps, 1 + eps_high) A_i) - beta KL_t(pi_theta || pi_ref)]
 
-(losses in align/losses.py; KL by the k3 estimator; `align.level` picks per-token or per-sequence averaging,
-DAPO/Dr. GRPO; Kimi k1.5 (arXiv:2501.12599) likewise drops the value model for relative rewards over samples).
+(losses in align/losses/grpo.py; KL by the k3 estimator; `align.level` picks per-token or per-sequence averaging,
+DAPO/Dr. GRPO; `align.objective` swaps the clipped token ratio for GSPO's sequence ratio or CISPO's clipped
+stop-gradient weight; Kimi k1.5 (arXiv:2501.12599) likewise drops the value model for relative rewards over samples,
+and its length penalty is the `length_penalty` reward).
 
 Sampling: a prompt's G completions decode as one batch of G copies of the prompt with the model's KV cache
 (equal lengths, no padding). A step takes `align.prompts_per_step` = P prompts of one token length (the prompt
@@ -214,7 +217,7 @@ class GRPOModel(PolicyModel):
         stats = {"reward": r.mean().item(), "reward_std": r.view(-1, G).std(-1).mean().item(),
                  "completion_length": mask.sum(-1).mean().item()}
         stats.update({f"rewards/{k}": sum(p[k] for p in parts) / len(parts) for k in a.rewards})
-        return Rollout(inputs, labels, mask, grpo_advantages(r, G, a.scale), old, ref, stats)
+        return Rollout(inputs, labels, mask, grpo_advantages(r, G, a.scale, baseline=a.baseline), old, ref, stats)
 
     def prepare_batch(self, batch, batch_idx: int) -> Rollout:
         """The step's samples: a fresh rollout every num_iterations steps, else the buffered one of this slot."""
@@ -228,7 +231,7 @@ class GRPOModel(PolicyModel):
         logp, logits = self.logprobs(self.model, r.inputs, r.labels)  # (N, T), (N, T, V)
         old = logp.detach() if r.old_logp is None else r.old_logp
         loss, stats = grpo_loss(logp, old, r.ref_logp, r.advantages, r.mask, a.beta, a.epsilon,
-                                a.epsilon_high or None, a.level)
+                                a.epsilon_high or None, a.level, a.objective)
         with torch.no_grad():
             logq = torch.log_softmax(logits[r.mask.bool()].float(), -1)  # (completion tokens, V)
             entropy = -(logq.exp() * logq).sum(-1).mean()

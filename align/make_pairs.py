@@ -16,12 +16,17 @@ on_policy  K completions per prompt sampled from the SFT model (K copies of the 
            prompts whose K scores tie are skipped: a tie states no preference. On-policy pairs keep DPO's data
            where the policy puts its mass (Tajwar et al. 2024, arXiv:2404.14367; Xu et al. 2024, arXiv:2404.10719).
 
+--unpaired writes KTO's unpaired format instead (TRL's unpaired preference format, `KTOTrainer`): each pair's chosen
+completion as a desirable row, its rejected one as an undesirable row,
+
+    {"prompt": "Words: ...\\nStory:\\n", "completion": "<completion>", "label": true}
+
 `--out` is checked before any pair is made (train/rundir/paths.py `check_output`): never an input or inside a run
 folder; an existing file is replaced only with --force, and only if it is a pairs file (`PAIRS`: empty, or a first
-line with prompt/chosen/rejected).
+line with prompt/chosen/rejected or prompt/completion/label).
 
-`load_pairs` reads such a JSONL file, or any Hugging Face dataset with prompt/chosen/rejected columns
-(`datasets.load_dataset`: a hub id, or a local folder of .jsonl/.parquet files).
+`load_pairs` reads such a JSONL file, or any Hugging Face dataset with those columns (`datasets.load_dataset`: a hub
+id, or a local folder of .jsonl/.parquet files), in the format of its first row.
 """
 
 from __future__ import annotations
@@ -45,20 +50,23 @@ from train.memory import check_decoding
 from train.rundir.paths import FileKind, check_output
 
 COLUMNS = ("prompt", "chosen", "rejected")
+UNPAIRED = ("prompt", "completion", "label")  # label: true = desirable
 
 
 def is_pairs_file(path: Path) -> bool:
-    """Whether `path` is what `save_pairs` writes: empty, or a first line that is a JSON object with COLUMNS."""
+    """Whether `path` is what `save_pairs` writes: empty, or a first line that is a JSON object with COLUMNS or
+    UNPAIRED."""
     with path.open("rb") as f:
         first = f.readline(1 << 20)
     try:
         row = json.loads(first) if first.strip() else None
     except ValueError:
         return False
-    return not first.strip() and path.stat().st_size == 0 or isinstance(row, dict) and set(COLUMNS) <= set(row)
+    return not first.strip() and path.stat().st_size == 0 or isinstance(row, dict) and (
+        set(COLUMNS) <= set(row) or set(UNPAIRED) <= set(row))
 
 
-PAIRS = FileKind("a JSONL file of preference pairs (prompt/chosen/rejected)", is_pairs_file)
+PAIRS = FileKind("a JSONL file of preference pairs (prompt/chosen/rejected or prompt/completion/label)", is_pairs_file)
 REJECTED = ("other", "swapped")
 DECODE_BATCH = 64  # on-policy completions decoded at once
 
@@ -119,17 +127,26 @@ def on_policy_pairs(model, tokenizer, prompts: list[str], weights: dict[str, flo
     return pairs
 
 
-def save_pairs(pairs: list[dict], path: str | Path) -> Path:
+def unpair(pairs: list[dict]) -> list[dict]:
+    """prompt/chosen/rejected pairs -> prompt/completion/label rows: chosen desirable, rejected undesirable."""
+    return [{"prompt": p["prompt"], "completion": p[key], "label": key == "chosen"}
+            for p in pairs for key in ("chosen", "rejected")]
+
+
+def save_pairs(pairs: list[dict], path: str | Path, unpaired: bool = False) -> Path:
+    """Pairs as JSONL at `path`: prompt/chosen/rejected, or with `unpaired` KTO's prompt/completion/label rows."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    rows, columns = (unpair(pairs), UNPAIRED) if unpaired else (pairs, COLUMNS)
     with path.open("w") as f:
-        for pair in pairs:
-            f.write(json.dumps({c: pair[c] for c in COLUMNS}, ensure_ascii=False) + "\n")
+        for row in rows:
+            f.write(json.dumps({c: row[c] for c in columns}, ensure_ascii=False) + "\n")
     return path
 
 
 def load_pairs(source: str | Path, split: str = "train") -> list[dict]:
-    """prompt/chosen/rejected rows from a JSONL file, or a Hugging Face dataset (hub id or local folder)."""
+    """prompt/chosen/rejected (or, when the first row has a label, prompt/completion/label) rows from a JSONL file,
+    or a Hugging Face dataset (hub id or local folder)."""
     path = Path(source)
     if path.suffix in (".jsonl", ".json") and path.exists():  # a FIFO or folder too: regular_file refuses it
         rows = []
@@ -150,17 +167,22 @@ def load_pairs(source: str | Path, split: str = "train") -> list[dict]:
             raise DataError(f"could not load preference pairs from {source!r} ({type(err).__name__}: {err}); "
                             "give a JSONL file written by python -m align.make_pairs, or a dataset with "
                             "prompt/chosen/rejected columns") from None
-    bad = next((i for i, row in enumerate(rows) if not all(isinstance(row.get(c), str) for c in COLUMNS)), None)
-    if bad is not None:
-        raise DataError(f"{source}: row {bad} lacks string fields {list(COLUMNS)} (TRL's standard preference "
-                        f"format); got keys {sorted(rows[bad])}")
     if not rows:
         raise DataError(f"{source}: no preference pairs")
-    empty = next((i for i, row in enumerate(rows) if not all(row[c].strip() for c in COLUMNS)), None)
+    columns = UNPAIRED if "label" in rows[0] else COLUMNS
+    texts = [c for c in columns if c != "label"]
+    bad = next((i for i, row in enumerate(rows) if not all(isinstance(row.get(c), str) for c in texts)
+                or columns is UNPAIRED and not isinstance(row.get("label"), bool)), None)
+    if bad is not None:
+        kind = "prompt/completion and a true/false label (TRL's unpaired" if columns is UNPAIRED else \
+            "prompt/chosen/rejected (TRL's standard"
+        raise DataError(f"{source}: row {bad} lacks string fields {kind} preference format); got keys "
+                        f"{sorted(rows[bad])}")
+    empty = next((i for i, row in enumerate(rows) if not all(row[c].strip() for c in texts)), None)
     if empty is not None:  # an empty prompt would train on one token; an empty completion on none
-        raise DataError(f"{source}: row {empty} has an empty {next(c for c in COLUMNS if not rows[empty][c].strip())}"
-                        "; every pair needs a prompt and two non-empty completions")
-    return [{c: row[c] for c in COLUMNS} for row in rows]
+        raise DataError(f"{source}: row {empty} has an empty {next(c for c in texts if not rows[empty][c].strip())}"
+                        "; every row needs a prompt and non-empty completions")
+    return [{c: row[c] for c in columns} for row in rows]
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -184,6 +206,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--data", default=None, help="corpus (default: the run's data.path)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--force", action="store_true", help="replace --out if it is an existing pairs file")
+    parser.add_argument("--unpaired", action="store_true", help="write KTO's prompt/completion/label rows")
     args = parser.parse_args(argv)
     try:
         check_flags(args, "n", "k", "max_new_tokens", "candidates", "temperature", "seed")
@@ -205,7 +228,7 @@ def main(argv: list[str] | None = None) -> None:
             merge_lora(model)  # same function, no adapter matmuls while sampling
             pairs = on_policy_pairs(model, tokenizer, [ex.prompt for ex in examples], weights, args.k,
                                     args.max_new_tokens, args.temperature, args.seed)
-        print(f"{len(pairs)} {args.kind} pairs from {len(examples)} prompts -> {save_pairs(pairs, args.out)}")
+        print(f"{len(pairs)} {args.kind} pairs from {len(examples)} prompts -> {save_pairs(pairs, args.out, args.unpaired)}")
 
 
 if __name__ == "__main__":

@@ -21,7 +21,7 @@ import copy
 from contextlib import contextmanager
 from pathlib import Path
 
-from align.config import AlignTree
+from align.config import AlignTree, refuse_moved
 from finetune.config import adapt, finetune_config
 from finetune.merge import merge_run
 from finetune.sft import LoRALanguageModel
@@ -39,6 +39,7 @@ def align_config(path: str | Path | None = None, overrides: list[str] | dict | N
     model.* and the tokenizer's sizes are inherited from the weights under it."""
     user = read_yaml(path, fix="see configs/align/ for examples") if path is not None else {}
     user = merge(user, overrides if isinstance(overrides, dict) else parse_overrides(list(overrides or [])))
+    refuse_moved(user)
     start = str((user.get("finetune") or {}).get("base", "")) if isinstance(user.get("finetune"), dict) else ""
     if start and (Path(start) / "config.yaml").is_file():
         weights_dir, _ = resolve(start)  # a LoRA run -> its base run (CheckpointError if missing)

@@ -109,7 +109,7 @@ def test_simpo_trains_without_a_reference_model(tiny_corpus, tiny_sft_run, tmp_p
     monkeypatch.setattr(PolicyModel, "reference_model", no_reference)
     spy = Spy()
     values = dpo_values(tiny_corpus, tiny_sft_run[1], tmp_path, "full",
-                        **{"align.loss_type": "simpo", "align.beta": 2.0, "align.simpo_gamma": 0.5})
+                        **{"align.loss_type": "simpo", "align.beta": 2.0, "align.simpo.gamma": 0.5})
     run_dir = train_dpo(align_config(None, values), [spy])
     assert spy.module.reference is None  # full fine-tuning, yet no frozen copy: the loss needs none
     rows = [r for r in read_metrics(run_dir) if r.get("train/loss")]

@@ -6,6 +6,7 @@ import torch.nn.functional as F
 
 from align.losses import (
     LOSSES,
+    PreferenceBatch,
     PreferenceLoss,
     aggregate,
     clipped_surrogate,
@@ -106,13 +107,20 @@ def test_dpo_bad_input():
 
 
 def test_the_loss_registry_refuses_a_broken_entry():
-    with pytest.raises(TypeError, match="must be a PreferenceLoss"):
-        LOSSES["bare"] = lambda h, beta, label_smoothing, gamma: h
-    with pytest.raises(TypeError, match="one finite loss per margin"):
-        LOSSES["summed"] = PreferenceLoss(lambda h, beta, label_smoothing, gamma: h.sum())
-    with pytest.raises(TypeError, match="one finite loss per margin"):
-        LOSSES["log"] = PreferenceLoss(lambda h, beta, label_smoothing, gamma: h.log())  # NaN at h < 0
-    assert not {"bare", "summed", "log"} & set(LOSSES)
+    def entry(name, loss):
+        return type(name, (PreferenceLoss,), {"loss": staticmethod(loss)} if loss else {})
+
+    with pytest.raises(TypeError, match="must subclass PreferenceLoss"):
+        LOSSES["bare"] = lambda batch, beta, opts: (batch.policy.mean(), {})
+    with pytest.raises(TypeError, match="does not declare loss"):
+        LOSSES["empty"] = entry("Empty", None)
+    with pytest.raises(TypeError, match="one finite scalar loss"):
+        LOSSES["per_row"] = entry("PerRow", lambda batch, beta, opts: (batch.policy, {}))
+    with pytest.raises(TypeError, match="one finite scalar loss"):
+        LOSSES["log"] = entry("Log", lambda batch, beta, opts: (batch.policy.sum().log(), {}))  # NaN: log-probs < 0
+    with pytest.raises(TypeError, match="metrics"):
+        LOSSES["unnamed"] = entry("Unnamed", lambda batch, beta, opts: (batch.policy.mean(), {"m": batch.policy}))
+    assert not {"bare", "empty", "per_row", "log", "unnamed"} & set(LOSSES)
 
 
 def test_simpo_hand_values_need_no_reference():
@@ -135,13 +143,19 @@ def test_simpo_hand_values_need_no_reference():
     torch.testing.assert_close(smooth, _t(0.9 * math.log1p(math.exp(-1.5)) + 0.1 * math.log1p(math.exp(1.5))))
 
 
+def _batch(chosen: float, rejected: float) -> PreferenceBatch:
+    """One chosen and one rejected completion of 2 tokens each, reference log-probs -2 (also read unpaired)."""
+    policy = _t(chosen, rejected)
+    return PreferenceBatch.pairs(policy, _t(-2.0, -2.0), _t(2.0, 2.0), (-policy / 2).unsqueeze(-1).expand(2, 2))
+
+
 @pytest.mark.parametrize("name", sorted(LOSSES))
 def test_every_loss_is_finite_and_prefers_a_larger_margin(name):
     entry = LOSSES[name]
-    ref = (_t(-2.0, -2.0), _t(-2.0, -2.0)) if entry.needs_reference else (None, None)
-    tokens = {"chosen_tokens": _t(2.0, 2.0), "rejected_tokens": _t(2.0, 2.0)}
-    loss, _, _ = dpo_loss(_t(-1.0, -1.5), _t(-3.0, -2.5), *ref, beta=0.1, loss_type=name, **tokens)  # h < ipo target
-    assert torch.isfinite(loss).all() and loss[0] <= loss[1]  # a larger chosen-over-rejected margin costs less
+    opts = entry.section() if entry.section is not None else None
+    (wide, wide_logs), (narrow, _) = (entry.loss(_batch(*pair), 0.1, opts) for pair in [(-1.0, -3.0), (-1.5, -2.5)])
+    assert torch.isfinite(wide) and wide <= narrow  # a larger chosen-over-rejected margin costs less (h < ipo target)
+    assert all(v.dim() == 0 and not v.requires_grad for v in wide_logs.values())
 
 
 # ------------------------------------------------------------------------------------------- GRPO
