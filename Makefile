@@ -6,7 +6,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 export WANDB_MODE ?= offline
 
-.PHONY: install demo test test-fast lint bench clean
+.PHONY: install demo test test-fast lint bench gpu-check clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -34,6 +34,11 @@ lint: install
 
 bench: install
 	$(PY) benchmarks/throughput.py
+
+# The GPU path in one call, inside 9 minutes on one H100 (docs/gpu-check.md); GPU_CHECK_ARGS=--dry-run: CPU, toy sizes.
+# Without the venv (the device machine: no network there): make gpu-check PY=python3
+gpu-check: $(if $(filter $(VENV)/%,$(PY)),install)
+	$(PY) -m benchmarks.gpu_check $(GPU_CHECK_ARGS)
 
 clean:
 	rm -rf runs .cache lightning_logs wandb
