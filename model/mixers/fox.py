@@ -45,6 +45,7 @@ class FoxConfig(Options):
 class ForgettingAttention(SoftmaxAttention):
     section = FoxConfig
     llama_module = None  # Llama's attention has no forget gate: export_hf refuses this mixer
+    position_hooks = ("rotate",)  # RoPE on q and k; no position score bias (its forward adds only D)
 
     def __init__(self, cfg, position: nn.Module):
         super().__init__(cfg, position)

@@ -59,6 +59,7 @@ class MLAConfig(Options):
 class MultiHeadLatentAttention(Mixer):
     section = MLAConfig
     lora_targets = ("q_proj", "kv_down", "k_up", "v_up", "o_proj")
+    position_hooks = ()  # its own RoPE on q^R and k^R; the model's position is not applied (module docstring)
 
     @staticmethod
     def dims(cfg) -> tuple[int, int, int]:
