@@ -40,12 +40,15 @@ def user_errors_exit_2(*more: type[BaseException]) -> Iterator[None]:
     """`with user_errors_exit_2():` a user error (USER_ERRORS, or `more`) inside, or a refusal of the environment
     (permission, read-only file system, disk full, name too long, a missing path, text that is not UTF-8, nesting
     past the recursion limit: inputs/environment.py), prints `error: <message>` on one line and exits with code 2;
-    anything else propagates."""
+    a closed stdout (`| head`) exits with code 1 quietly; anything else propagates."""
     try:
         yield
     except (*USER_ERRORS, *more) as err:
         print(f"error: {clip(err, LINE_CHARS)}", file=sys.stderr)
         sys.exit(2)
+    except BrokenPipeError:  # the reader of stdout left (`... | head`): stop quietly, as a shell tool does
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error when Python flushes
+        sys.exit(1)
     except Exception as err:
         message = refusal(err)
         if message is None:

@@ -1,6 +1,7 @@
 """Sampling settings no distribution comes from, and devices that do not exist, are one line and exit 2 before the
-run is loaded (train/flags.py, model/generate.py `check_sampling`, train/rundir/load.py `pick_device`), in every
-command that samples; the library refuses them too instead of failing inside torch."""
+run is loaded (train/generate/flags.py, model/generate.py `check_sampling`, train/rundir/load.py `pick_device`),
+in every command that samples; the library refuses them too instead of failing inside torch. A reader that closes
+the output (`| head`) ends the command quietly."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ from align.evaluate import main as align_evaluate_main
 from finetune.evaluate import main as finetune_evaluate_main
 from model.config import ModelConfig
 from model.transformer import Transformer
-from train.generate import main as generate_main
+from train.generate.command import main as generate_main
 
 BAD_FLAGS = [
     (["--num_samples", "0"], "--num_samples=0: must be at least 1"),
@@ -68,3 +69,17 @@ def test_the_library_refuses_them_too(sampling, message):
         model.generate(torch.zeros(1, 3, dtype=torch.long), 4, **sampling)
     with pytest.raises(ValueError, match="at least one token"):
         model.generate(torch.zeros(1, 0, dtype=torch.long), 4)
+
+
+def test_a_closed_output_pipe_ends_generate_quietly(tiny_sft_run):
+    """`python -m train.generate ... | head -c 1`: the reader leaves after one byte; no BrokenPipeError traceback."""
+    import subprocess
+    import sys
+
+    proc = subprocess.Popen([sys.executable, "-m", "train.generate", "--run", str(tiny_sft_run[0]), "--num_samples",
+                             "20", "--max_new_tokens", "30"], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc.stdout.read(1)
+    proc.stdout.close()  # the reader leaves
+    _, err = proc.communicate(timeout=300)
+    assert b"Traceback" not in err and b"BrokenPipe" not in err, err.decode()[-2000:]
+    assert proc.returncode in (0, 1), err.decode()[-2000:]
