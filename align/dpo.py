@@ -39,7 +39,7 @@ from data.sft import IGNORE, example_tensors, instruct_examples, pad_batch, toke
 from data.tokenizer import eot_id, token_byte_lengths
 from train.cli import run_cli
 from train.config import Config, ConfigError
-from train.memory import check_memory
+from train.estimate.memory import check_memory
 from train.run import fit, make_run_dir
 
 

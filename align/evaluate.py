@@ -27,8 +27,8 @@ from align.rewards import combined_reward, read_rewards, reward_terms, word_incl
 from data.instruct import InstructExample, parse_header
 from finetune.evaluate import generate_stories
 from train.config import ConfigError
-from train.flags import check_flags
-from train.memory import check_decoding
+from train.estimate.memory import check_decoding
+from train.generate.flags import check_flags
 from train.rundir.paths import FileKind, check_output, json_object, starts_with
 
 TITLE = "# Rewards on held-out prompts"

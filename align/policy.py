@@ -27,8 +27,8 @@ from finetune.merge import merge_run
 from finetune.sft import LoRALanguageModel
 from inputs.yaml import read_yaml
 from model.lora import LoRAConfig, adapters_disabled, merge_lora
-from train.rundir.adapter import resolve
 from train.config import Config, ConfigError, merge, parse_overrides
+from train.rundir.adapter import resolve
 from train.rundir.load import load_run
 
 REFERENCE_DIR = "reference"

@@ -13,8 +13,8 @@ import torch.nn.functional as F
 
 from benchmarks.common import cpu_name, shape_config, write_outputs
 from model.transformer import Transformer
-from train.callbacks import peak_flops
-from train.sizes import model_config
+from train.callbacks.standard import peak_flops
+from train.estimate.sizes import model_config
 
 
 def loop_config(name: str, args):

@@ -51,7 +51,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script 
 from benchmarks.common import RESULTS, SHAPES, cpu_name, shape_config, write_outputs  # noqa: E402
 from benchmarks.step_loop import main_loop  # noqa: E402
 from model.transformer import Transformer  # noqa: E402
-from train.callbacks import peak_flops  # noqa: E402
+from train.callbacks.standard import peak_flops  # noqa: E402
 from train.interop.export_hf import llama_config, to_hf_state_dict  # noqa: E402
 
 

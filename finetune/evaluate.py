@@ -30,8 +30,8 @@ from data.instruct import InstructExample
 from data.sft import IGNORE, example_tensors, pad_batch, tokenize_examples
 from data.tokenizer import eot_id
 from data.words import word_inclusion
-from train.flags import check_flags
-from train.memory import check_decoding
+from train.estimate.memory import check_decoding
+from train.generate.flags import check_flags
 from train.rundir.paths import FileKind, check_output, json_object, starts_with
 
 

@@ -25,13 +25,13 @@ from data.tokenizer import token_byte_lengths
 from finetune.config import adapt, check_base
 from finetune.evaluate import evaluate, write_report
 from model.lora import LoRAConfig, store_base_weights
-from train.rundir.adapter import ADAPTER_DIR, save_adapter
-from train.callbacks import SampleStories
+from train.callbacks.standard import SampleStories
 from train.config import Config, ConfigError
-from train.memory import check_memory
-from train.rundir.load import load_run
+from train.estimate.memory import check_memory
 from train.module import LanguageModel
 from train.run import fit, make_run_dir
+from train.rundir.adapter import ADAPTER_DIR, save_adapter
+from train.rundir.load import load_run
 
 
 class LoRALanguageModel(LanguageModel):

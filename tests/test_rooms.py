@@ -118,7 +118,8 @@ def import_cycles(graph: dict[str, set[str]]) -> list[list[str]]:
 
 def dotted_paths(path: Path, rooms, modules) -> list[str]:
     """String literals in the file that name a module of one of `rooms`, or a name in it: a dotted path whose
-    prefix is a submodule in `modules` (`"train.moe_stats.ExpertShare"`; a file name such as "train.txt" is not)."""
+    prefix is a submodule in `modules` (`"train.callbacks.expert_share.ExpertShare"`;
+    a file name such as "train.txt" is not)."""
     pattern = re.compile(rf"^(?:{'|'.join(map(re.escape, sorted(rooms)))})(?:\.\w+)+$")
 
     def names_module(text: str) -> bool:

@@ -23,18 +23,18 @@ from lightning.pytorch.loggers import CSVLogger
 from data.datamodule import PackedDataModule
 from data.tokenizer import eot_token, token_byte_lengths
 from data.tokens import content_hash, prepare_tokens
-from train.callbacks import SampleStories, SaveFinalWeights, Throughput
-from train.component_callbacks import component_callbacks
-from train.rundir.checkpoint import AtomicCheckpointIO, check_compatible, resolve_resume
+from train.callbacks.components import component_callbacks
+from train.callbacks.standard import SampleStories, SaveFinalWeights, Throughput
 from train.config import Config, ConfigError, save_config
 from train.distributed import build_strategy, shared_run_dir
+from train.estimate.memory import check_memory
+from train.estimate.sizes import model_config
 from train.faults import Preempted, PreemptionCheckpoint, StopNow, preemption_message, stopped_by_signal
-from train.memory import check_memory
 from train.module import LanguageModel
 from train.report import write_metrics_and_plot
+from train.rundir.checkpoint import AtomicCheckpointIO, check_compatible, resolve_resume
 from train.rundir.claim import FINISHED, check_same_config, claim_run_dir, mark_finished, release_run_dir
 from train.rundir.paths import check_run_name, lock_run_dir, remove_stale_tmp
-from train.sizes import model_config
 
 
 def make_run_dir(cfg: Config) -> Path:

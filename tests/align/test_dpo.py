@@ -17,9 +17,9 @@ from align.policy import REFERENCE_DIR, align_config
 from finetune.config import read_run_config
 from model.lora import adapters_disabled, lora_parameters, merge_lora
 from train.cli import run_cli
-from train.generate import main as generate_main
-from train.rundir.load import load_run
+from train.generate.command import main as generate_main
 from train.report import read_metrics
+from train.rundir.load import load_run
 
 METRICS = ["rewards/chosen", "rewards/rejected", "rewards/margins", "rewards/accuracies", "logps/chosen",
            "logps/rejected", "loss"]

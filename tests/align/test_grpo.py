@@ -17,8 +17,8 @@ from align.grpo import GRPOModel, PromptBatches, length_chunks, main, train_grpo
 from align.policy import REFERENCE_DIR, align_config
 from model.lora import adapters_disabled, lora_parameters, merge_lora
 from train.cli import run_cli
-from train.rundir.load import load_run
 from train.report import moving_average, read_metrics
+from train.rundir.load import load_run
 
 G, P = 4, 2
 LOGGED = ["reward", "reward_std", "rewards/word_inclusion", "kl", "clip_fraction", "completion_length", "entropy",

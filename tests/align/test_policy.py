@@ -1,5 +1,5 @@
 """What DPO and GRPO share (align/policy.py): the final weights under FSDP (the gathered `state` that
-train/callbacks.py SaveFinalWeights passes) are what a LoRA or full alignment run directory gets."""
+train/callbacks/standard.py SaveFinalWeights passes) are what a LoRA or full alignment run directory gets."""
 
 from __future__ import annotations
 

@@ -21,7 +21,7 @@ from finetune.config import finetune_config
 from finetune.sft import finetune
 from model.transformer import Transformer
 from train.config import ConfigError, load_config, save_config
-from train.generate import main as generate_main
+from train.generate.command import main as generate_main
 from train.run import pretrain
 from train.rundir.weights import CheckpointError, save_weights
 
@@ -67,7 +67,7 @@ def test_catastrophic_regex_in_adapter_config_does_not_hang(tiny_sft_run, tmp_pa
     config = json.loads(path.read_text())
     config["target_modules"] = "(.|.|.|.)*z"  # 4^len(name) steps for Python's backtracking re
     path.write_text(json.dumps(config))
-    script = ("import sys; from train.generate import main; from finetune.merge import merge_run; "
+    script = ("import sys; from train.generate.command import main; from finetune.merge import merge_run; "
               f"main(['--run', {str(run)!r}, '--max_new_tokens', '2', '--device', 'cpu']); "
               f"merge_run({str(run)!r}, {str(tmp_path / 'merged')!r})")
     start = time.perf_counter()
@@ -82,7 +82,7 @@ def test_a_huge_config_is_refused_before_allocating(tiny_sft_run, tmp_path, caps
     values["model"]["d_model"] = 65536  # ~17 GB of float32 weights if built before looking at the file
     (run / "config.yaml").write_text(yaml.safe_dump(values))
     start = time.perf_counter()
-    err = generate_fails(run, capsys)  # this machine's memory first (train/memory.py), else the file's shapes
+    err = generate_fails(run, capsys)  # this machine's memory first (train/estimate/memory.py), else the file's shapes
     assert "has shape" in err or "model.d_model=65536" in err and "available" in err
     assert time.perf_counter() - start < 10
 

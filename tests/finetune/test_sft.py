@@ -24,9 +24,9 @@ from finetune.merge import main as merge_main
 from model.lora import lora_parameters
 from train.cli import run_cli
 from train.config import load_config
-from train.generate import main as generate_main
-from train.rundir.load import load_run
+from train.generate.command import main as generate_main
 from train.run import pretrain
+from train.rundir.load import load_run
 
 
 class OptimizerParams(L.Callback):

@@ -50,7 +50,7 @@ def run_dirs(draw, runs: dict[str, Path]) -> tuple[str, str, str, Blob | str | N
 
 
 def test_fuzz_run_directories(tiny_sft_run, capsys):
-    from train.generate import main
+    from train.generate.command import main
 
     runs = dict(zip(("plain", "lora"), tiny_sft_run))
     tally, before = Tally("run directories"), [tree_digest(run) for run in tiny_sft_run]

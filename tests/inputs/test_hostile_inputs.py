@@ -153,7 +153,7 @@ def test_a_lone_surrogate_in_jsonl_data(toy):
 
 
 def test_a_lone_surrogate_in_a_prompt(tiny_sft_run):
-    from train.generate import main
+    from train.generate.command import main
 
     line = refused(lambda work: main(["--run", str(tiny_sft_run[0]), "--prompt", "Once \udcff upon"]))
     assert "the byte 0xff, which is not UTF-8" in line and "--prompt" in line

@@ -50,7 +50,7 @@ def stop_before_training(monkeypatch) -> None:
 def entry(name: str):
     """The entry point `python -m <name>` as a function of its argument list."""
     if name == "train.estimate":
-        from train.estimate import main
+        from train.estimate.breakdown import main
 
         return main
     from train.__main__ import main

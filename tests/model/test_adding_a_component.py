@@ -27,7 +27,7 @@ from model.positions import POSITIONS
 from model.transformer import Transformer
 from train.ablate.param_match import count_non_embedding, match_params
 from train.config import load_config
-from train.estimate import layer_bytes
+from train.estimate.breakdown import layer_bytes
 from train.optimizers import OPTIMIZERS
 from train.optimizers.recipe import OptimizerRecipe
 

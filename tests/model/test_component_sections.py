@@ -15,7 +15,7 @@ from model.options import compose, section_name
 from model.positions import POSITIONS
 from model.transformer import Transformer
 from train.ablate.param_match import get, put
-from train.estimate import layer_bytes
+from train.estimate.breakdown import layer_bytes
 
 FAMILIES = {"mixer": MIXERS, "ffn": FFNS}
 SECTIONED = [(family, name) for family, registry in FAMILIES.items() for name, cls in registry.items()

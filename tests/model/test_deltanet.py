@@ -20,7 +20,7 @@ from model.config import ModelConfig
 from model.mixers import MIXERS
 from model.mixers.deltanet import DeltaNet, DeltaNetConfig, chunked_delta_rule
 from model.transformer import Transformer
-from train.estimate import head_bytes, layer_bytes
+from train.estimate.breakdown import head_bytes, layer_bytes
 
 TOL = dict(rtol=1e-5, atol=1e-5)
 F64 = dict(rtol=1e-10, atol=1e-10)

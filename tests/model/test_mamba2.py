@@ -18,7 +18,7 @@ from model.mixers.mamba2 import CausalConv, Mamba2, Mamba2Config, ssd_chunked
 from model.transformer import Transformer
 from train.ablate.param_match import count_non_embedding, solve_width, width_knob
 from train.config import ConfigError, load_config
-from train.estimate import layer_bytes
+from train.estimate.breakdown import layer_bytes
 
 F64 = dict(rtol=1e-10, atol=1e-10)
 

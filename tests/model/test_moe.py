@@ -304,9 +304,9 @@ def test_route_bias_is_checkpoint_state():
 def test_resumed_run_continues_the_bias_exactly(tiny_corpus, tmp_path):
     from conftest import stop_at, tiny_train_overrides
 
-    from train.rundir.checkpoint import read_checkpoint
     from train.config import load_config
     from train.run import pretrain
+    from train.rundir.checkpoint import read_checkpoint
 
     extra = {"model.ffn": "moe", "model.moe.balance": "bias", "model.moe.bias_update_rate": 0.01,
              "train.max_steps": 6, "train.ckpt_every": 3, "train.val_every": 6, "train.num_samples": 0}

@@ -20,7 +20,7 @@ from model.mixers import MIXERS
 from model.mixers.retnet import EPS, RetNet, RetNetConfig, decays
 from model.positions import POSITIONS
 from model.transformer import Transformer
-from train.estimate import layer_bytes
+from train.estimate.breakdown import layer_bytes
 
 TOL = dict(rtol=1e-5, atol=1e-5)
 

@@ -16,7 +16,7 @@ from model.mixers.softmax import SoftmaxAttention
 from model.positions import RotaryPosition
 from model.transformer import Transformer
 from train.config import ConfigError, load_config
-from train.estimate import head_bytes, layer_bytes
+from train.estimate.breakdown import head_bytes, layer_bytes
 
 
 def sliding(window: int, n_kv_heads: int = 2) -> SlidingWindowAttention:

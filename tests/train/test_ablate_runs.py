@@ -19,9 +19,9 @@ import yaml
 from conftest import tiny_train_overrides
 
 import train.ablate.splits
-from train.ablate.sweep import main
 from train.ablate.grid import choose_lrs, edge_warnings
 from train.ablate.report import RunResult
+from train.ablate.sweep import main
 
 REPO = Path(__file__).resolve().parents[2]
 

@@ -17,10 +17,10 @@ from model.mixers.linear import LinearAttentionConfig
 from model.mixers.mamba import MambaConfig
 from model.transformer import Transformer
 from train.config import load_config
-from train.estimate import estimate, head_bytes, layer_bytes, main, parse_size
+from train.estimate.breakdown import estimate, head_bytes, layer_bytes, main, parse_size
+from train.estimate.sizes import count_params, model_config
 from train.optim import build_optimizer, param_groups, remember_shapes
 from train.optimizers import OPTIMIZERS
-from train.sizes import count_params, model_config
 
 MODELS = {
     "softmax": dict(mixer="softmax", ffn="swiglu"),

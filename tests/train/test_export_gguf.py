@@ -1,4 +1,5 @@
-"""GGUF export (train/interop/export_gguf.py): read back with gguf's own GGUFReader, and run by llama.cpp where it is here.
+"""GGUF export (train/interop/export_gguf.py): read back with gguf's own GGUFReader, and run by llama.cpp
+where it is here.
 
 - RoPE: llama.cpp's adjacent-pair rotation of the permuted projections gives our rotate-half attention scores.
 - The file: every llama.cpp tensor name, shape and value (the q/k permutation inverted by an index formula written

@@ -24,12 +24,18 @@ from conftest import tiny_train_overrides
 from test_pretrain import train_losses
 from train_script import as_argv
 
-from train.faults import resume_command
-from train.rundir.checkpoint import AtomicCheckpointIO, check_compatible, newest_checkpoint, read_checkpoint, resolve_resume
 from train.cli import run_cli
 from train.config import load_config
+from train.faults import resume_command
 from train.module import LanguageModel
 from train.run import pretrain
+from train.rundir.checkpoint import (
+    AtomicCheckpointIO,
+    check_compatible,
+    newest_checkpoint,
+    read_checkpoint,
+    resolve_resume,
+)
 from train.rundir.claim import is_finished
 from train.rundir.weights import CheckpointError
 

@@ -23,7 +23,7 @@ from finetune.merge import main as merge_main
 from finetune.sft import finetune
 from train.ablate.sweep import main as sweep_main
 from train.config import ConfigError, load_config
-from train.generate import main as generate_main
+from train.generate.command import main as generate_main
 from train.run import pretrain
 from train.rundir.weights import read_metadata
 

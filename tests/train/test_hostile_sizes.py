@@ -1,6 +1,7 @@
 """Sizes that would allocate more than the machine has are refused before the first tensor exists, in one line
 (exit 2) naming the key and the numbers, whether they come from a config, a run folder's config.yaml, an imported
-config.json, a LoRA rank or a command's flags (train/memory.py, model/lora.py, train/generate.py); and the bounds
+config.json, a LoRA rank or a command's flags (train/estimate/memory.py, model/lora.py, train/generate/command.py);
+and the bounds
 that are not memory: gradient accumulation, seeds, run names."""
 
 from __future__ import annotations
@@ -13,14 +14,14 @@ import yaml
 from conftest import tiny_finetune_values, tiny_train_overrides
 from untouched import copy_run, refused, snapshot
 
-import train.memory
+import train.estimate.memory
 from finetune.config import finetune_config
 from finetune.sft import finetune
 from model.positions import RotaryPosition
 from train.__main__ import main as pretrain_main
 from train.cli import run_cli
 from train.config import ConfigError, load_config
-from train.generate import main as generate_main
+from train.generate.command import main as generate_main
 from train.run import pretrain
 from train.rundir.load import load_run
 
@@ -71,7 +72,7 @@ def test_training_sizes_are_refused_before_the_data_is_read(tiny_corpus, tmp_pat
 def test_the_bound_is_this_machines_memory(tiny_sft_run, tiny_corpus, tmp_path, monkeypatch):
     """The same tiny run that loads and trains here is refused on a machine with 64 KiB free."""
     load_run(tiny_sft_run[0])
-    monkeypatch.setattr(train.memory, "available_bytes", lambda device="cpu": 2**16)
+    monkeypatch.setattr(train.estimate.memory, "available_bytes", lambda device="cpu": 2**16)
     with pytest.raises(ConfigError, match="available") as err:
         load_run(tiny_sft_run[0])
     assert "\n" not in str(err.value)

@@ -137,8 +137,8 @@ def test_eos_comes_from_generation_config_and_generation_stops_on_it(tmp_path, t
     assert "'</s>' (generation_config.json" in capsys.readouterr().out
     cfg, tok, model = load_run(tmp_path / "run")
     assert cfg.data.eos_token == "</s>" and eot_id(tok) == EOS
-    from train.generate import main as generate_main
-    from train.sampling import sample_stories
+    from train.generate.command import main as generate_main
+    from train.generate.sampling import sample_stories
 
     calls = []
     real = model.generate

@@ -35,7 +35,7 @@ from model.transformer import Transformer  # noqa: E402
 from train.config import Config, load_config, save_config  # noqa: E402
 from train.evals.evaluate import TASKS_DIR, main  # noqa: E402
 from train.evals.lm_eval_model import TinystackLM, score_windows  # noqa: E402
-from train.sampling import sample_stories  # noqa: E402
+from train.generate.sampling import sample_stories  # noqa: E402
 from train.rundir.weights import save_weights  # noqa: E402
 
 L = 32  # max_seq_len of the tiny runs: the texts below are longer

@@ -29,11 +29,11 @@ def test_moe_run_logs_expert_shares(tiny_corpus, tmp_path):
 
 
 def test_component_callbacks_are_lightning_callbacks_of_registered_components(tmp_path):
-    """Every entry of train/component_callbacks.py maps a registered component class to Callbacks built from
+    """Every entry of train/callbacks/components.py maps a registered component class to Callbacks built from
     (run_dir, log_every), and a run adds them only when a layer uses the component (or a subclass of it)."""
     from model.ffn import FFNS
     from model.mixers import MIXERS
-    from train.component_callbacks import CALLBACKS, component_callbacks
+    from train.callbacks.components import CALLBACKS, component_callbacks
 
     registered = [*MIXERS.values(), *FFNS.values()]
     assert CALLBACKS, "no component has a callback: this test checks nothing"
@@ -48,7 +48,7 @@ def test_component_callbacks_are_lightning_callbacks_of_registered_components(tm
 def test_a_subclass_of_a_component_gets_its_callbacks(tmp_path, monkeypatch):
     from model.ffn import FFNS
     from model.ffn.moe import MoE
-    from train.component_callbacks import component_callbacks
+    from train.callbacks.components import component_callbacks
 
     class MoEVariant(MoE):
         """A variant of MoE (a subclass): logged as MoE is."""

@@ -9,7 +9,7 @@ import pytest
 from conftest import stop_at, tiny_train_overrides, train_losses
 
 from train.config import ConfigError, load_config
-from train.generate import main as generate_main
+from train.generate.command import main as generate_main
 from train.run import pretrain
 
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from train.config import load_config
-from train.sizes import count_params, model_config
+from train.estimate.sizes import count_params, model_config
 
 SHAPES = {"15m": (288, 6, 6, 256), "42m": (512, 8, 8, 1024), "110m": (768, 12, 12, 1024)}
 

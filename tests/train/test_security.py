@@ -1,5 +1,6 @@
 """Hostile and careless inputs: checkpoints that run code, names and outputs that escape or overwrite a run,
-locked run folders, and stale temp files (train/rundir/checkpoint.py, train/rundir/paths.py, train/run.py, train/interop/export_hf.py).
+locked run folders, and stale temp files (train/rundir/checkpoint.py, train/rundir/paths.py, train/run.py,
+train/interop/export_hf.py).
 Hostile run and adapter folders are in tests/finetune/test_hostile_adapter.py."""
 
 from __future__ import annotations
@@ -12,10 +13,10 @@ import pytest
 import torch
 from conftest import tiny_train_overrides
 
-from train.rundir.checkpoint import AtomicCheckpointIO, read_checkpoint
 from train.config import ConfigError, load_config
 from train.interop.export_hf import main as export_main
 from train.run import pretrain
+from train.rundir.checkpoint import AtomicCheckpointIO, read_checkpoint
 from train.rundir.paths import check_run_name, lock_run_dir, remove_stale_tmp, unlock_run_dir
 from train.rundir.weights import CheckpointError
 

@@ -1,4 +1,5 @@
-"""One resolution of the sizes that follow the data (train/sizes.py): the run, the memory estimate and `match: params`
+"""One resolution of the sizes that follow the data (train/estimate/sizes.py): the run, the memory estimate and
+`match: params`
 build the same model from the same config, whether the tokenizer fills its vocabulary or not; a tokenizer larger
 than the model is refused with one line."""
 
@@ -11,16 +12,16 @@ from conftest import tiny_train_overrides
 from model.transformer import Transformer
 from train.ablate.param_match import meta_model
 from train.config import ConfigError, load_config
-from train.estimate import estimate
+from train.estimate.breakdown import estimate
+from train.estimate.sizes import count_params, model_config
 from train.run import prepare_data
-from train.sizes import count_params, model_config
 
 
 @pytest.mark.parametrize("vocab", [300, 2000])  # 2000: more tokens than the tiny corpus has merges for
 def test_every_caller_builds_the_same_model(tiny_corpus, tmp_path, vocab):
     cfg = load_config(None, tiny_train_overrides(tiny_corpus, tmp_path, **{"data.vocab_size": vocab}))
     assert cfg.model.vocab_size == 0 and cfg.model.max_seq_len == 0  # both follow the data
-    estimated = estimate(cfg, 1)["params"]["total"]  # train/estimate.py
+    estimated = estimate(cfg, 1)["params"]["total"]  # train/estimate/breakdown.py
     matched = meta_model(cfg).num_params()  # train/ablate/param_match.py
     tokenizer, _ = prepare_data(cfg)  # train/run.py: the model `pretrain` builds is Transformer(cfg.model)
     with torch.device("meta"):

@@ -76,12 +76,12 @@ def train_one(cfg, threads: int, splits: tuple[str, ...] = ("selection", "test")
     info."""
     import torch
 
-    from train.ablate.splits import split_scores
     from train.ablate.param_match import count_flops
+    from train.ablate.splits import split_scores
+    from train.estimate.sizes import count_params, model_config
     from train.quiet import quiet
-    from train.rundir.claim import is_finished
     from train.run import pretrain
-    from train.sizes import count_params, model_config
+    from train.rundir.claim import is_finished
 
     quiet()  # in every process that trains: a worker forked from the forkserver starts with Python's defaults
     if threads:

@@ -18,7 +18,7 @@ from model.ffn import FFNS
 from model.mixers import MIXERS
 from model.transformer import Transformer
 from train.config import Config, ConfigError
-from train.sizes import count_params, model_config
+from train.estimate.sizes import count_params, model_config
 
 TOLERANCE = 0.02
 
@@ -46,7 +46,7 @@ def count_flops(cfg: Config) -> float:
 
 
 def count_non_embedding(cfg: Config) -> int:
-    """Non-embedding parameters of cfg's model (train/sizes.py `count_params`)."""
+    """Non-embedding parameters of cfg's model (train/estimate/sizes.py `count_params`)."""
     return count_params(model_config(cfg))["non_embedding"]
 
 

@@ -59,8 +59,8 @@ def split_scores(run_dir: Path, splits: tuple[str, ...] = SPLITS) -> dict[str, d
     """{'selection': {'loss', 'bpb'}, 'test': {...}} of the finished run in run_dir (its final weights), for the
     named splits (a sweep without a choice to make scores only 'test')."""
     from data.tokenizer import eot_id, token_byte_lengths
-    from train.rundir.load import load_run
     from train.run import prepare_data
+    from train.rundir.load import load_run
 
     cfg, tokenizer, model = load_run(run_dir)
     _, tokens = prepare_data(cfg, tokenizer)

@@ -56,11 +56,11 @@ from pathlib import Path
 
 from inputs.yaml import read_yaml
 from train.ablate.launch import LAUNCHERS, Job, default_jobs, launch
+from train.ablate.param_match import MEASURES, get, match_params
 from train.cli import parse_args, user_errors_exit_2
 from train.config import Config, ConfigError, load_config, merge, parse_overrides, to_dict
+from train.generate.flags import SEED_MAX
 from train.rundir.claim import flat
-from train.flags import SEED_MAX
-from train.ablate.param_match import MEASURES, get, match_params
 
 SWEEP_KEYS = ("base", "name", "overrides", "seeds", "match", "lrs", "lr_seeds", "jobs", "threads", "launcher", "slurm",
               "variants")
@@ -230,9 +230,9 @@ def check_existing(cfg: Config) -> Path:
 def run_sweep(sweep: dict, configs: Runs, widths: dict[str, str]) -> str:
     """Train the runs, choose each variant's lr on the selection split, write and return the results table.
     With `lr_seeds` the grid trains those seeds only; the other seeds then train at each variant's chosen lr."""
-    from train.ablate.splits import SPLITS
     from train.ablate.grid import choose_lrs
     from train.ablate.report import RunResult, write_results
+    from train.ablate.splits import SPLITS
 
     seeds = sweep["seeds"]
     grid_seeds = sweep.get("lr_seeds") or seeds

@@ -26,7 +26,7 @@ from pathlib import Path
 from data.sources import resolve_path
 from train.cli import USER_ERRORS, ArgumentParser, user_errors_exit_2
 from train.config import ConfigError, load_config
-from train.flags import check_flags
+from train.generate.flags import check_flags
 from train.rundir.paths import FileKind, check_output, json_object
 
 TASKS_DIR = Path(__file__).parent / "tasks"

@@ -18,10 +18,11 @@ Requests, with L = the model's max_seq_len (the block length it was trained on):
         every later one predicts the next L - rolling_overlap tokens with the window filled by the tokens before
         them (so even the last, short window has a full context). rolling_overlap=0 is lm_eval's own convention
         (`get_rolling_token_windows(..., context_len=1)`, every token scored once, the same numbers as the
-        `hf` model on a `train.interop.export_hf` export); a larger overlap gives every window's first token more context.
+        `hf` model on a `train.interop.export_hf` export);
+        a larger overlap gives every window's first token more context.
     generate_until(context, gen_kwargs)
         greedy (or sampled, if the task asks for do_sample / temperature > 0) with the model's decode cache:
-        one prefill, then one token per step, exactly as train/generate.py; stops at `<|endoftext|>`, at any
+        one prefill, then one token per step, exactly as train/generate/command.py; stops at `<|endoftext|>`, at any
         `until` string (the text is cut before it) or after `max_gen_toks` tokens. The prompt keeps its last
         L - min(max_gen_toks, L/2) tokens so that the prompt and most of the generation fit the trained length.
 

@@ -1,4 +1,5 @@
-"""Reading a Hugging Face Llama checkpoint without trusting it, for train/interop/import_hf.py: its files, names and shapes
+"""Reading a Hugging Face Llama checkpoint without trusting it, for train/interop/import_hf.py:
+its files, names and shapes
 checked against config.json before a tensor is read, and its tensors under our names (export_hf's KEY_MAP).
 
     model.safetensors, or the shards model.safetensors.index.json names (plain file names in the folder only);

@@ -21,7 +21,7 @@ and checked with its `check_llama`. The folder comes from someone else, so nothi
 
 `--out` is a new run directory: its last part is a plain name (train/rundir/paths.py); it may not be, hold or lie
 inside the input or any run folder, and an existing folder that is not empty is refused (an import never replaces a
-run: `check_output`). config.json's sizes are checked against this machine's memory (train/memory.py) before a
+run: `check_output`). config.json's sizes are checked against this machine's memory (train/estimate/memory.py) before a
 weight is read. Files are written into `.<name>.tmp<PID>` beside it and renamed into place, so a refused or failed
 import leaves nothing. Needs no `transformers`.
 """
@@ -42,9 +42,9 @@ from model.mixers import MIXERS
 from model.positions import POSITIONS
 from train.cli import ArgumentParser, user_errors_exit_2
 from train.config import Config, ConfigError, DataConfig, load_config, save_config
+from train.estimate.memory import check_memory
 from train.interop.export_hf import check_llama
 from train.interop.hf_weights import convert_weights, read_weights, weight_files
-from train.memory import check_memory
 from train.rundir.load import check_fits
 from train.rundir.paths import MAX_NAME, check_output, check_run_name
 from train.rundir.weights import read_shapes, save_weights

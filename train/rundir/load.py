@@ -5,7 +5,7 @@ A run directory may come from someone else, so nothing in it is trusted before i
 file's header (names and shapes, read without loading a tensor) is compared with the shapes config.yaml implies,
 computed on the meta device, BEFORE the model is allocated. A config.yaml saying `d_model: 65536` is refused in
 one line instead of allocating gigabytes first; before that, config.yaml's sizes are checked against this machine's
-memory (train/memory.py), so `n_layers: 1000000000` is refused before even a meta-device model of it is built.
+memory (train/estimate/memory.py), so `n_layers: 1000000000` is refused before even a meta-device model of it is built.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from data.tokenizer import load_tokenizer
 from data.tokens import content_hash
 from model.transformer import Transformer
 from train.config import Config, ConfigError, load_config
-from train.memory import check_memory
+from train.estimate.memory import check_memory
 from train.rundir.adapter import check_adapter_base, load_adapter, resolve
 from train.rundir.weights import TOKENIZER_HASH, CheckpointError, check_shapes, load_weights, read_metadata, read_shapes
 

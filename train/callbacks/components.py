@@ -11,7 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from model.ffn.moe import MoE
-from train.moe_stats import ExpertShare
+from train.callbacks.expert_share import ExpertShare
 
 CALLBACKS: dict[type, tuple[type, ...]] = {
     MoE: (ExpertShare,),  # each expert's share of the routed tokens, logged and plotted

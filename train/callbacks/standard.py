@@ -10,7 +10,7 @@ import torch
 
 from train.distributed import full_state_dict, is_sharded
 from train.faults import stopped_by_signal
-from train.sampling import sample_stories
+from train.generate.sampling import sample_stories
 
 # Dense bf16 peak FLOP/s per GPU (vendor datasheets), for MFU; unknown devices log no MFU.
 PEAK_FLOPS = {"H100": 989e12, "H200": 989e12, "A100": 312e12, "L40S": 362e12, "A10G": 125e12, "4090": 165e12}

@@ -2,17 +2,17 @@
 
     check_memory(cfg, "cpu", source="runs/x/config.yaml")                 load a model (weights only)
     check_memory(cfg, "cpu", batch=4, tokens=300)                         + decode 4 sequences of 300 tokens
-    check_memory(cfg, training=True)                                      train (train/estimate.py's estimate)
+    check_memory(cfg, training=True)                                      train (train/estimate/breakdown.py's estimate)
 
 Three steps, each cheap enough to run before anything is built:
 1. a lower bound per integer size of the model config: every one (vocab_size, n_layers, d_ff, a component's
    num_experts, d_state, ...) multiplies the width d_model at least once in the fp32 weights, so value x D x 4 bytes
    more than the memory available is refused at once, naming the key (and no model of that depth is counted).
-2. the parameters, counted on the meta device (train/sizes.py `count_params`, one block per mixer) under a
+2. the parameters, counted on the meta device (train/estimate/sizes.py `count_params`, one block per mixer) under a
    budget: creating more tensor bytes than are available stops the count (a product of sizes that each passed 1).
 3. the estimate: loading keeps the fp32 weights twice on the host (the file's tensors, then the model's) and once on
    the device; decoding adds `batch x tokens` times the bytes per token of every layer and the head
-   (train/estimate.py `layer_bytes` / `head_bytes`: what training keeps, an upper bound of a decoding cache);
+   (train/estimate/breakdown.py `layer_bytes` / `head_bytes`: what training keeps, an upper bound of a decoding cache);
    training needs estimate's model state (weights only for `frozen` ones, LoRA) plus one micro-batch of
    activations on the training device, and the fp32 weights on the host, where the model is built; and no more
    DataLoader workers (data.num_workers, processes) than the machine has CPU cores.
@@ -30,8 +30,8 @@ from torch.overrides import TorchFunctionMode
 
 from model.options import identity
 from train.config import Config, ConfigError
-from train.estimate import estimate, fmt, head_bytes, layer_bytes, world_size
-from train.sizes import count_params, model_config
+from train.estimate.breakdown import estimate, fmt, head_bytes, layer_bytes, world_size
+from train.estimate.sizes import count_params, model_config
 
 FACTORIES = {"empty", "zeros", "ones", "full", "rand", "randn", "arange", "tensor", "eye", "empty_like", "zeros_like",
              "ones_like", "full_like", "randn_like", "rand_like"}  # the calls that create a tensor's storage

@@ -7,7 +7,7 @@
                                and <|endoftext|>) a trained tokenizer has more, which the run refuses.
     model.max_seq_len = 0  ->  data.seq_len
 
-So the memory estimate (train/estimate.py), `match: params` (train/ablate/param_match.py) and the run itself
+So the memory estimate (train/estimate/breakdown.py), `match: params` (train/ablate/param_match.py) and the run itself
 (train/run.py, which also checks that its tokenizer fits) build the same model from the same config.
 """
 

@@ -44,8 +44,8 @@ from model.ffn import FFNS
 from model.mixers import MIXERS
 from train.cli import ArgumentParser, run_cli
 from train.config import Config, ConfigError
+from train.estimate.sizes import count_params, model_config
 from train.optimizers import OPTIMIZERS
-from train.sizes import count_params, model_config
 
 UNITS = {"": 1, "b": 1, "k": 1e3, "kb": 1e3, "m": 1e6, "mb": 1e6, "g": 1e9, "gb": 1e9, "t": 1e12, "tb": 1e12,
          "kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40}
@@ -176,6 +176,3 @@ def main(argv: list[str] | None = None) -> None:
 
     run_cli(show, rest, usage=__doc__)
 
-
-if __name__ == "__main__":
-    main()
