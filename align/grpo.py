@@ -46,7 +46,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 
 from align.losses import grpo_advantages, grpo_loss, token_logprobs
 from align.policy import PolicyModel, align_config, start_policy
-from align.rewards import combined_reward
+from align.rewards import group_rewards
 from data.blocks import ResumableSampler
 from data.corpus import DataError
 from data.instruct import parse_header
@@ -192,14 +192,13 @@ class GRPOModel(PolicyModel):
         idx = prompt_ids[:, :n].repeat_interleave(G, dim=0)  # (P * G, n): G copies per prompt
         out = self.model.generate(idx, a.max_new_tokens, temperature=a.temperature, eos_id=self.eot,
                                   generator=generator)  # (P * G, n + m)
-        sequences, rewards, parts = [], [], []
+        sequences, texts = [], []
         for i, completion in enumerate(out[:, n:].tolist()):
             end = completion.index(self.eot) + 1 if self.eot in completion else len(completion)
-            text = self.tokenizer.decode(completion[: end - (completion[end - 1] == self.eot)])
-            total, per = combined_reward(infos[i // G], text, a.rewards)
+            texts.append(self.tokenizer.decode(completion[: end - (completion[end - 1] == self.eot)]))
             sequences.append(prompts[i // G] + completion[:end])
-            rewards.append(total)
-            parts.append(per)
+        scored = [s for p, info in enumerate(infos) for s in group_rewards(info, texts[p * G:(p + 1) * G], a.rewards)]
+        rewards, parts = [total for total, _ in scored], [per for _, per in scored]
         self.model.train(was_training)
         full = torch.full((len(sequences), max(map(len, sequences))), self.eot, dtype=torch.long)  # (N, T + 1)
         mask = torch.zeros(full.shape[0], full.shape[1] - 1)  # (N, T)

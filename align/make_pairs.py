@@ -38,7 +38,7 @@ import sys
 from pathlib import Path
 
 from align.config import AlignConfig
-from align.rewards import combined_reward, read_rewards, reward_terms
+from align.rewards import combined_reward, group_rewards, read_rewards, reward_terms
 from data.corpus import DataError
 from data.instruct import InstructExample, parse_header
 from data.words import word_pattern
@@ -120,7 +120,7 @@ def on_policy_pairs(model, tokenizer, prompts: list[str], weights: dict[str, flo
     pairs = []
     for i, prompt in enumerate(prompts):
         group = samples[i * k:(i + 1) * k]
-        scores = [score(prompt, s, weights) for s in group]
+        scores = [total for total, _ in group_rewards(parse_header(prompt), group, weights)]  # the k as one group
         best, worst = max(range(k), key=scores.__getitem__), min(range(k), key=scores.__getitem__)
         if scores[best] > scores[worst]:
             pairs.append({"prompt": prompt, "chosen": group[best], "rejected": group[worst]})

@@ -5,10 +5,13 @@ import yaml
 
 from align.rewards import (
     REWARDS,
+    GroupReward,
     combined_reward,
     dialogue,
     finished,
+    group_rewards,
     length,
+    length_penalty,
     repetition,
     reward_params,
     reward_terms,
@@ -20,9 +23,10 @@ INFO = parse_header(format_header(["ball", "dance", "happy"], ["Dialogue"], "Tom
 
 
 def test_rewards_in_unit_interval():
-    for text in ["", "a", 'Tom said, "Hi." ' * 200, "The ball danced happily"]:
-        for name, fn in REWARDS.items():
-            assert 0.0 <= fn(INFO, text) <= 1.0, name
+    texts = ["", "a", 'Tom said, "Hi." ' * 200, "The ball danced happily"]
+    for name, fn in REWARDS.items():
+        values = fn(INFO, texts, [1.0, 0.0, 0.5, 0.9]) if isinstance(fn, GroupReward) else [fn(INFO, t) for t in texts]
+        assert all(0.0 <= v <= 1.0 for v in values), name
 
 
 def test_the_reward_registry_refuses_a_broken_reward():
@@ -129,3 +133,41 @@ def test_bad_reward_weights_stop_at_config_time(tiny_sft_run, weights):
 
     with pytest.raises(ConfigError, match="align.rewards"):
         align_config(None, {"finetune": {"base": str(tiny_sft_run[1])}, "align": {"rewards": yaml.safe_load(weights)}})
+
+
+# ------------------------------------------------------------------------------------------- Kimi k1.5 length penalty
+
+
+def test_length_penalty_by_hand():
+    # lengths 2, 4, 6 words: lambda = 0.5, 0, -0.5 (Kimi k1.5 §2.3.3); + 1/2 to stay in [0, 1]
+    group = ["a b", "a b c d", "a b c d e f"]
+    assert length_penalty({}, group, [1.0, 1.0, 1.0]) == [1.0, 0.5, 0.0]  # correct: lambda
+    assert length_penalty({}, group, [0.0, 0.0, 0.0]) == [0.5, 0.5, 0.0]  # incorrect: min(0, lambda)
+    assert length_penalty({}, group, [0.7, 0.8, 0.8], threshold=0.75) == [0.5, 0.5, 0.0]
+    assert length_penalty({}, ["a b", "c d"], [1.0, 0.0]) == [0.5, 0.5]  # equal lengths: no penalty
+    with pytest.raises(ValueError, match="threshold"):
+        length_penalty({}, group, [1.0] * 3, threshold=1.5)
+
+
+def test_length_penalty_sees_the_group_and_the_other_rewards():
+    info = {"words": ["cat"]}
+    group = ["the cat sat", "a dog ran far away now", "cat"]  # 3, 6, 1 words; word_inclusion 1, 0, 1
+    scored = group_rewards(info, group, {"word_inclusion": 1.0, "length_penalty": {"weight": 0.5}})
+    lam = [0.5 - (n - 1) / 5 for n in (3, 6, 1)]  # 0.1, -0.5, 0.5
+    penalty = [0.5 + lam[0], 0.5 + min(0.0, lam[1]), 0.5 + lam[2]]
+    for (total, per), inclusion, p in zip(scored, [1.0, 0.0, 1.0], penalty):
+        assert per == pytest.approx({"word_inclusion": inclusion, "length_penalty": p})
+        assert total == pytest.approx((inclusion + 0.5 * p) / 1.5)
+    assert combined_reward(info, "cat", {"length_penalty": 1.0}) == (0.5, {"length_penalty": 0.5})  # group of one
+
+
+def test_a_broken_group_reward_is_refused():
+    with pytest.raises(TypeError, match="not a float in"):
+        REWARDS["long"] = GroupReward(lambda prompt_info, completions, others: [2.0] * len(completions))
+    with pytest.raises(TypeError, match="must take"):
+        REWARDS["short"] = GroupReward(lambda prompt_info, completions: [1.0] * len(completions))
+    assert not {"long", "short"} & set(REWARDS)
+    assert reward_terms({"length_penalty": {"threshold": 0.5}})["length_penalty"][1]({}, ["a", "a b"], [0.6, 0.4]) \
+        == [1.0, 0.0]
+    with pytest.raises(ValueError, match="threshold"):
+        reward_terms({"length_penalty": {"threshold": 2.0}})
