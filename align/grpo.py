@@ -54,7 +54,7 @@ from data.sft import instruct_examples
 from data.tokenizer import eot_id, token_byte_lengths
 from train.cli import run_cli
 from train.config import Config, ConfigError
-from train.memory import check_memory
+from train.estimate.memory import check_memory
 from train.report import LOSS_PLOTS, Plot
 from train.run import fit, make_run_dir
 

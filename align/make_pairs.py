@@ -45,8 +45,8 @@ from data.words import word_pattern
 from inputs.errors import InputError
 from inputs.files import regular_file
 from inputs.json import json_lines
-from train.flags import check_flags
-from train.memory import check_decoding
+from train.estimate.memory import check_decoding
+from train.generate.flags import check_flags
 from train.rundir.paths import FileKind, check_output
 
 COLUMNS = ("prompt", "chosen", "rejected")
