@@ -1,5 +1,5 @@
-"""What benchmarks/throughput.py and its `--loop` mode (benchmarks/step_loop.py) share: the model shapes, the
-machine's name, and writing a result table as JSON + Markdown."""
+"""What the benchmarks share: the model shapes, the machine's name, checking `--out` before a benchmark runs, and
+writing a result table as JSON + Markdown."""
 
 from __future__ import annotations
 
@@ -8,6 +8,8 @@ import platform
 from pathlib import Path
 
 from model.config import ModelConfig
+from train.cli import user_errors_exit_2
+from train.rundir.paths import FileKind, check_output, json_object
 
 RESULTS = Path("runs") / "benchmarks"  # default output folder (under runs/, never the tracked benchmarks/results/)
 SHAPES = {"15m": (288, 6, 6, 256), "42m": (512, 8, 8, 1024), "110m": (768, 12, 12, 1024)}  # d, L, H, T
@@ -29,6 +31,26 @@ def cpu_name() -> str:
         return next(line.split(":", 1)[1].strip() for line in lines if line.startswith("model name"))
     except (OSError, StopIteration):
         return platform.processor() or "cpu"
+
+
+def _result_beside(path: Path) -> bool:
+    """An output of a benchmark: the .json beside it (or itself) holds a result table (settings + results, or
+    meta + rows)."""
+    stem = str(path)[: -len(path.suffix)] if path.suffix else str(path)
+    return json_object(lambda d: {"settings", "results"} <= set(d) or {"meta", "rows"} <= set(d))(Path(f"{stem}.json"))
+
+
+RESULT = FileKind("a benchmark's result", _result_beside)
+
+
+def check_out(out: str | Path) -> Path:
+    """`out` (the stem of <out>.json, .md and .png), checked before the benchmark runs: never in a run folder or an
+    input, and an existing file there is replaced only if it is a benchmark's result (one line, exit 2, else)."""
+    out = Path(out)
+    with user_errors_exit_2():
+        for suffix in (".json", ".md", ".png"):
+            check_output(Path(f"{out}{suffix}"), RESULT, force=True)
+    return out
 
 
 def write_outputs(out: Path, meta: dict, results: list[dict], table: str) -> None:

@@ -40,7 +40,7 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script from any directory
 
-from benchmarks.common import RESULTS  # noqa: E402
+from benchmarks.common import RESULTS, check_out  # noqa: E402
 from model.config import ModelConfig  # noqa: E402
 from model.lora import LoRAConfig, apply_lora, store_base_weights  # noqa: E402
 from model.transformer import Transformer  # noqa: E402
@@ -187,6 +187,7 @@ def main(argv=None) -> None:
     p.add_argument("--out", default=None, help="writes <out>.json and <out>.md (default runs/benchmarks/"
                    "lora_memory_<dev>)")
     args = p.parse_args(argv)
+    check_out(args.out or RESULTS / f"lora_memory_{args.device}")
     if args.device == "cuda" and not torch.cuda.is_available():
         p.error("--device cuda but no CUDA GPU is visible")
     if args.threads:

@@ -36,7 +36,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script from any directory
 
-from benchmarks.common import RESULTS  # noqa: E402
+from benchmarks.common import RESULTS, check_out  # noqa: E402
 from model.config import ModelConfig  # noqa: E402
 from model.mixers import MIXERS  # noqa: E402
 from model.positions import POSITIONS  # noqa: E402
@@ -61,6 +61,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--threads", type=int, default=0, help="CPU threads (torch.set_num_threads); 0 = torch default")
     p.add_argument("--out", default=str(RESULTS / "seqlen"), help="writes <out>.json, <out>.md and <out>.png")
     args = p.parse_args(argv)
+    check_out(args.out)
     cuda = args.device == "cuda"
     if cuda and not torch.cuda.is_available():
         p.error("--device cuda but no CUDA GPU is visible")

@@ -48,7 +48,7 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script from any directory
 
-from benchmarks.common import RESULTS, SHAPES, cpu_name, shape_config, write_outputs  # noqa: E402
+from benchmarks.common import RESULTS, SHAPES, check_out, cpu_name, shape_config, write_outputs  # noqa: E402
 from benchmarks.step_loop import main_loop  # noqa: E402
 from model.transformer import Transformer  # noqa: E402
 from train.callbacks.standard import peak_flops  # noqa: E402
@@ -86,7 +86,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     args.precision_given = args.precision is not None
     args.precision = args.precision or ("bf16-mixed" if cuda else "32")
     args.steps = args.steps or (20 if cuda else 6)
-    args.out = args.out or RESULTS / ("throughput_loop" if args.loop else "throughput")
+    args.out = check_out(args.out or RESULTS / ("throughput_loop" if args.loop else "throughput"))
     if args.config and not args.loop:
         p.error("--config is for --loop only")
     args.warmup = args.warmup if args.warmup is not None else (3 if args.compile else 1)
