@@ -59,10 +59,12 @@ def run_isolated(part: Part, log: Path, limit: float) -> str | None:
             code = proc.wait(timeout=max(limit, 1))
         except subprocess.TimeoutExpired:
             return f"cut off at its time limit of {limit:.0f} s"
-        finally:
-            if proc.poll() is None:  # the budget, or Ctrl-C: the part and its children (compile workers) go
+        finally:  # past the limit, on Ctrl-C, or left behind (compile workers): the part's whole process group goes
+            try:
                 os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait()
+            except ProcessLookupError:
+                pass
+            proc.wait()
     return None if code == 0 else f"exit code {code} (log: {log})"
 
 
@@ -98,6 +100,14 @@ def run_part(part: Part, out: Path, limit: float, isolated: bool, inject: bool) 
             "results": results}
 
 
+def log_tail(out: Path, record: dict, lines: int = 15) -> str:
+    """The end of a failed part's log, for a reader who has only the console (the device tool's output tail)."""
+    log = out / "logs" / f"{record['name']}.log"
+    if record["status"] == "passed" or not log.is_file():
+        return ""
+    return "".join(f"\n    | {line}" for line in log.read_text(errors="replace").splitlines()[-lines:])
+
+
 def main(argv=None) -> None:
     args = parse_args(argv)
     os.environ.update(ENV)
@@ -112,7 +122,7 @@ def main(argv=None) -> None:
         record = run_part(part, args.out, limit, isolated=not args.dry_run, inject=part.name == args.inject_failure)
         records.append(record)
         write_summary(args.out, records, args.dry_run, time.perf_counter() - start)
-        problems = "".join(f"\n    {p}" for p in record["problems"][:5])
+        problems = "".join(f"\n    {p}" for p in record["problems"][:5]) + log_tail(args.out, record)
         print(f"[{i}/{len(parts)}] {part.name}: {record['status']} in {record['seconds']:.0f} s, elapsed "
               f"{time.perf_counter() - start:.0f} s{problems}", flush=True)
     failed = [r["name"] for r in records if r["status"] == "failed"]

@@ -16,14 +16,14 @@ from benchmarks.seqlen import KERNELS
 
 
 def settings(dry: bool, seconds: float) -> dict:
-    def git(*cmd: str) -> str:
+    def git(*cmd: str) -> str | None:  # None: no git, or no repository (a copy of the working tree)
         done = subprocess.run(["git", *cmd], cwd=ROOT, capture_output=True, text=True)
-        return done.stdout.strip() if done.returncode == 0 else "unknown"
+        return done.stdout.strip() if done.returncode == 0 else None
 
     gpu = subprocess.run(["nvidia-smi", "--query-gpu=name", "--format=csv,noheader"], capture_output=True,
                          text=True) if not dry and torch.cuda.is_available() else None  # no CUDA context here
     return {"mode": "dry run (CPU, toy sizes)" if dry else "GPU", "device_name": gpu.stdout.strip() if gpu else
-            cpu_name(), "torch": torch.__version__, "commit": git("rev-parse", "--short", "HEAD"),
+            cpu_name(), "torch": torch.__version__, "commit": git("rev-parse", "--short", "HEAD") or "unknown",
             "uncommitted_changes": bool(git("status", "--porcelain", "--untracked-files=no")),
             "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "seconds": round(seconds, 1)}
 

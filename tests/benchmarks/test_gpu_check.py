@@ -1,5 +1,6 @@
 """`python -m benchmarks.gpu_check --dry-run` end to end on CPU (every part at toy sizes: JSON, Markdown, exit code),
-a failing part that makes the exit code 1 while the next part still runs, and the time limit of an isolated part."""
+a failing part that makes the exit code 1 while the next part still runs, and an isolated part: its time limit,
+its exit code and its log."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ import json
 import subprocess
 import sys
 
-from benchmarks.gpu_check.__main__ import run_part
+from benchmarks.gpu_check.__main__ import log_tail, run_part
 from benchmarks.gpu_check.parts import ROOT, Part, plan
 from benchmarks.gpu_check.train_matrix import LOSS_TOL, VARIANTS
 
@@ -63,3 +64,4 @@ def test_an_isolated_part_is_cut_off_at_its_limit_and_a_crash_is_its_exit_code(t
     crash = Part("crash", 60, "benchmarks.no_such_module", [], nothing)
     record = run_part(crash, tmp_path, limit=60, isolated=True, inject=False)
     assert record["status"] == "failed" and record["problems"][0].startswith("exit code 1 (log: ")
+    assert "No module named benchmarks.no_such_module" in log_tail(tmp_path, record)  # printed under the failure
