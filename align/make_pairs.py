@@ -228,7 +228,8 @@ def main(argv: list[str] | None = None) -> None:
             merge_lora(model)  # same function, no adapter matmuls while sampling
             pairs = on_policy_pairs(model, tokenizer, [ex.prompt for ex in examples], weights, args.k,
                                     args.max_new_tokens, args.temperature, args.seed)
-        print(f"{len(pairs)} {args.kind} pairs from {len(examples)} prompts -> {save_pairs(pairs, args.out, args.unpaired)}")
+        out = save_pairs(pairs, args.out, args.unpaired)
+        print(f"{len(pairs)} {args.kind} pairs from {len(examples)} prompts -> {out}")
 
 
 if __name__ == "__main__":

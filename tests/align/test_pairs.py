@@ -16,6 +16,7 @@ from align.make_pairs import (
     save_pairs,
     score,
     swap_words,
+    unpair,
 )
 from align.rewards import word_inclusion
 from data.corpus import DataError
@@ -116,6 +117,10 @@ def test_make_pairs_command_writes_jsonl(tiny_sft_run, tmp_path, capsys):
     assert len(load_pairs(tmp_path / "offline.jsonl")) > 10
     main(["--run", str(tiny_sft_run[1]), "--n", "30", "--rejected", "swapped", "--out", str(tmp_path / "s.jsonl")])
     assert len(load_pairs(tmp_path / "s.jsonl")) > 10
+    main(["--run", str(tiny_sft_run[1]), "--n", "30", "--unpaired", "--out", str(tmp_path / "kto.jsonl")])
+    rows = load_pairs(tmp_path / "kto.jsonl")  # KTO's format: each pair's chosen desirable, its rejected not
+    assert rows == unpair(load_pairs(tmp_path / "offline.jsonl")) and [r["label"] for r in rows[:2]] == [True, False]
+    main(["--run", str(tiny_sft_run[1]), "--n", "30", "--force", "--out", str(tmp_path / "kto.jsonl")])  # its kind
     with pytest.raises(SystemExit) as exit_info:
         main(["--run", str(tmp_path), "--out", str(out)])
     assert exit_info.value.code == 2
