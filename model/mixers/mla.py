@@ -17,16 +17,16 @@ with an RMSNorm after each latent (c^KV, c^Q), as DeepSeek-V2 does (§3.1.2). W^
 d_c = 4 d_h, d_h^R = d_h / 2 (DeepSeek-V2: 512 = 4 x 128 and 64), no query compression unless `q_rank` is set
 (DeepSeek-V2: 1536). `model.n_kv_heads` does not apply: every head reads the shared latent.
 
-Positions: RoPE is applied to the decoupled parts q^R, k^R by model/positions.py's `RotaryPosition` (base
+Positions: RoPE is applied to the decoupled parts q^R, k^R by model.positions' `RotaryPosition` (base
 `model.rope_theta`) whatever `model.position` is; the content parts are never rotated (the model's position is
 not asked to rotate; an embedding position such as sinusoidal is still added to the tokens by the model).
 
 Shapes: x (B, T, D) -> c^KV (B, T, d_c), k^R (B, T, d_r) -> k (B, H, S, d + d_r), v (B, H, S, d), q (B, H, T,
 d + d_r), S = P + T keys -> y (B, T, D). Computed by `F.scaled_dot_product_attention` with v zero-padded to
-d + d_r (the flash kernels take one head width; the padded output columns are dropped), as DeepSeek's flash path
-does. Keys and values are up-projected from the cached latents at every call (the non-absorbed form): folding
-W^UK into the queries and W^UV into W^O (§2.1.3) would save that compute at decoding but reads k_up / v_up's
-weights directly, which a LoRA adapter on them would bypass.
+d + d_r (the flash kernels take one head width; the padded output columns are dropped), as DeepSeek-V2's
+released modelling code does for flash attention. Keys and values are up-projected from the cached latents at
+every call (the non-absorbed form): folding W^UK into the queries and W^UV into W^O (§2.1.3) would save that
+compute at decoding but reads k_up / v_up's weights directly, which a LoRA adapter on them would bypass.
 Cache: (c^KV (B, P, d_c), k^R (B, P, d_r)) after the norm and RoPE: (d_c + d_r) values per token and layer, against
 2 n_kv_heads d_h for softmax attention's keys and values (`cache_bytes_per_token`).
 """

@@ -1,7 +1,7 @@
 """Forgetting attention (`model.mixer=fox`): softmax attention with the same weights when the forget gate is 1, the
 paper's equations written out (values and gradients, the gate's included), causality, cached decoding (one-token
 steps and chunks, fp64) == full forward with RoPE and without positions, the cache's layout and bytes, the gate's
-bias init and option, a hybrid with softmax."""
+bias init and option, a hybrid with softmax, the activation estimate in bf16 and with grouped heads."""
 
 from __future__ import annotations
 
@@ -9,13 +9,15 @@ import math
 
 import pytest
 import torch
-from conftest import assert_decodes_like_full_forward, assert_mixer_is_causal, decode_in_pieces, tiny_model_config
+from conftest import (assert_decodes_like_full_forward, assert_mixer_is_causal, decode_in_pieces, saved_activation_bytes,
+                      tiny_model_config)
 
 from model.mixers import MIXERS
 from model.mixers.fox import FoxConfig, ForgettingAttention
 from model.mixers.softmax import SoftmaxAttention
 from model.positions import NoPosition, RotaryPosition
 from model.transformer import Transformer
+from train.estimate.breakdown import head_bytes, layer_bytes
 
 POSITIONS = {"rope": RotaryPosition, "none": NoPosition}
 
@@ -142,3 +144,14 @@ def test_hybrid_with_softmax_builds_and_decodes(registered):
 def test_flops_add_the_bias_to_softmax_attention():
     cfg = tiny_model_config(fox=FoxConfig())
     assert ForgettingAttention.flops_per_token(cfg, 32) == SoftmaxAttention.flops_per_token(cfg, 32) + 3 * 4 * 32
+
+
+@pytest.mark.parametrize("precision", ["32", "bf16-mixed"])
+def test_activation_estimate_with_grouped_heads_and_a_longer_sequence(registered, precision):
+    """The registry-wide estimate test runs fp32 at T = 32 with H = Hk; here the H T term grows and Hk = H / 2."""
+    T = 64
+    net = model(vocab_size=200, d_model=64, n_kv_heads=2, max_seq_len=T)
+    measured = saved_activation_bytes(net, 2, T, precision) - saved_activation_bytes(net, 1, T, precision)
+    cfg = net.cfg
+    layers = sum(layer_bytes(cfg, m, cfg.layer_ffn(m), T, precision) for m in cfg.layer_mixers())
+    assert T * (layers + head_bytes(cfg, precision)[0]) == pytest.approx(measured, rel=0.1)

@@ -1,7 +1,8 @@
 """Multi-head latent attention (`model.mixer=mla`): the paper's equations written out head by head (with and without
 query compression, values and gradients), the absorbed form computed from the cached latent alone, causality,
 cached decoding (fp64) == full forward, a cache holding only c^KV and k^R ((d_c + d_r) values per token and layer,
-fewer than grouped-query attention's keys and values at the default config), any model position, the options."""
+fewer than grouped-query attention's keys and values at the default config), any model position, the options, the
+activation estimate with query compression and in bf16."""
 
 from __future__ import annotations
 
@@ -9,7 +10,8 @@ import math
 
 import pytest
 import torch
-from conftest import assert_decodes_like_full_forward, assert_mixer_is_causal, decode_in_pieces, tiny_model_config
+from conftest import (assert_decodes_like_full_forward, assert_mixer_is_causal, decode_in_pieces, saved_activation_bytes,
+                      tiny_model_config)
 
 from model.config import ModelConfig
 from model.mixers import MIXERS
@@ -17,6 +19,7 @@ from model.mixers.mla import MLAConfig, MultiHeadLatentAttention
 from model.mixers.softmax import SoftmaxAttention
 from model.positions import RotaryPosition
 from model.transformer import Transformer
+from train.estimate.breakdown import head_bytes, layer_bytes
 
 
 def mla(dtype=torch.float32, **options) -> MultiHeadLatentAttention:
@@ -135,3 +138,15 @@ def test_options_and_flops():
     assert MultiHeadLatentAttention.flops_per_token(cfg, 32) == 6 * 4 * 32 * (2 * 8 + 6)
     assert sum(p.numel() for p in MultiHeadLatentAttention(cfg, None).parameters()) == (
         32 * 24 + 24 + 32 * 6 + 2 * 24 * 32 + 32 * 16 + 16 + 16 * 4 * (8 + 6) + 32 * 32)
+
+
+@pytest.mark.parametrize("precision", ["32", "bf16-mixed"])
+def test_activation_estimate_with_query_compression(registered, precision):
+    """The registry-wide estimate test runs fp32 without query compression."""
+    torch.manual_seed(0)
+    T = 32
+    cfg = tiny_model_config(mixer="mla", mla=MLAConfig(q_rank=24), vocab_size=200, d_model=64, max_seq_len=T)
+    net = Transformer(cfg)
+    measured = saved_activation_bytes(net, 2, T, precision) - saved_activation_bytes(net, 1, T, precision)
+    layers = sum(layer_bytes(cfg, m, cfg.layer_ffn(m), T, precision) for m in cfg.layer_mixers())
+    assert T * (layers + head_bytes(cfg, precision)[0]) == pytest.approx(measured, rel=0.1)
