@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import math
+from pathlib import Path
 
 import pytest
 from conftest import tiny_finetune_values
@@ -87,3 +88,11 @@ def test_kto_trains_on_unpaired_rows_and_a_paired_loss_refuses_them(tiny_corpus,
     err = refused(lambda a: run_cli(main, a, load=align_config),
                   argv(tiny_corpus, tiny_sft_run, tmp_path, f"--align.pairs={path}"), capsys)
     assert "align.loss_type=sigmoid needs pairs" in err and not (tmp_path / "refused").exists()
+
+
+@pytest.mark.parametrize("name", ["dpo", "grpo", "orpo", "kto"])
+def test_the_example_configs_build(tiny_sft_run, name):
+    path = Path(__file__).parents[2] / "configs" / "align" / f"{name}.yaml"
+    cfg = align_config(path, [f"--finetune.base={tiny_sft_run[1]}"])
+    entry = LOSSES[cfg.align.loss_type]
+    assert entry.section is None or entry.options(cfg.align) is not None
