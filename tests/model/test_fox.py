@@ -9,11 +9,16 @@ import math
 
 import pytest
 import torch
-from conftest import (assert_decodes_like_full_forward, assert_mixer_is_causal, decode_in_pieces, saved_activation_bytes,
-                      tiny_model_config)
+from conftest import (
+    assert_decodes_like_full_forward,
+    assert_mixer_is_causal,
+    decode_in_pieces,
+    saved_activation_bytes,
+    tiny_model_config,
+)
 
 from model.mixers import MIXERS
-from model.mixers.fox import FoxConfig, ForgettingAttention
+from model.mixers.fox import ForgettingAttention, FoxConfig
 from model.mixers.softmax import SoftmaxAttention
 from model.positions import NoPosition, RotaryPosition
 from model.transformer import Transformer

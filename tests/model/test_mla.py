@@ -10,8 +10,13 @@ import math
 
 import pytest
 import torch
-from conftest import (assert_decodes_like_full_forward, assert_mixer_is_causal, decode_in_pieces, saved_activation_bytes,
-                      tiny_model_config)
+from conftest import (
+    assert_decodes_like_full_forward,
+    assert_mixer_is_causal,
+    decode_in_pieces,
+    saved_activation_bytes,
+    tiny_model_config,
+)
 
 from model.config import ModelConfig
 from model.mixers import MIXERS
