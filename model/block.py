@@ -3,7 +3,8 @@
     h = x + mixer(norm_1(x))
     y = h + ffn(norm_2(h))          (no FFN when the mixer already is one, e.g. GAU)
 
-Shapes: x (B, T, D) -> y (B, T, D). The mixer and FFN are looked up by name in their registries.
+Shapes: x (B, T, D) -> y (B, T, D). The mixer and FFN are looked up by name in their registries; the mixer is built
+for its layer (`Mixer.build(cfg, position, layer_idx)`, layer_idx 0-based).
 """
 
 from __future__ import annotations
@@ -16,10 +17,10 @@ from model.norm import RMSNorm
 
 
 class Block(nn.Module):
-    def __init__(self, cfg, mixer: str, ffn: str, position: nn.Module):
+    def __init__(self, cfg, mixer: str, ffn: str, position, layer_idx: int = 0):
         super().__init__()
         self.norm_1 = RMSNorm(cfg.d_model, cfg.norm_eps)
-        self.mixer = MIXERS[mixer](cfg, position)
+        self.mixer = MIXERS[mixer].build(cfg, position, layer_idx)  # position: the model's hooks (PositionHooks)
         self.norm_2 = RMSNorm(cfg.d_model, cfg.norm_eps) if ffn != "none" else None
         self.ffn = FFNS[ffn](cfg) if ffn != "none" else None
         self.dropout = nn.Dropout(cfg.dropout)

@@ -27,9 +27,23 @@ Every component may also react to the training loop (no-ops by default; `Transfo
 train/module.py): `micro_batch_start()` before a training micro-batch's forward, `micro_batch_end()` after its loss
 (before backward), `optimizer_step_end()` after the optimizer step, `step_skipped()` when a bad step is dropped
 (MoE's routing-bias balancing counts loads and updates its bias through them). What a run logs about a component
-(MoE's expert shares) is decided on the training side (train/component_callbacks.py): a component names nothing
+(MoE's expert shares) is decided on the training side (train/callbacks/components.py): a component names nothing
 above model/.
-A position (`Position`) is an object with `embed(h, offset)` and `rotate(q, k, offset)` (model/positions.py).
+A mixer also declares `position_hooks`, the hooks of the model's position it applies (below); `build(cfg, position,
+layer_idx)` is how the Block makes it (the default ignores the layer index; a mixer whose init depends on its depth
+overrides it).
+A position (`Position`, model/positions/) declares `contributes`, the hooks it overrides, among `HOOKS`:
+    embed(h, offset)           added by the model to the token embeddings h (B, T, D) (sinusoidal, learned)
+    rotate(q, k, offset)       applied by a mixer to q (B, H, T, d) and k (B, Hk, T, d) (RoPE)
+    score_bias(n_heads, q_pos, k_pos, dtype)   added by a mixer to its attention scores: (..., n_heads, T_q, T_k) for
+                               queries and keys at absolute positions q_pos (..., T_q) and k_pos (..., T_k) (ALiBi, T5)
+and `build(cfg)`, the position of a model config. A mixer applies the hooks in its `position_hooks`; the model
+applies `embed`. A position whose score bias a layer's mixer does not apply is refused when the config is read
+(`check_position`); a position contributing only what a mixer does not apply leaves that mixer position-free (mamba
+ignores RoPE: its recurrence orders the tokens), which `position_free` says.
+Declarations in `OWN` (export names, the position hooks a forward applies) are not silently inherited: a subclass
+whose base declares a value other than the contract's default must declare its own (`declares`), since it may
+compute otherwise (a subclass of softmax attention is not Llama's attention).
 """
 
 from __future__ import annotations
@@ -48,6 +62,7 @@ class Component(nn.Module, Sectioned):
     width_knob: ClassVar[str | None] = None  # field of its section, else of the model, resized by `match: params`
     lora_targets: ClassVar[tuple[str, ...]] = ()  # Linear names adapted by default
     llama_module: ClassVar[str | None] = None  # its name in a Hugging Face Llama layer, when it is Llama's own
+    OWN: ClassVar[tuple[str, ...]] = ("llama_module",)  # a non-default value must be the class's own (declares)
 
     @classmethod
     def width_key(cls, cfg) -> str | None:
@@ -89,7 +104,14 @@ class Component(nn.Module, Sectioned):
 
 class Mixer(Component):
     REQUIRED = (*Component.REQUIRED, "init_cache", "forward", "flops_per_token")
+    OWN = (*Component.OWN, "position_hooks")
     replaces_ffn: ClassVar[bool] = False
+    position_hooks: ClassVar[tuple[str, ...]] = ("rotate",)  # the position's hooks it applies (rotate, score_bias)
+
+    @classmethod
+    def build(cls, cfg, position, layer_idx: int = 0) -> Mixer:
+        """The mixer of layer `layer_idx` (0-based) of a model of config `cfg`, applying `position`'s hooks."""
+        return cls(cfg, position)
 
     def init_cache(self, batch_size: int, device, dtype):
         raise NotImplementedError
@@ -122,9 +144,77 @@ class FFN(Component):
         raise NotImplementedError
 
 
+HOOKS = ("embed", "rotate", "score_bias")  # what a position may contribute (module docstring)
+
+
+class Position(nn.Module, Sectioned):
+    """What a position declares; every hook is the identity (no bias) unless the class contributes it."""
+
+    REQUIRED: ClassVar[tuple[str, ...]] = ("contributes",)
+    OWN: ClassVar[tuple[str, ...]] = ("llama_module",)
+    contributes: ClassVar[tuple[str, ...]] = ()  # the hooks it overrides, among HOOKS
+    llama_module: ClassVar[str | None] = None  # Hugging Face Llama's own position (RoPE) declares its name there
+    max_positions: int | None = None  # the largest position it can place (a learned table's size); None: any
+
+    @classmethod
+    def build(cls, cfg) -> Position:
+        """The position of a model of config `cfg` (its n_heads, d_model, section)."""
+        return cls()
+
+    @staticmethod
+    def check_config(cfg) -> None:
+        """Cross-field checks of a model config using this position (ValueError naming the key)."""
+
+    def embed(self, h: Tensor, offset: int = 0) -> Tensor:
+        return h
+
+    def rotate(self, q: Tensor, k: Tensor, offset: int = 0) -> tuple[Tensor, Tensor]:
+        return q, k
+
+    def score_bias(self, n_heads: int, q_pos: Tensor, k_pos: Tensor, dtype) -> Tensor | None:
+        return None
+
+
+def position_contract(entry) -> None:
+    """`declares(Position, entry)`, and its `contributes` names exactly the hooks it overrides."""
+    declares(Position, entry)
+    overridden = {hook for hook in HOOKS if getattr(entry, hook) is not getattr(Position, hook)}
+    if overridden != set(entry.contributes):
+        raise TypeError(f"{entry.__name__} contributes {tuple(entry.contributes)} but overrides "
+                        f"{tuple(sorted(overridden))}; contributes names the hooks it overrides, among {HOOKS}")
+
+
+class PositionHooks:
+    """The hooks a mixer applies of the model's one position module, bound to it. A plain object, not a module: a
+    mixer keeping it (`self.position`) does not register the position's parameters (T5's bias table, a learned table)
+    once more per layer, so the state dict, parameter counts and sharding hold them once, under `position.`."""
+
+    def __init__(self, position: Position):
+        self.rotate, self.score_bias = position.rotate, position.score_bias
+
+
+def check_position(name: str, position: type, layers: dict[str, type], mixers: dict[str, type]) -> None:
+    """ValueError (one line) when a position contributes a score bias that a layer's mixer (`layers`: name -> class,
+    every mixer the layers use) does not apply: that layer would see no position at all. `mixers`: the registry."""
+    if "score_bias" not in position.contributes:
+        return
+    for mixer, cls in layers.items():
+        if "score_bias" not in cls.position_hooks:
+            takers = ", ".join(m for m, c in mixers.items() if "score_bias" in c.position_hooks)
+            raise ValueError(f"position={name} biases attention scores, which mixer {mixer} does not apply; use a "
+                             f"mixer that applies a score bias ({takers}) or another position")
+
+
+def position_free(position: type, mixer: type) -> bool:
+    """Whether `mixer` ignores everything `position` contributes (the model applies `embed`; the mixer its
+    `position_hooks`): a model of that mixer computes the same with this position as with none."""
+    return not set(position.contributes) & {"embed", *mixer.position_hooks}
+
+
 def declares(base: type, entry) -> None:
     """The class contract: `entry` subclasses `base`, defines each of `base.REQUIRED` itself (in its own classes,
-    not inherited from `base`), and its `section`, if any, is a dataclass. TypeError naming what is missing."""
+    not inherited from `base`), declares in its own body each of `base.OWN` whose value is not `base`'s, and its
+    `section`, if any, is a dataclass. TypeError naming what is missing."""
     if not (isinstance(entry, type) and issubclass(entry, base)):
         raise TypeError(f"{entry!r} must subclass {base.__name__}")
     own = [k for k in entry.__mro__ if issubclass(k, base) and k is not base]  # the entry's own classes
@@ -132,6 +222,12 @@ def declares(base: type, entry) -> None:
     if missing:
         raise TypeError(f"{entry.__name__} does not declare {', '.join(missing)}; see {base.__module__} for the "
                         f"contract")
+    for piece in getattr(base, "OWN", ()):
+        value = getattr(entry, piece)
+        if value != getattr(base, piece) and piece not in entry.__dict__:
+            origin = next(k for k in own if piece in k.__dict__).__name__
+            raise TypeError(f"{entry.__name__} inherits {piece}={value!r} from {origin}; declare {piece} in "
+                            f"{entry.__name__} itself (what its own code does)")
     section = getattr(entry, "section", None)
     if section is not None and not hasattr(section, "__dataclass_fields__"):
         raise TypeError(f"section must be a dataclass, got {section!r}")

@@ -1,6 +1,6 @@
 """Model configuration: the fields every model has, plus one section per component that declares one.
 
-Every choice is a name looked up in a registry (`model/mixers`, `model/ffn`, `model/positions.py`), so the config
+Every choice is a name looked up in a registry (`model/mixers`, `model/ffn`, `model/positions`), so the config
 stays plain data that serialises to YAML. A component's own options live in its own file (`section = MambaConfig`
 in model/mixers/mamba.py) and appear here as `model.<registry name>` because `ModelConfig` is composed from the
 registries at import: adding a component never edits this file. `train/config.py` nests this tree under `model:`.
@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from model.component import check_position
 from model.ffn import DEFAULT_FFN, FFNS
 from model.mixers import MIXERS
 from model.options import Options, compose, option
@@ -40,7 +41,7 @@ class CoreModelConfig(Options):
     n_kv_heads: int = option(0, min=0)  # key/value heads (grouped-query attention); 0 = n_heads
     d_ff: int = option(0, min=0)  # FFN hidden width; 0 = the FFN's own default (4d gelu, 8/3 d swiglu)
     max_seq_len: int = option(0, min=0)  # longest sequence for positions; 0 = follow data.seq_len
-    position: str = option("rope", choices=position_names)  # rope | sinusoidal | none
+    position: str = option("rope", choices=position_names)  # rope | sinusoidal | learned | alibi | t5 | none
     rope_theta: float = option(10000.0, min=1.0)  # RoPE base (and the sinusoidal one)
     mixer: str | list[str] = option("softmax", choices=mixer_names)  # a mixer, or a list repeated over layers
     ffn: str = option("auto", choices=ffn_names)  # an FFN or none; auto = swiglu, or none after a mixer that is one
@@ -58,6 +59,8 @@ class CoreModelConfig(Options):
             raise ValueError(f"n_heads={self.n_heads} must be a multiple of n_kv_heads={self.n_kv_heads}")
         for component in self.components():
             component.check_config(self)
+        POSITIONS[self.position].check_config(self)
+        check_position(self.position, POSITIONS[self.position], {m: MIXERS[m] for m in self.layer_counts()}, MIXERS)
 
     def components(self) -> list[type]:
         """The mixer and FFN classes the layers use, each once, in layer order."""

@@ -25,7 +25,7 @@ from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
 from model.block import Block
-from model.component import Component
+from model.component import Component, PositionHooks
 from model.config import ModelConfig
 from model.generate import generate
 from model.norm import RMSNorm
@@ -44,9 +44,10 @@ class Transformer(nn.Module):
         assert cfg.vocab_size > 0, "model.vocab_size must be resolved before building the model"
         self.cfg = cfg
         self.embed_tokens = nn.Embedding(cfg.vocab_size, cfg.d_model)
-        self.position = POSITIONS[cfg.position](cfg.d_model, cfg.rope_theta)
+        self.position = POSITIONS[cfg.position].build(cfg)  # the one owner of its parameters (T5, learned)
+        hooks = PositionHooks(self.position)  # what each mixer applies of it, without owning it
         self.layers = nn.ModuleList(
-            Block(cfg, mixer, cfg.layer_ffn(mixer), self.position) for mixer in cfg.layer_mixers()
+            Block(cfg, mixer, cfg.layer_ffn(mixer), hooks, i) for i, mixer in enumerate(cfg.layer_mixers())
         )
         self.norm = RMSNorm(cfg.d_model, cfg.norm_eps)
         self.lm_head = nn.Linear(cfg.d_model, cfg.vocab_size, bias=False)

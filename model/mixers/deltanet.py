@@ -92,6 +92,7 @@ class DeltaNetConfig(Options):
 class DeltaNet(Mixer):
     section = DeltaNetConfig
     lora_targets = ("q_proj", "k_proj", "v_proj", "g_proj", "o_proj")
+    position_hooks = ()  # applies none: its recurrence and causal conv order the tokens
 
     def __init__(self, cfg, position: nn.Module | None = None):
         super().__init__()  # `position` is unused (see the module docstring)

@@ -18,8 +18,10 @@ four scale/offset pairs give Q_quad, K_quad, Q_lin, K_lin, and chunk g gets
     S_g = sum_{h<g} K_lin,h^T V_h / C                     (s, e): causal linear attention across chunks
 (cost linear in T). Cache: (S over the completed chunks (B, s, e) fp32, the rotated keys (B, 2, P, s)
 [quad, lin] and V (B, P, e) of the current partial chunk of P < C tokens). The model passes the offset.
-The paper's T5 relative-position bias is dropped: RoPE carries positions, as in the paper's FLASH; it
-rotates the linear-part Q/K too. The chunked core runs in fp32 with autocast off (running sums).
+RoPE (the default position) rotates Q and K, the linear-part ones too. The paper's relative-position bias comes
+from the position: a score bias (T5, ALiBi; model/positions/) for one head is added to Q K^T / sqrt(s) before
+relu^2 (or softmax) in the quadratic form; the chunked form, whose linear part has no scores, refuses one at config
+time. The chunked core runs in fp32 with autocast off (running sums).
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ from torch import Tensor, nn
 
 from model.component import Mixer
 from model.options import Options, option
+from model.positions import POSITIONS
 
 
 @dataclass
@@ -55,6 +58,7 @@ class GAU(Mixer):
     replaces_ffn = True  # U gates A V: attention and FFN in one unit
     width_knob = "hidden"
     lora_targets = ("uv_proj", "z_proj", "o_proj")
+    position_hooks = ("rotate", "score_bias")  # a score bias in the quadratic form only (check_config)
 
     def __init__(self, cfg, position: nn.Module):
         super().__init__()
@@ -83,6 +87,12 @@ class GAU(Mixer):
 
     def no_decay_parameters(self) -> list[nn.Parameter]:
         return [self.gamma, self.beta]  # per-dim scales and offsets, like norm weights
+
+    @staticmethod
+    def check_config(cfg) -> None:
+        if GAU.options(cfg).form == "chunked" and "score_bias" in POSITIONS[cfg.position].contributes:
+            raise ValueError(f"position={cfg.position} biases attention scores, which gau.form=chunked cannot apply "
+                             "(its linear attention across chunks has no scores); use gau.form=quadratic")
 
     @staticmethod
     def width(cfg) -> int:
@@ -127,13 +137,14 @@ class GAU(Mixer):
         h = qk.shape[1] // 2
         q, k = self.position.rotate(qk[:, :h], qk[:, h:], offset)  # (B, h, T, s) each, h = 1 or 2 ([quad, lin])
         if self.form == "quadratic":
-            o, cache = self._quadratic(q, k, v, cache)
+            o, cache = self._quadratic(q, k, v, cache, offset)
         else:
             o, cache = self._chunked(q, k, v, cache)
         return self.o_proj(u * o), cache
 
-    def _quadratic(self, q: Tensor, k: Tensor, v: Tensor, cache: tuple | None):
-        """q/k (B, 1, T, s), v (B, T, e) -> A V (B, T, e) over the cached keys and the new ones."""
+    def _quadratic(self, q: Tensor, k: Tensor, v: Tensor, cache: tuple | None, offset: int):
+        """q/k (B, 1, T, s), v (B, T, e) -> A V (B, T, e) over the cached keys and the new ones; the first query at
+        absolute position `offset`."""
         v = v[:, None]  # (B, 1, T, e)
         if cache is not None:
             k = torch.cat([cache[0], k], dim=2)  # (B, 1, P + T, s)
@@ -141,11 +152,16 @@ class GAU(Mixer):
             cache = (k, v)
         T, L = q.shape[2], k.shape[2]
         mask = torch.ones(T, L, dtype=torch.bool, device=q.device).tril(diagonal=L - T)  # query i is at L - T + i
-        if self.scores == "softmax":  # without a past, is_causal lets SDPA pick its fused kernels
-            causal = L == T
-            o = F.scaled_dot_product_attention(q, k, v, attn_mask=None if causal else mask, is_causal=causal)
+        q_pos = torch.arange(offset, offset + T, device=q.device)  # absolute positions of the queries
+        k_pos = torch.arange(offset + T - L, offset + T, device=q.device)  # and of the (cached + new) keys
+        bias = self.position.score_bias(1, q_pos, k_pos, q.dtype)  # (1, T, L) or None: GAU has one head
+        if self.scores == "softmax":  # without a past or a bias, is_causal lets SDPA pick its fused kernels
+            causal = L == T and bias is None
+            attn_mask = None if causal else mask if bias is None else bias.masked_fill(~mask, float("-inf"))
+            o = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, is_causal=causal)
         else:
-            a = F.relu(q @ k.transpose(-1, -2) / math.sqrt(self.s)).square()  # (B, 1, T, L)
+            scores = q @ k.transpose(-1, -2) / math.sqrt(self.s)  # (B, 1, T, L)
+            a = F.relu(scores if bias is None else scores + bias).square()
             o = a.masked_fill(~mask, 0.0) @ v / self.n  # (B, 1, T, e)
         return o[:, 0], cache
 

@@ -53,6 +53,7 @@ class Mamba(Mixer):
     section = MambaConfig
     width_knob = "d_inner"
     lora_targets = ("in_proj", "x_proj", "out_proj")
+    position_hooks = ()  # applies none: its recurrence and causal conv order the tokens
 
     def __init__(self, cfg, position: nn.Module | None = None):
         super().__init__()  # `position` is unused: the recurrence and the causal conv carry order

@@ -160,6 +160,7 @@ class Mamba2(Mixer):
     section = Mamba2Config
     width_knob = "heads"  # an integer that keeps E a multiple of headdim at every width
     lora_targets = ("in_proj", "out_proj")
+    position_hooks = ()  # applies none: its recurrence and causal conv order the tokens
 
     def __init__(self, cfg, position: nn.Module | None = None):
         super().__init__()  # `position` is unused: the recurrence and the causal conv carry order

@@ -8,7 +8,9 @@ Query i attends to the last W = `model.sliding.window` keys only (itself include
     A_ij = 0 otherwise;   y_i = sum_j A_ij v_j
 
 W >= T is full causal attention (`model.mixer=softmax`). Grouped-query heads as softmax.py: H query heads share
-Hk = n_kv_heads key/value heads; q and k rotated by the model's position (`rotate(q, k, offset)`, absolute offset).
+Hk = n_kv_heads key/value heads; q and k rotated by the model's position (`rotate(q, k, offset)`, absolute offset),
+and its score bias (ALiBi, T5: `score_bias` for the queries' and keys' absolute positions) added to the scores
+inside the band, as a float mask (-inf outside the band).
 
 Shapes: x (B, T, D) -> q (B, H, T, d), k/v (B, Hk, T, d), d = D / H -> y (B, T, D).
 Training (no cache): `F.scaled_dot_product_attention` with `is_causal=True` when W >= T; else blocked local
@@ -30,7 +32,8 @@ Activation bytes (measured with saved-tensor hooks on CPU, torch 2.13): every pa
 (`ScaledDotProductFlashAttentionForCpuBackward0`) and keeps q, k, v, the output and an fp32 log-sum-exp (B, H, T),
 never the probabilities. At W >= T that is softmax's formula. The blocked path (W < T) keeps, per token, one more
 D (the padded, block-major copy of q), k and v twice (each block's 2W-key window holds every key twice) and
-the (B N, 1, W, 2W) mask in the compute dtype (2W per query); tests/model/test_sliding.py checks the formula
+the (B N, 1, W, 2W) mask in the compute dtype (2W per query; with a score bias the mask is (B N, H, W, 2W), H times
+that, not counted here); tests/model/test_sliding.py checks the formula
 against a measured forward within 10%. On CUDA a boolean mask routes SDPA to the memory-efficient kernel (flash
 takes no mask), which also keeps only the log-sum-exp; not measured here.
 """
@@ -58,6 +61,7 @@ class SlidingWindowAttention(SoftmaxAttention):
 
     section = SlidingConfig
     llama_module = None  # Llama's attention is full causal: export_hf refuses this mixer
+    position_hooks = ("rotate", "score_bias")  # softmax's, applied in the band
 
     def __init__(self, cfg, position: nn.Module):
         super().__init__(cfg, position)
@@ -85,8 +89,9 @@ class SlidingWindowAttention(SoftmaxAttention):
         lag = i[:, None] - j[None, :]  # (T, past + T)
         return (lag >= 0) & (lag < self.window)
 
-    def blocked(self, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
-        """Local attention in blocks of W queries over 2W keys: q (B, H, T, d), k/v (B, Hk, T, d) -> (B, T, D)."""
+    def blocked(self, q: Tensor, k: Tensor, v: Tensor, offset: int) -> Tensor:
+        """Local attention in blocks of W queries over 2W keys: q (B, H, T, d), k/v (B, Hk, T, d) -> (B, T, D); the
+        first query at absolute position `offset`."""
         B, H, T, d = q.shape
         W = self.window
         N = -(-T // W)
@@ -99,9 +104,14 @@ class SlidingWindowAttention(SoftmaxAttention):
 
         a = torch.arange(W, device=q.device)[:, None]  # query index in its block
         b = torch.arange(2 * W, device=q.device)[None, :]  # key index in the block's window
-        mask = ((b > a) & (b <= a + W)).repeat(B, N, 1, 1)  # (B, N, W, 2W): lag W + a - b in [0, W)
-        mask[:, 0, :, :W] = False  # block 0's previous block is padding
-        y = F.scaled_dot_product_attention(q, windows(k), windows(v), attn_mask=mask.view(B * N, 1, W, 2 * W),
+        visible = ((b > a) & (b <= a + W)).repeat(N, 1, 1)  # (N, W, 2W): lag W + a - b in [0, W)
+        visible[0, :, :W] = False  # block 0's previous block is padding
+        q_pos = torch.arange(offset, offset + N * W, device=q.device).view(N, W)  # (N, W) absolute positions
+        k_pos = q_pos[:, :1] - W + torch.arange(2 * W, device=q.device)  # (N, 2W): block n's window
+        bias = self.position.score_bias(H, q_pos, k_pos, q.dtype)  # (N, H, W, 2W) or None
+        mask = visible[:, None] if bias is None else bias.masked_fill(~visible[:, None], float("-inf"))
+        mask = mask.expand(B, *mask.shape).reshape(B * N, mask.shape[1], W, 2 * W)  # (B N, 1 or H, W, 2W)
+        y = F.scaled_dot_product_attention(q, windows(k), windows(v), attn_mask=mask,
                                            enable_gqa=self.n_kv_heads != self.n_heads)  # (B N, H, W, d)
         y = y.view(B, N, H, W, d).permute(0, 1, 3, 2, 4).reshape(B, N * W, H * d)[:, :T]  # (B, T, H*d)
         return self.o_proj(y)
@@ -116,8 +126,13 @@ class SlidingWindowAttention(SoftmaxAttention):
             keep = min(self.window - 1, past + T)  # what the next query can still see
             cache = (k[:, :, past + T - keep:], v[:, :, past + T - keep:])  # (B, Hk, <= W - 1, d)
         if past == 0 and T > self.window:  # training or a prompt: linear-cost blocks (k, v hold only x's keys)
-            return self.blocked(q, k, v), cache
-        if past == 0:
+            return self.blocked(q, k, v, offset), cache
+        q_pos = torch.arange(offset, offset + T, device=x.device)  # absolute positions of the queries
+        k_pos = torch.arange(offset - past, offset + T, device=x.device)  # and of the (cached + new) keys
+        bias = self.position.score_bias(self.n_heads, q_pos, k_pos, q.dtype)  # (H, T, P + T) or None
+        if bias is not None:
+            mask, causal = bias.masked_fill(~self.band(T, past, x.device), float("-inf")), False
+        elif past == 0:
             mask, causal = None, True  # the band covers the whole causal triangle
         elif T == 1 and past < self.window:
             mask, causal = None, False  # one new query sees every cached key (P <= W - 1)

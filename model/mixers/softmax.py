@@ -3,7 +3,10 @@
 Vaswani et al. 2017, "Attention Is All You Need"; grouped-query attention from Ainslie et al. 2023
 ("GQA", arXiv:2305.13245): H query heads share Hk = n_kv_heads key/value heads (H % Hk == 0).
 
-    Attn(Q, K, V) = softmax(Q K^T / sqrt(d) + M) V,   M_ij = -inf for j > i (causal)
+    Attn(Q, K, V) = softmax(Q K^T / sqrt(d) + M + P) V,   M_ij = -inf for j > i (causal)
+
+P (H, T, T_k) is the position's score bias (ALiBi, T5; model/positions/) for the absolute positions of the queries
+and keys, 0 when the position contributes none; it joins the causal mask as SDPA's float attn_mask.
 
 Shapes: x (B, T, D) -> q (B, H, T, d), k/v (B, Hk, T, d), d = D / H -> y (B, T, D).
 Computed by `F.scaled_dot_product_attention` (flash / memory-efficient kernels where available).
@@ -22,6 +25,7 @@ from model.component import Mixer
 class SoftmaxAttention(Mixer):
     lora_targets = ("q_proj", "k_proj", "v_proj", "o_proj")
     llama_module = "self_attn"  # q/k/v/o_proj are Hugging Face Llama's names
+    position_hooks = ("rotate", "score_bias")  # RoPE on q and k; ALiBi / T5 biases added to the scores
 
     def __init__(self, cfg, position: nn.Module):
         super().__init__()
@@ -77,7 +81,12 @@ class SoftmaxAttention(Mixer):
             k = torch.cat([cache[0], k], dim=2)  # (B, Hk, past + T, d)
             v = torch.cat([cache[1], v], dim=2)
             cache = (k, v)
-        if past == 0:
+        q_pos = torch.arange(offset, offset + T, device=x.device)  # absolute positions of the queries
+        k_pos = torch.arange(offset - past, offset + T, device=x.device)  # and of the keys
+        bias = self.position.score_bias(self.n_heads, q_pos, k_pos, q.dtype)  # (H, T, past + T) or None
+        if bias is not None:
+            mask, causal = bias.masked_fill(k_pos > q_pos[:, None], float("-inf")), False
+        elif past == 0:
             mask, causal = None, True
         elif T == 1:
             mask, causal = None, False  # one new query sees every cached key
