@@ -4,6 +4,7 @@ num_iterations > 1 reusing samples, reward/KL/clip/entropy logs, a frozen refere
 from __future__ import annotations
 
 import json
+import math
 
 import lightning as L
 import pytest
@@ -152,3 +153,15 @@ def test_command_errors_exit_2(tiny_corpus, tiny_sft_run, tmp_path, capsys, extr
     with pytest.raises(SystemExit) as exit_info:
         run_cli(main, args, load=align_config)
     assert exit_info.value.code == 2 and message in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("variant", [{"objective": "gspo", "level": "sequence"},
+                                     {"objective": "cispo", "baseline": "leave_one_out", "scale": "none"}])
+def test_grpo_variants_train_with_kimi_length_penalty(tiny_corpus, tiny_sft_run, tmp_path, variant):
+    """GSPO, CISPO and RLOO are options of the one objective; Kimi's length penalty is one more reward term."""
+    values = grpo_values(tiny_corpus, tiny_sft_run[1], tmp_path, **{"train.max_steps": 2})
+    values["align"].update(variant, rewards={"word_inclusion": 1.0, "length_penalty": {"weight": 0.5}})
+    run_dir = train_grpo(align_config(None, values))
+    rows = [r for r in read_metrics(run_dir) if r.get("train/loss")]
+    assert rows and all(math.isfinite(float(r["train/loss"])) for r in rows)
+    assert all(0 <= float(r["train/rewards/length_penalty"]) <= 1 for r in rows)
