@@ -193,7 +193,9 @@ class RWKV7(Mixer):
 
             o, M = chunked_dplr(heads(r), heads(logw), heads(k), heads(v), heads(-kappa), heads(a * kappa),
                                 M0.to(f32), self.chunk_size)  # (B, H, T, d)
-            o = self.norm(o.transpose(1, 2).reshape(B * T, H * d)).view(B, T, H, d)  # (B, T, H, d)
+            n = self.norm  # its fp32 weights (bf16 in bf16-true runs) on the fp32 output
+            o = F.group_norm(o.transpose(1, 2).reshape(B * T, H * d), H, n.weight.to(f32), n.bias.to(f32), n.eps)
+            o = o.view(B, T, H, d)  # (B * T, E) -> (B, T, H, d)
             bonus = (r * k).view(B, T, H, d).mul(self.r_k.to(f32)).sum(-1, keepdim=True) * v.view(B, T, H, d)
             o = (o + bonus).view(B, T, H * d) * g.to(f32)  # (B, T, E)
         y = self.o_proj(o.to(x.dtype))  # (B, T, D)

@@ -155,6 +155,14 @@ def test_bf16_autocast_keeps_fp32_state():
     assert_close(y.float(), m(x)[0], rtol=0.05, atol=0.05)
 
 
+def test_bf16_weights_run_with_an_fp32_core():
+    """bf16-true: bf16 parameters (norm weights included) meet the fp32 core without a dtype error."""
+    m = make().to(torch.bfloat16).train()
+    y, _ = m(torch.randn(2, 12, 32, dtype=torch.bfloat16))
+    assert y.dtype == torch.bfloat16 and torch.isfinite(y).all()
+    y.float().square().mean().backward()
+    assert all(torch.isfinite(p.grad).all() for p in m.parameters())
+
 def test_bad_config_is_rejected():
     with pytest.raises(ValueError, match="chunk_size"):
         RWKV7Config(chunk_size=129)
