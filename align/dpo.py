@@ -116,7 +116,7 @@ class PairDataModule(SeededDataModule):
 
 def is_unpaired(pairs: dict[str, list[dict]]) -> bool:
     """Whether the rows are KTO's prompt/completion/label (align/make_pairs.py UNPAIRED), not pairs."""
-    return "label" in pairs["train"][0]
+    return bool(pairs["train"]) and "label" in pairs["train"][0]
 
 
 class DPOModel(PolicyModel):
@@ -136,9 +136,9 @@ class DPOModel(PolicyModel):
             with torch.no_grad(), self.reference_model() as ref_model:
                 reference = (token_logprobs(ref_model(inputs)[0], targets) * mask).sum(-1)  # (N,)
         scored = (logp.sum(-1), reference, mask.sum(-1), -logp)  # policy (N,), reference, tokens (N,), NLL (N, T)
-        batch = PreferenceBatch(*scored, batch[2]) if len(batch) == 3 else PreferenceBatch.pairs(*scored)
+        rows = PreferenceBatch(*scored, batch[2]) if len(batch) == 3 else PreferenceBatch.pairs(*scored)
         entry, a = LOSSES[self.cfg.align.loss_type], self.cfg.align
-        loss, metrics = entry.loss(batch, a.beta, entry.options(a) if entry.section is not None else None)
+        loss, metrics = entry.loss(rows, a.beta, entry.options(a) if entry.section is not None else None)
         return loss, {"loss": loss.detach(), **metrics}
 
     def compute_loss(self, batch) -> tuple[Tensor, dict[str, Tensor]]:
