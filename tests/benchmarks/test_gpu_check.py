@@ -1,6 +1,6 @@
 """`python -m benchmarks.gpu_check --dry-run` end to end on CPU (every part at toy sizes: JSON, Markdown, exit code),
-a failing part that makes the exit code 1 while the next part still runs, and an isolated part: its time limit,
-its exit code and its log."""
+a failing part that makes the exit code 1 while the next part still runs, an isolated part (its time limit, exit
+code and log), and the memory judgement on CUDA throughput rows."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import subprocess
 import sys
 
 from benchmarks.gpu_check.__main__ import log_tail, run_part
-from benchmarks.gpu_check.parts import ROOT, Part, plan
+from benchmarks.gpu_check.parts import ROOT, Part, plan, read_throughput
 from benchmarks.gpu_check.train_matrix import LOSS_TOL, VARIANTS
 
 
@@ -65,3 +65,17 @@ def test_an_isolated_part_is_cut_off_at_its_limit_and_a_crash_is_its_exit_code(t
     record = run_part(crash, tmp_path, limit=60, isolated=True, inject=False)
     assert record["status"] == "failed" and record["problems"][0].startswith("exit code 1 (log: ")
     assert "No module named benchmarks.no_such_module" in log_tail(tmp_path, record)  # printed under the failure
+
+
+def test_cuda_throughput_memory_is_judged_against_the_estimate(tmp_path):
+    # 42m as measured on one H100 (benchmarks/results/throughput_cuda.json): compiled, bf16-mixed, B 64 x T 1024
+    row = {"shape": "42m", "model": "ours", "d_model": 512, "n_layers": 8, "n_heads": 8, "seq": 1024, "batch": 64,
+           "peak_mem_mib": 17087.0}
+    settings = {"device": "cuda", "vocab": 8192, "precision": "bf16-mixed", "compile": True}
+    for peak, expected in ((17087.0, []), (2 * 17087.0, ["42m: peak memory / estimate = 1.83, outside [0.3, 1.1]"])):
+        data = {"settings": settings, "results": [{**row, "peak_mem_mib": peak}, {**row, "model": "hf"}]}
+        (tmp_path / "throughput.json").write_text(json.dumps(data))
+        results, problems = read_throughput(tmp_path)
+        assert problems == expected
+        assert 0.85 < results["results"][0]["memory_ratio"] * 17087.0 / peak < 1.0  # ~0.92 of train.estimate's
+        assert "memory_ratio" not in results["results"][1]  # HF's memory is not ours to estimate
