@@ -36,7 +36,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--parts", default=None, help="comma list of the parts to run (default: all)")
     p.add_argument("--inject-failure", default=None, metavar="PART", help="PART fails without running")
     args = p.parse_args(argv)
-    args.out = Path(args.out or RUNS / time.strftime("%Y%m%d-%H%M%S", time.gmtime()))
+    args.out = Path(args.out or RUNS / time.strftime("%Y%m%d-%H%M%S", time.gmtime())).resolve()  # parts run in ROOT
     names = [part.name for part in plan(args.out, args.dry_run)]
     args.parts = args.parts.split(",") if args.parts else names
     for name in [*args.parts, *([args.inject_failure] if args.inject_failure else [])]:
