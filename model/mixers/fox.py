@@ -6,15 +6,17 @@ Lin, Nikishin, He, Courville 2025, "Forgetting Transformer: Softmax Attention wi
     f_t = sigmoid(w_f^T x_t + b_f)                    (one w_f, b_f per head; b_f starts at `model.fox.gate_bias`)
     c_t = sum_{l <= t} log f_l                          cumulative log-forget, fp32
     D_ij = sum_{l = j+1}^{i} log f_l = c_i - c_j       (j <= i; -inf for j > i)
-    y_i = sum_j softmax_j(q_i . k_j / sqrt(d) + D_ij) v_j
+    y_i = sum_j softmax_j(q_i . k_j / sqrt(d) + D_ij + p_ij) v_j
 
-f = 1 everywhere is causal softmax attention (softmax.py); the decay makes the bias data-dependent, like a gated
-RNN's forget gate but on softmax attention. q and k go through the model's position (`rotate(q, k, offset)`): RoPE
-when `model.position=rope`, the identity for `none` (the paper's FoX uses no RoPE: the gate orders the tokens).
+f = 1 everywhere is causal softmax attention (softmax.py); otherwise D acts as a gated RNN's forget gate on softmax
+attention, an ALiBi bias -m (i - j) whose per-token slope is learned from the input. The model's position
+enters as in softmax.py: q and k go through `rotate(q, k, offset)` (RoPE for `model.position=rope`, the identity for
+`none`: the paper's FoX uses no RoPE, the gate orders the tokens) and p (H, T, P + T) is its `score_bias` for the
+absolute positions of the queries and keys (ALiBi, T5), 0 when it contributes none.
 Grouped-query heads as softmax.py: H query heads, each with its own gate, share Hk = n_kv_heads key/value heads.
 
 Shapes: x (B, T, D) -> q (B, H, T, d), k/v (B, Hk, T, d), log f and c (B, H, T) -> bias D (B, H, T, P + T) ->
-y (B, T, D). Computed by `F.scaled_dot_product_attention` with D as an additive float mask; a mask that needs a
+y (B, T, D). Computed by `F.scaled_dot_product_attention` with D + p as an additive float mask; a mask that needs a
 gradient (training) runs SDPA's math path, which keeps the (B, H, T, T) probabilities for backward:
 memory quadratic in T, where the paper's Triton kernel (or fla's `forgetting_attn`) stays linear.
 Cache: (k, v, c): the rotated keys and values seen so far (B, Hk, P, d) and their cumulative log-forget values
@@ -45,7 +47,7 @@ class FoxConfig(Options):
 class ForgettingAttention(SoftmaxAttention):
     section = FoxConfig
     llama_module = None  # Llama's attention has no forget gate: export_hf refuses this mixer
-    position_hooks = ("rotate",)  # RoPE on q and k; no position score bias (its forward adds only D)
+    position_hooks = ("rotate", "score_bias")  # RoPE on q and k; ALiBi / T5 biases added to D
 
     def __init__(self, cfg, position: nn.Module):
         super().__init__(cfg, position)
@@ -101,6 +103,11 @@ class ForgettingAttention(SoftmaxAttention):
             cache = (k, v, c_keys)
         else:
             c_keys = c
-        visible = torch.ones(T, past + T, dtype=torch.bool, device=x.device).tril(diagonal=past)  # key j <= i
-        bias = (c[..., :, None] - c_keys[..., None, :]).masked_fill(~visible, float("-inf"))  # (B, H, T, P + T)
+        q_pos = torch.arange(offset, offset + T, device=x.device)  # absolute positions of the queries
+        k_pos = torch.arange(offset - past, offset + T, device=x.device)  # and of the keys
+        bias = c[..., :, None] - c_keys[..., None, :]  # (B, H, T, P + T): D_ij
+        position_bias = self.position.score_bias(self.n_heads, q_pos, k_pos, bias.dtype)  # (H, T, P + T) or None
+        if position_bias is not None:
+            bias = bias + position_bias
+        bias = bias.masked_fill(k_pos > q_pos[:, None], float("-inf"))  # causal: key j <= query i
         return self.attend(q, k, v, bias.to(q.dtype), causal=False), cache

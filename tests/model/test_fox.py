@@ -1,7 +1,8 @@
 """Forgetting attention (`model.mixer=fox`): softmax attention with the same weights when the forget gate is 1, the
 paper's equations written out (values and gradients, the gate's included), causality, cached decoding (one-token
 steps and chunks, fp64) == full forward with RoPE and without positions, the cache's layout and bytes, the gate's
-bias init and option, a hybrid with softmax, the activation estimate in bf16 and with grouped heads."""
+bias init and option, a hybrid with softmax, the activation estimate in bf16 and with grouped heads, score-bias
+positions (ALiBi, T5) added to the forget bias."""
 
 from __future__ import annotations
 
@@ -160,3 +161,21 @@ def test_activation_estimate_with_grouped_heads_and_a_longer_sequence(registered
     cfg = net.cfg
     layers = sum(layer_bytes(cfg, m, cfg.layer_ffn(m), T, precision) for m in cfg.layer_mixers())
     assert T * (layers + head_bytes(cfg, precision)[0]) == pytest.approx(measured, rel=0.1)
+
+
+@pytest.mark.parametrize("position", ["alibi", "t5"])
+def test_a_position_score_bias_joins_the_forget_bias(registered, position):
+    """Gate forced to 1: the model equals softmax attention under the same score-bias position; any gate: cached
+    decoding equals the full forward."""
+    net = model(position=position)
+    assert_decodes_like_full_forward(net, 97, tol=1e-4)
+    with torch.no_grad():
+        for layer in net.layers:
+            layer.mixer.f_proj.weight.zero_()
+            layer.mixer.f_proj.bias.fill_(100.0)
+    plain = Transformer(tiny_model_config(position=position)).eval()
+    missing, unexpected = plain.load_state_dict(net.state_dict(), strict=False)
+    assert not missing and all(".f_proj." in key for key in unexpected)
+    x = torch.randint(0, 97, (2, 16))
+    with torch.no_grad():
+        torch.testing.assert_close(net(x)[0], plain(x)[0], atol=1e-5, rtol=1e-5)
