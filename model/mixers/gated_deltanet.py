@@ -106,7 +106,8 @@ class GatedDeltaNet(Mixer):
         self.a_proj = nn.Linear(D, H, bias=False)  # alpha's input, one per head
         self.b_proj = nn.Linear(D, H, bias=False)  # beta = sigmoid(x W_beta), one per head
         self.g_proj = nn.Linear(D, E, bias=False)  # the swish output gate
-        self.conv_weight = nn.Parameter(torch.empty(3 * E, gd.conv_size))  # depthwise, over q, k and v
+        # depthwise over q, k and v, nn.Conv1d's (channels, 1, K) layout: a filter per channel, not a matrix (Muon)
+        self.conv_weight = nn.Parameter(torch.empty(3 * E, 1, gd.conv_size))
         self.conv_bias = nn.Parameter(torch.empty(3 * E))
         self.A_log = nn.Parameter(torch.empty(H))
         self.dt_bias = nn.Parameter(torch.empty(H))
@@ -166,7 +167,7 @@ class GatedDeltaNet(Mixer):
             conv_in, past = qkv, 0  # zeros before the first token
         else:
             conv_in, past = torch.cat([cache[0].to(qkv.dtype), qkv], dim=1), K - 1  # (B, K - 1 + T, 3E)
-        qkv = CausalConv.apply(conv_in, self.conv_weight.to(qkv.dtype), self.conv_bias.to(qkv.dtype), past)
+        qkv = CausalConv.apply(conv_in, self.conv_weight[:, 0].to(qkv.dtype), self.conv_bias.to(qkv.dtype), past)
         a, beta, gate = self.a_proj(x), self.b_proj(x), self.g_proj(x)  # (B, T, H), (B, T, H), (B, T, E)
         with torch.autocast(x.device.type, enabled=False):
             f32 = torch.promote_types(x.dtype, torch.float32)  # fp32 (fp64 in fp64 tests)

@@ -109,7 +109,7 @@ def reference(m: GatedDeltaNet, x):
     B, T, _ = x.shape
     H, d, K = m.n_heads, m.head_dim, m.conv_size
     u = torch.cat([m.q_proj(x), m.k_proj(x), m.v_proj(x)], dim=-1).transpose(1, 2)  # (B, 3E, T)
-    u = F.conv1d(F.pad(u, (K - 1, 0)), m.conv_weight[:, None], m.conv_bias, groups=u.shape[1])  # causal
+    u = F.conv1d(F.pad(u, (K - 1, 0)), m.conv_weight, m.conv_bias, groups=u.shape[1])  # causal
     q, k, v = (F.silu(t).reshape(B, H, d, T).transpose(-1, -2) for t in u.chunk(3, dim=1))  # (B, H, T, d)
     g = -m.A_log.exp() * F.softplus(m.a_proj(x) + m.dt_bias)  # (B, T, H)
     beta = torch.sigmoid(m.b_proj(x))  # (B, T, H)
