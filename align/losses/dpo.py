@@ -5,7 +5,7 @@ sequence log-probs of the chosen (w) and rejected (l) completions, (B,) each,
 
     h = (log pi(y_w) - log ref(y_w)) - (log pi(y_l) - log ref(y_l))       (B,)
     sigmoid: -(1 - ls) log sigma(beta h) - ls log sigma(-beta h)          (ls: label smoothing, cDPO)
-    ipo:     (h - 1 / (2 beta))^2                                         (Azar et al. 2023, IPO, eq. 17)
+    ipo:     (h - 1 / (2 beta))^2                                         (Azar et al. 2023, IPO)
     hinge:   relu(1 - beta h)                                             (SLiC, Zhao et al. 2023)
 
 as in TRL's ``DPOTrainer``. Implicit rewards: ``beta * (log pi(y) - log ref(y))``, detached.

@@ -12,15 +12,15 @@ GRPO (Shao et al. 2024, "DeepSeekMath", arXiv:2402.03300, eq. 3-4). G completion
 Baselines (`align.baseline`):
     mean           the group mean above (GRPO)
     leave_one_out  A_i = r_i - 1/(G-1) sum_{j != i} r_j = G/(G-1) (r_i - mean(r_group))   (RLOO: Ahmadian et al.
-                   2024, "Back to Basics: Revisiting REINFORCE Style Optimization", arXiv:2402.14740, eq. 10)
+                   2024, "Back to Basics: Revisiting REINFORCE Style Optimization", arXiv:2402.14740)
 and then the scale (`align.scale`): the group's std (GRPO), the batch's, or none (Dr. GRPO; RLOO).
 
 Objectives (`align.objective`, `SURROGATES`), each (N, T) per-token loss terms:
     clip   the per-token clipped ratio L_clip above (GRPO, PPO)
-    gspo   GSPO (Zheng et al. 2025, "Group Sequence Policy Optimization", arXiv:2507.18071, eq. 5-7): one ratio per
+    gspo   GSPO (Zheng et al. 2025, "Group Sequence Policy Optimization", arXiv:2507.18071): one ratio per
            sequence, s_i = exp(1/|y_i| sum_t (logp - old_logp)), clipped at the sequence level:
            -min(s_i A_i, clip(s_i, 1 - eps_low, 1 + eps_high) A_i), the same value on each token of y_i
-    cispo  CISPO (MiniMax-M1, arXiv:2506.13585, eq. 4-5): REINFORCE on every token with a clipped, stop-gradient
+    cispo  CISPO (MiniMax-M1, arXiv:2506.13585): REINFORCE on every token with a clipped, stop-gradient
            importance weight: -sg(clip(ratio, 1 - eps_low, 1 + eps_high)) A_i logp; no token loses its gradient
 
 Aggregation "sequence" is the GRPO paper's 1/G sum_i 1/|o_i| sum_t (GSPO's sequence mean); "token" divides by the
