@@ -19,7 +19,8 @@ Objectives (`align.objective`, `SURROGATES`), each (N, T) per-token loss terms:
     clip   the per-token clipped ratio L_clip above (GRPO, PPO)
     gspo   GSPO (Zheng et al. 2025, "Group Sequence Policy Optimization", arXiv:2507.18071): one ratio per
            sequence, s_i = exp(1/|y_i| sum_t (logp - old_logp)), clipped at the sequence level:
-           -min(s_i A_i, clip(s_i, 1 - eps_low, 1 + eps_high) A_i), the same value on each token of y_i
+           -min(s_i A_i, clip(s_i, 1 - eps_low, 1 + eps_high) A_i), the same value on each token of y_i; s_i
+           moves far less than a token ratio, so the paper clips at 3e-4 / 4e-4 (`align.epsilon`, `epsilon_high`)
     cispo  CISPO (MiniMax-M1, arXiv:2506.13585): REINFORCE on every token with a clipped, stop-gradient
            importance weight: -sg(clip(ratio, 1 - eps_low, 1 + eps_high)) A_i logp; no token loses its gradient
 
