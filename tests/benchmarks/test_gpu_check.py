@@ -25,8 +25,8 @@ def test_the_dry_run_writes_every_part(tmp_path):
     names = [part.name for part in plan(tmp_path, dry=True)]
     assert [p["name"] for p in summary["parts"]] == names and summary["failed"] == []
     assert all(p["status"] == "passed" and p["problems"] == [] for p in summary["parts"])
-    assert f"[1/{len(names)}] gpu-tests: started" in done.stdout and f"[{len(names)}/{len(names)}] seqlen: passed" \
-        in done.stdout and "gpu check passed" in done.stdout
+    assert f"[1/{len(names)}] gpu-tests: started" in done.stdout and f"[{len(names)}/{len(names)}] throughput: " \
+        "passed" in done.stdout and "gpu check passed" in done.stdout
     parts = {p["name"]: p["results"] for p in summary["parts"]}
     assert parts["gpu-tests"]["counts"].get("skipped", 0) > 0  # the gpu-marked tests, collected and skipped on CPU
     for name in ("demo", "15m", "42m"):
@@ -39,7 +39,7 @@ def test_the_dry_run_writes_every_part(tmp_path):
         assert {r["status"] for r in rows if r["precision"] == "16-mixed" or r["compile"]} == {"skipped"}
     assert {r["model"] for r in parts["throughput"]["results"]} == {"ours", "hf"}
     assert {r["seq_len"] for r in parts["seqlen"]["results"]} == {64, 256}
-    assert table.startswith("# GPU check: passed") and "| 6 | seqlen | passed |" in table
+    assert table.startswith("# GPU check: passed") and "| 6 | throughput | passed |" in table
     assert "## Training: final val loss against the fp32 run" in table and "| demo | bf16-mixed | False | muon |" \
         in table and "ours vs HF LlamaForCausalLM" in table and "Mixer fwd+bwd vs sequence length" in table
     assert (tmp_path / "logs" / "train-42m.log").is_file() and (tmp_path / "seqlen.png").is_file()
