@@ -25,8 +25,6 @@ from model.positions.t5 import T5Config
 from model.transformer import Transformer
 from train.interop.export_hf import check_llama
 
-SCORE_BIASES = [p for p, cls in POSITIONS.items() if "score_bias" in cls.contributes]
-
 
 def test_alibi_slopes_are_the_papers():
     """8 heads: the geometric sequence from 2^(-8/8) with that ratio. 6 heads: the 4-head slopes 2^(-8h/4) then the
@@ -96,15 +94,25 @@ def test_refused_per_layer_and_for_gau_chunked():
     assert "\n" not in str(err.value)
 
 
-@pytest.mark.parametrize("position", SCORE_BIASES)
+@pytest.mark.parametrize("position", [p for p in POSITIONS if p != "none"])
 @pytest.mark.parametrize("mixer,extra", [
-    ("sliding", dict(sliding=SlidingConfig(window=4))),  # the blocked path (T > W) and the band after a prefix
+    ("softmax", dict(n_kv_heads=2)),
+    ("sliding", dict(sliding=SlidingConfig(window=4))),  # blocked prefill (T > W), truncated cache, band chunks
     ("gau", dict(gau=GAUConfig(scores="relu2"))), ("gau", dict(gau=GAUConfig(scores="softmax")))],
-    ids=["sliding", "gau-relu2", "gau-softmax"])
-def test_score_bias_cached_decoding_equals_full_forward(position, mixer, extra):
+    ids=["softmax-gqa", "sliding", "gau-relu2", "gau-softmax"])
+def test_cached_decoding_equals_full_forward(position, mixer, extra):
+    """A prefill, one-token steps and chunks after a prefix give the full forward's logits (biases, tables and
+    rotations at the right absolute positions)."""
     torch.manual_seed(0)
     model = Transformer(ModelConfig(**pair_config(position, mixer, **extra))).eval()
-    assert_decodes_like_full_forward(model, 50, tol=1e-4)
+    idx = torch.randint(0, 50, (2, 21))
+    with torch.no_grad():
+        full, state = model(idx)[0], model.init_state(2)
+        pieces = []
+        for start, end in [(0, 7), (7, 8), (8, 9), (9, 17), (17, 21)]:
+            logits, state = model(idx[:, start:end], state)
+            pieces.append(logits)
+    torch.testing.assert_close(torch.cat(pieces, 1), full, atol=1e-4, rtol=1e-4)
 
 
 def test_sliding_blocked_path_with_a_bias_equals_the_dense_band():
