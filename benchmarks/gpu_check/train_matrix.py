@@ -5,9 +5,9 @@
 
 Every run starts from the same seed and data order on the TinyStories sample shipped in data/sample/ (the device
 machine has no network), validates once at its last step on the same `val_batches` held-out batches, and records
-the final validation loss, the last logged tokens/s, torch.cuda.max_memory_allocated over the training and the
-memory `train.estimate` predicts for the same config (its model state + micro-batch activations, without the
-fixed CUDA-context overhead, which max_memory_allocated does not see).
+the final validation loss, the last logged tokens/s, torch.cuda.max_memory_allocated over the training (less what
+earlier runs left allocated) and the memory `train.estimate` predicts for the same config (its model state +
+micro-batch activations, without the fixed CUDA-context overhead, which max_memory_allocated does not see).
 
 Tolerance: |val loss - the fp32 eager run's with the same optimizer| <= LOSS_TOL = 0.1 nats. Reasoning: all runs
 share seed, data and initial weights, so they differ only by rounding; after a few hundred steps the runs have
@@ -28,6 +28,7 @@ off by the part's time limit leaves the finished ones.
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import math
 import sys
@@ -101,12 +102,14 @@ def train_one(name: str, variant: tuple, work: str, dry: bool) -> dict:
     cfg = load_config(CONFIGS / f"{name}.yaml", overrides(name, *variant, work, dry))
     probe = Probe()
     torch._dynamo.reset()  # each compiled run compiles afresh, not against the last run's guards
+    gc.collect()  # the last run's trainer, model and optimizer (reference cycles) leave the GPU first
+    resident = torch.cuda.memory_allocated() if torch.cuda.is_available() else 0  # what is left is not this run's
     start = time.perf_counter()
     pretrain(cfg, callbacks=[probe])
     row = {"steps": cfg.train.max_steps, "batch": cfg.train.batch_size, "seq_len": cfg.data.seq_len,
            "vocab": cfg.model.vocab_size, "seconds": round(time.perf_counter() - start, 1),
            "val_loss": probe.val_loss, "tokens_per_s": probe.tokens_per_s, "estimate_mib": estimated_bytes(cfg) / 2**20}
-    row["peak_mib"] = probe.peak / 2**20 if probe.peak is not None else None
+    row["peak_mib"] = (probe.peak - resident) / 2**20 if probe.peak is not None else None
     return row
 
 
