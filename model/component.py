@@ -225,7 +225,7 @@ def declares(base: type, entry) -> None:
     for piece in getattr(base, "OWN", ()):
         value = getattr(entry, piece)
         if value != getattr(base, piece) and piece not in entry.__dict__:
-            origin = next(k for k in own if piece in k.__dict__).__name__
+            origin = next(k for k in entry.__mro__ if piece in k.__dict__).__name__
             raise TypeError(f"{entry.__name__} inherits {piece}={value!r} from {origin}; declare {piece} in "
                             f"{entry.__name__} itself (what its own code does)")
     section = getattr(entry, "section", None)
