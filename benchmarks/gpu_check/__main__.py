@@ -121,7 +121,10 @@ def main(argv=None) -> None:
               + ("" if args.dry_run else f" (budget {part.budget_s} s, limit {limit:.0f} s)"), flush=True)
         record = run_part(part, args.out, limit, isolated=not args.dry_run, inject=part.name == args.inject_failure)
         records.append(record)
-        write_summary(args.out, records, args.dry_run, time.perf_counter() - start)
+        try:
+            write_summary(args.out, records, args.dry_run, time.perf_counter() - start)
+        except Exception as err:  # a fault in the report must not cost the parts still to run
+            print(f"    summary not written: {type(err).__name__}: {err}", flush=True)
         problems = "".join(f"\n    {p}" for p in record["problems"][:5]) + log_tail(args.out, record)
         print(f"[{i}/{len(parts)}] {part.name}: {record['status']} in {record['seconds']:.0f} s, elapsed "
               f"{time.perf_counter() - start:.0f} s{problems}", flush=True)

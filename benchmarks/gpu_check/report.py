@@ -15,16 +15,20 @@ from benchmarks.gpu_check.parts import ROOT
 from benchmarks.seqlen import KERNELS
 
 
-def settings(dry: bool, seconds: float) -> dict:
-    def git(*cmd: str) -> str | None:  # None: no git, or no repository (a copy of the working tree)
-        done = subprocess.run(["git", *cmd], cwd=ROOT, capture_output=True, text=True)
-        return done.stdout.strip() if done.returncode == 0 else None
+def command_output(*cmd: str) -> str | None:
+    """A command's stdout; None where it is missing or fails (no git or no repository in a copy of the tree)."""
+    try:
+        done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=30)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return done.stdout.strip() if done.returncode == 0 else None
 
-    gpu = subprocess.run(["nvidia-smi", "--query-gpu=name", "--format=csv,noheader"], capture_output=True,
-                         text=True) if not dry and torch.cuda.is_available() else None  # no CUDA context here
-    return {"mode": "dry run (CPU, toy sizes)" if dry else "GPU", "device_name": gpu.stdout.strip() if gpu else
-            cpu_name(), "torch": torch.__version__, "commit": git("rev-parse", "--short", "HEAD") or "unknown",
-            "uncommitted_changes": bool(git("status", "--porcelain", "--untracked-files=no")),
+
+def settings(dry: bool, seconds: float) -> dict:
+    gpu = None if dry else command_output("nvidia-smi", "--query-gpu=name", "--format=csv,noheader")  # no CUDA context
+    return {"mode": "dry run (CPU, toy sizes)" if dry else "GPU", "device_name": gpu or cpu_name(),
+            "torch": torch.__version__, "commit": command_output("git", "rev-parse", "--short", "HEAD") or "unknown",
+            "uncommitted_changes": bool(command_output("git", "status", "--porcelain", "--untracked-files=no")),
             "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "seconds": round(seconds, 1)}
 
 
