@@ -1,7 +1,8 @@
 """Positions: ALiBi slopes and T5 buckets against the papers' values computed by hand; every position x every mixer
 from the registries either builds and changes the output (or is declared position-free and does not) or is refused in
 one line; cached decoding with score biases; a score-bias position defined HERE, registered with one line; the
-contract's own-declaration rule (llama_module, position_hooks) and the layer index a mixer is built with."""
+contract's own-declaration rule (llama_module, position_hooks); the layer index a mixer is built with; a position's
+parameters held once and kept by a run directory; the learned table's context; HF export refusing non-RoPE."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ import math
 
 import pytest
 import torch
-from conftest import assert_decodes_like_full_forward, tiny_model_config
+from conftest import assert_decodes_like_full_forward, tiny_model_config, tiny_train_overrides
 from torch import Tensor
 
 from model.component import Position, check_position, position_free
@@ -23,7 +24,11 @@ from model.positions import POSITIONS, ALiBi, LearnedPosition, RotaryPosition, T
 from model.positions.learned import LearnedConfig
 from model.positions.t5 import T5Config
 from model.transformer import Transformer
+from train.config import load_config
+from train.generate.command import main as generate_main
 from train.interop.export_hf import check_llama
+from train.run import pretrain
+from train.rundir.weights import read_shapes
 
 
 def test_alibi_slopes_are_the_papers():
@@ -206,10 +211,16 @@ def test_mixers_are_built_with_their_layer_index(monkeypatch):
     assert built == [0, 2, 4]
 
 
-def test_position_parameters_are_the_models_once():
+def test_position_parameters_are_the_models_once_and_a_run_keeps_them(tiny_corpus, tmp_path, capsys):
     model = Transformer(tiny_model_config(position="t5", n_layers=3))
     assert [k for k in model.state_dict() if "position" in k] == ["position.bias.weight"]
     assert model.position.bias.weight.shape == (32, 4)
+    overrides = tiny_train_overrides(tiny_corpus, tmp_path)
+    overrides["model"]["position"] = "t5"
+    run = pretrain(load_config(None, overrides), ())
+    assert "position.bias.weight" in read_shapes(run / "model.safetensors")
+    generate_main(["--run", str(run), "--prompt", "Once upon a time", "--max_new_tokens", "5"])
+    assert "Once upon a time" in capsys.readouterr().out
 
 
 def test_learned_table_size_generation_cap_and_refusals():
