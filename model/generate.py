@@ -4,7 +4,7 @@ Each step turns the last logits (B, V) into a distribution: divide by `temperatu
 `top_k` largest (0 = all), keep the smallest set whose probability reaches `top_p` in (0, 1] (nucleus sampling,
 Holtzman et al. 2019), sample; other settings are refused (`check_sampling`). A sequence that emits `eos_id` is
 finished: it keeps emitting `eos_id` (so the batch stays rectangular) and generation stops when every sequence is
-finished. A model whose position declares a largest position (`max_positions`, model/positions.py: a table has
+finished. A model whose position declares a largest position (`max_positions`, model/positions/learned.py: a table has
 one; RoPE and sinusoids have none) generates at most up to it: `max_new_tokens` is capped at that context minus the
 prompt (`context_room`); commands say so when they cap a user's request.
 """

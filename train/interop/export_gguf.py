@@ -14,7 +14,7 @@ Tensors go through the Hugging Face names (`export_hf.to_hf_state_dict`) and ggu
 
 (numpy shapes; GGUF lists dimensions innermost first, so token_embd reads {D, V} there, as llama.cpp expects).
 
-The q/k permutation. We rotate halves, as HF Llama does (model/positions.py): the pair (x_j, x_{j+d/2}) of each
+The q/k permutation. We rotate halves, as HF Llama does (model/positions/rope.py): the pair (x_j, x_{j+d/2}) of each
 head turns by m theta_j. llama.cpp's "llama" uses LLAMA_ROPE_TYPE_NORM, which turns adjacent pairs
 (x_{2j}, x_{2j+1}) by the same m theta_j. So, exactly like `convert_hf_to_gguf.py` (LlamaModel.permute), the
 rows of every head of W_q (H heads) and W_k (Hk heads) are reordered: new row 2j + s = old row s d/2 + j
