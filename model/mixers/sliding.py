@@ -32,10 +32,12 @@ Activation bytes (measured with saved-tensor hooks on CPU, torch 2.13): every pa
 (`ScaledDotProductFlashAttentionForCpuBackward0`) and keeps q, k, v, the output and an fp32 log-sum-exp (B, H, T),
 never the probabilities. At W >= T that is softmax's formula. The blocked path (W < T) keeps, per token, one more
 D (the padded, block-major copy of q), k and v twice (each block's 2W-key window holds every key twice) and
-the (B N, 1, W, 2W) mask in the compute dtype (2W per query; with a score bias the mask is (B N, H, W, 2W), H times
-that, not counted here); tests/model/test_sliding.py checks the formula
+the (B N, 1, W, 2W) mask in the compute dtype (2W per query); tests/model/test_sliding.py checks the formula
 against a measured forward within 10%. On CUDA a boolean mask routes SDPA to the memory-efficient kernel (flash
 takes no mask), which also keeps only the log-sum-exp; not measured here.
+With a score bias the (B N, H, W, 2W) float mask sends SDPA on CPU to its math path when the mask needs a gradient
+(T5's), which keeps fp32 q, the windows' k and v expanded to the H heads and the probabilities (H 2W per query), as
+counted; a fixed bias (ALiBi) takes the flash kernel with the mask instead, within 25% of that.
 """
 
 from __future__ import annotations
@@ -79,6 +81,9 @@ class SlidingWindowAttention(SoftmaxAttention):
         W = SlidingWindowAttention.options(cfg).window
         if W >= seq_len:
             return dense
+        if SoftmaxAttention.biased(cfg):  # the math path over the blocks, fp32: q (D), the windows' k and v
+            # expanded to H heads (2 D each), the probabilities (H 2W); beside the input and o_proj's (2 D)
+            return s * 2 * cfg.d_model + 4 * (5 * cfg.d_model + 2 * cfg.n_heads * W)
         # + q's block copy, k and v twice (the windows), a mask row of 2W per query
         return dense + s * (cfg.d_model + 2 * cfg.kv_heads * cfg.head_dim + 2 * W)
 

@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from model.component import Mixer
+from model.positions import POSITIONS
 
 
 class SoftmaxAttention(Mixer):
@@ -46,10 +47,22 @@ class SoftmaxAttention(Mixer):
         return 12 * cfg.n_heads * cfg.head_dim * seq_len  # Q K^T and A V (2 T H d each), forward + backward (x3)
 
     @staticmethod
+    def biased(cfg) -> bool:
+        """Whether the model's position adds a score bias: SDPA then gets a float mask."""
+        return "score_bias" in POSITIONS[cfg.position].contributes
+
+    @staticmethod
     def activation_bytes(cfg, seq_len: int, s: int) -> float:
         """Its input, q and the output (D each), k and v (D_kv each) in the compute dtype, SDPA's fp32
-        log-sum-exp per head (never the T x T scores)."""
-        return s * (3 * cfg.d_model + 2 * cfg.kv_heads * cfg.head_dim) + 4 * cfg.n_heads
+        log-sum-exp per head (never the T x T scores). With a score bias (measured with tests'
+        `saved_activation_bytes` on CPU: ALiBi and T5, fp32, bf16 autocast and bf16): SDPA's math path, which
+        computes in fp32 and keeps q, k and v expanded to the H heads (3 D) and the probabilities (H T), beside its
+        input and the output o_proj reads (2 D, compute dtype). CUDA's memory-efficient kernel takes a float mask
+        (and its gradient) without the probabilities; not measured here."""
+        D, H = cfg.d_model, cfg.n_heads
+        if SoftmaxAttention.biased(cfg):
+            return s * 2 * D + 4 * (3 * D + H * seq_len)
+        return s * (3 * D + 2 * cfg.kv_heads * cfg.head_dim) + 4 * H
 
     def init_cache(self, batch_size: int, device, dtype) -> tuple[Tensor, Tensor]:
         empty = torch.zeros(batch_size, self.n_kv_heads, 0, self.head_dim, device=device, dtype=dtype)

@@ -2,7 +2,8 @@
 from the registries either builds and changes the output (or is declared position-free and does not) or is refused in
 one line; cached decoding with score biases; a score-bias position defined HERE, registered with one line; the
 contract's own-declaration rule (llama_module, position_hooks); the layer index a mixer is built with; a position's
-parameters held once and kept by a run directory; the learned table's context; HF export refusing non-RoPE."""
+parameters held once and kept by a run directory; the learned table's context; the activation estimate with a score
+bias; HF export refusing non-RoPE."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ import math
 
 import pytest
 import torch
-from conftest import assert_decodes_like_full_forward, tiny_model_config, tiny_train_overrides
+from conftest import assert_decodes_like_full_forward, saved_activation_bytes, tiny_model_config, tiny_train_overrides
 from torch import Tensor
 
 from model.component import Position, check_position, position_free
@@ -25,6 +26,7 @@ from model.positions.learned import LearnedConfig
 from model.positions.t5 import T5Config
 from model.transformer import Transformer
 from train.config import load_config
+from train.estimate.breakdown import head_bytes, layer_bytes
 from train.generate.command import main as generate_main
 from train.interop.export_hf import check_llama
 from train.run import pretrain
@@ -133,6 +135,19 @@ def test_sliding_blocked_path_with_a_bias_equals_the_dense_band():
         mask = attn.position.score_bias(4, pos, pos, q.dtype).masked_fill(~attn.band(17, 0, "cpu"), float("-inf"))
         dense = attn.attend(q, k, v, mask, causal=False)
     torch.testing.assert_close(blocked, dense, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("precision", ["32", "bf16-mixed"])
+@pytest.mark.parametrize("position,mixer", [("alibi", "softmax"), ("t5", "softmax"), ("t5", "sliding")])
+def test_activation_estimate_with_a_score_bias(position, mixer, precision):
+    """SDPA with a float mask keeps what its math path needs (softmax.py); sliding's blocked path (W < T) too."""
+    torch.manual_seed(0)
+    cfg = ModelConfig(vocab_size=200, d_model=64, n_layers=2, n_heads=4, n_kv_heads=2, max_seq_len=32,
+                      position=position, mixer=mixer, sliding=SlidingConfig(window=8))
+    net, T = Transformer(cfg), cfg.max_seq_len
+    measured = saved_activation_bytes(net, 2, T, precision) - saved_activation_bytes(net, 1, T, precision)
+    layers = sum(layer_bytes(cfg, m, cfg.layer_ffn(m), T, precision) for m in cfg.layer_mixers())
+    assert T * (layers + head_bytes(cfg, precision)[0]) == pytest.approx(measured, rel=0.1)
 
 
 class Distance(Position):
