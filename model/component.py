@@ -190,7 +190,7 @@ class PositionHooks:
     once more per layer, so the state dict, parameter counts and sharding hold them once, under `position.`."""
 
     def __init__(self, position: Position):
-        self.rotate, self.score_bias = position.rotate, position.score_bias
+        self.contributes, self.rotate, self.score_bias = position.contributes, position.rotate, position.score_bias
 
 
 def check_position(name: str, position: type, layers: dict[str, type], mixers: dict[str, type]) -> None:

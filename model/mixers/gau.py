@@ -152,9 +152,11 @@ class GAU(Mixer):
             cache = (k, v)
         T, L = q.shape[2], k.shape[2]
         mask = torch.ones(T, L, dtype=torch.bool, device=q.device).tril(diagonal=L - T)  # query i is at L - T + i
-        q_pos = torch.arange(offset, offset + T, device=q.device)  # absolute positions of the queries
-        k_pos = torch.arange(offset + T - L, offset + T, device=q.device)  # and of the (cached + new) keys
-        bias = self.position.score_bias(1, q_pos, k_pos, q.dtype)  # (1, T, L) or None: GAU has one head
+        bias = None  # or the position's (1, T, L): GAU has one head
+        if "score_bias" in self.position.contributes:
+            q_pos = torch.arange(offset, offset + T, device=q.device)  # absolute positions of the queries
+            k_pos = torch.arange(offset + T - L, offset + T, device=q.device)  # and of the (cached + new) keys
+            bias = self.position.score_bias(1, q_pos, k_pos, q.dtype)
         if self.scores == "softmax":  # without a past or a bias, is_causal lets SDPA pick its fused kernels
             causal = L == T and bias is None
             attn_mask = None if causal else mask if bias is None else bias.masked_fill(~mask, float("-inf"))

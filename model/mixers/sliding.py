@@ -111,10 +111,12 @@ class SlidingWindowAttention(SoftmaxAttention):
         b = torch.arange(2 * W, device=q.device)[None, :]  # key index in the block's window
         visible = ((b > a) & (b <= a + W)).repeat(N, 1, 1)  # (N, W, 2W): lag W + a - b in [0, W)
         visible[0, :, :W] = False  # block 0's previous block is padding
-        q_pos = torch.arange(offset, offset + N * W, device=q.device).view(N, W)  # (N, W) absolute positions
-        k_pos = q_pos[:, :1] - W + torch.arange(2 * W, device=q.device)  # (N, 2W): block n's window
-        bias = self.position.score_bias(H, q_pos, k_pos, q.dtype)  # (N, H, W, 2W) or None
-        mask = visible[:, None] if bias is None else bias.masked_fill(~visible[:, None], float("-inf"))
+        mask = visible[:, None]  # (N, 1, W, 2W)
+        if "score_bias" in self.position.contributes:
+            q_pos = torch.arange(offset, offset + N * W, device=q.device).view(N, W)  # (N, W) absolute positions
+            k_pos = q_pos[:, :1] - W + torch.arange(2 * W, device=q.device)  # (N, 2W): block n's window
+            bias = self.position.score_bias(H, q_pos, k_pos, q.dtype)  # (N, H, W, 2W)
+            mask = bias.masked_fill(~mask, float("-inf"))
         mask = mask.expand(B, *mask.shape).reshape(B * N, mask.shape[1], W, 2 * W)  # (B N, 1 or H, W, 2W)
         y = F.scaled_dot_product_attention(q, windows(k), windows(v), attn_mask=mask,
                                            enable_gqa=self.n_kv_heads != self.n_heads)  # (B N, H, W, d)
@@ -132,9 +134,7 @@ class SlidingWindowAttention(SoftmaxAttention):
             cache = (k[:, :, past + T - keep:], v[:, :, past + T - keep:])  # (B, Hk, <= W - 1, d)
         if past == 0 and T > self.window:  # training or a prompt: linear-cost blocks (k, v hold only x's keys)
             return self.blocked(q, k, v, offset), cache
-        q_pos = torch.arange(offset, offset + T, device=x.device)  # absolute positions of the queries
-        k_pos = torch.arange(offset - past, offset + T, device=x.device)  # and of the (cached + new) keys
-        bias = self.position.score_bias(self.n_heads, q_pos, k_pos, q.dtype)  # (H, T, P + T) or None
+        bias = self.score_bias(T, past, offset, q.dtype, x.device)  # (H, T, P + T) or None
         if bias is not None:
             mask, causal = bias.masked_fill(~self.band(T, past, x.device), float("-inf")), False
         elif past == 0:

@@ -77,6 +77,15 @@ class SoftmaxAttention(Mixer):
         q, k = self.position.rotate(q, k, offset=offset)
         return q, k, v
 
+    def score_bias(self, T: int, past: int, offset: int, dtype, device) -> Tensor | None:
+        """The position's score bias (H, T, past + T) for T queries at absolute positions offset .. offset + T - 1
+        over the `past` keys before them and their own; None when the position contributes none."""
+        if "score_bias" not in self.position.contributes:
+            return None
+        q_pos = torch.arange(offset, offset + T, device=device)
+        k_pos = torch.arange(offset - past, offset + T, device=device)
+        return self.position.score_bias(self.n_heads, q_pos, k_pos, dtype)
+
     def attend(self, q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, causal: bool) -> Tensor:
         """SDPA over the (cached + new) keys, then the output projection -> (B, T, D)."""
         y = F.scaled_dot_product_attention(
@@ -94,11 +103,10 @@ class SoftmaxAttention(Mixer):
             k = torch.cat([cache[0], k], dim=2)  # (B, Hk, past + T, d)
             v = torch.cat([cache[1], v], dim=2)
             cache = (k, v)
-        q_pos = torch.arange(offset, offset + T, device=x.device)  # absolute positions of the queries
-        k_pos = torch.arange(offset - past, offset + T, device=x.device)  # and of the keys
-        bias = self.position.score_bias(self.n_heads, q_pos, k_pos, q.dtype)  # (H, T, past + T) or None
+        bias = self.score_bias(T, past, offset, q.dtype, x.device)  # (H, T, past + T) or None
         if bias is not None:
-            mask, causal = bias.masked_fill(k_pos > q_pos[:, None], float("-inf")), False
+            visible = torch.ones(T, past + T, dtype=torch.bool, device=x.device).tril(diagonal=past)
+            mask, causal = bias.masked_fill(~visible, float("-inf")), False
         elif past == 0:
             mask, causal = None, True
         elif T == 1:
