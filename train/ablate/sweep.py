@@ -113,6 +113,9 @@ def load_sweep(path: str | None, argv: list[str]) -> tuple[dict, dict]:
         raise ConfigError(f"seeds: {seeds!r} repeats a seed; each seed is one independent run")
     if not isinstance(variants, dict) or not variants:
         raise ConfigError(f"{path}: `variants` must map at least one name to its overrides")
+    if not isinstance(sweep.get("overrides") or {}, dict):
+        raise ConfigError(f"{path}: `overrides` must map config keys to values (e.g. overrides: {{train.max_steps: "
+                          f"300}}), got {str(sweep['overrides'])[:60]!r}")
     for name, values in variants.items():
         if not re.fullmatch(r"[A-Za-z0-9_.+-]+", str(name)) or not isinstance(values or {}, dict):
             raise ConfigError(f"variant {name!r}: names use letters, digits, _ . + -, and map to overrides")

@@ -96,13 +96,25 @@ def check_resumable(checkpoint: dict, path: Path, shapes: Mapping[str, tuple] | 
     for state in (*checkpoint["optimizer_states"], *checkpoint["lr_schedulers"]):
         require_mapping(state, path, "an optimizer or schedule state", NOT_OURS)
     for state in checkpoint["optimizer_states"]:
-        require_field(state, "state", Mapping, path, NOT_OURS)
-        require_field(state, "param_groups", list, path, NOT_OURS)
+        _check_optimizer_state(state, path)
     for key, shape in (shapes or {}).items():
         saved = tuple(checkpoint["state_dict"][key].shape)
         if saved != tuple(shape):
             raise CheckpointError(f"{path}: {key} has shape {saved} but the model's is {tuple(shape)}; resume with "
                                   "the config that wrote the checkpoint")
+
+
+def _check_optimizer_state(state: Mapping, path: Path) -> None:
+    """A torch optimizer's state_dict (`state` + `param_groups`), or a composite's: one such state per part (Muon
+    with AdamW for the rest, train/optimizers/muon.py)."""
+    if "state" in state or "param_groups" in state or not state:
+        require_field(state, "state", Mapping, path, NOT_OURS)
+        require_field(state, "param_groups", list, path, NOT_OURS)
+        return
+    for part in state.values():
+        require_mapping(part, path, "a part of a composite optimizer's state", NOT_OURS)
+        require_field(part, "state", Mapping, path, NOT_OURS)
+        require_field(part, "param_groups", list, path, NOT_OURS)
 
 
 def _step(path: Path) -> int:
