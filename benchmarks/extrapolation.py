@@ -73,8 +73,7 @@ def markdown(rows: list[dict], lengths: list[int], meta: dict) -> str:
 
 def main(argv=None) -> None:
     args = parse_args(argv)
-    torch.set_grad_enabled(False)
-    with user_errors_exit_2():
+    with user_errors_exit_2(), torch.no_grad():  # the scoring only; no global switch left behind
         rows = [row for run in args.runs for row in run_rows(run, args.lengths)]
     meta = {"machine": cpu_name(), "torch": torch.__version__, "lengths": args.lengths, "runs": args.runs}
     write_outputs(Path(args.out), meta, rows, markdown(rows, args.lengths, meta))

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import math
 
+import torch
 from conftest import tiny_train_overrides
 
 from benchmarks.extrapolation import main
@@ -23,3 +24,4 @@ def test_rope_extrapolates_and_a_learned_table_is_refused(tiny_sft_run, tiny_cor
     assert all(math.isfinite(loss[("rope", n)]) for n in (32, 64))
     assert math.isfinite(loss[("learned", 32)]) and loss[("learned", 64)] is None
     assert "refused" in (tmp_path / "extrapolation.md").read_text()
+    assert torch.is_grad_enabled()  # in-process callers (the test suite) keep autograd
