@@ -47,6 +47,8 @@ class DataConfig(Options):
     num_workers: int = option(0, min=0)  # DataLoader workers (blocks are in memory; 0 is usually fastest)
     eos_token: str = EOT  # the tokenizer's end-of-text token: ends examples, pads, stops generation (an imported
     # model's own, train/interop/import_hf.py; a pretraining run's tokenizer has only <|endoftext|>)
+    ngram_baselines: bool = option(True, runtime=True)  # fit unigram/bigram/trigram KN baselines (data/ngram.py),
+    # cached beside the token files, logged beside val/loss; false skips them
 
 
 @dataclass

@@ -1,5 +1,6 @@
 """Results people look at: the run's merged `metrics.csv` and its plots (`loss.png` of training and validation
-loss; a module may ask for others through its `plots()`, e.g. GRPO's `reward.png`).
+loss, with the n-gram baselines as dashed lines; a module may ask for others through its `plots()`, e.g. GRPO's
+`reward.png`).
 
 Lightning's CSVLogger writes one `logs/version_k/metrics.csv` per launch (a resumed run adds a version);
 they are merged by step here, later launches winning for steps logged twice.
@@ -31,7 +32,9 @@ def series(rows: list[dict], name: str) -> tuple[list[float], list[float]]:
 
 
 Plot = tuple[str, tuple[str, ...], int]  # y-axis label, metric names, moving-average window (1 = raw)
-LOSS_PLOTS: dict[str, Plot] = {"loss.png": ("loss (nats/token)", ("train/loss", "val/loss"), 1)}
+BASELINE = "baseline/"  # a metric drawn as a horizontal line at its last value (the n-gram baselines, data/ngram.py)
+LOSS_PLOTS: dict[str, Plot] = {"loss.png": ("loss (nats/token)", ("train/loss", "val/loss", "baseline/unigram",
+                                                                  "baseline/bigram", "baseline/trigram"), 1)}
 
 
 def moving_average(values: list[float], window: int) -> list[float]:
@@ -58,7 +61,10 @@ def write_metrics_and_plot(run_dir: Path, plots: dict[str, Plot] = LOSS_PLOTS) -
         fig, ax = plt.subplots(figsize=(6, 4))
         for name in names:
             steps, values = series(rows, name)
-            if steps:
+            if steps and name.startswith(BASELINE):
+                ax.axhline(values[-1], linestyle="--", linewidth=1, color=f"C{len(ax.lines)}",
+                           label=f"{name.removeprefix(BASELINE)} {values[-1]:.2f}")
+            elif steps:
                 label = name if window == 1 else f"{name} ({window}-step mean)"
                 ax.plot(steps, moving_average(values, window), label=label,
                         marker="o" if name.startswith("val") else None)

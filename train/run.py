@@ -21,10 +21,12 @@ from lightning.pytorch.callbacks import ModelCheckpoint, TQDMProgressBar
 from lightning.pytorch.loggers import CSVLogger
 
 from data.datamodule import PackedDataModule
+from data.ngram import cached_baselines, summary
 from data.tokenizer import eot_token, token_byte_lengths
 from data.tokens import content_hash, prepare_tokens
 from train.callbacks.components import component_callbacks
-from train.callbacks.standard import SampleStories, SaveFinalWeights, Throughput
+from train.callbacks.standard import NgramBaselines, SampleStories, SaveFinalWeights, Throughput
+from train.check.live import BandWatch
 from train.config import Config, ConfigError, save_config
 from train.distributed import build_strategy, shared_run_dir
 from train.estimate.memory import check_memory
@@ -137,7 +139,8 @@ def fit(cfg: Config, module: L.LightningModule, datamodule: L.LightningDataModul
         check_eos(cfg, tokenizer)
         ckpt = check_inputs(cfg, module, run_dir, tok_hash)
         module.run_info = {"model": asdict(cfg.model), "tokenizer_hash": tok_hash}
-        trainer = build_trainer(cfg, run_dir, [SaveFinalWeights(run_dir), *callbacks], monitor_val)
+        trainer = build_trainer(cfg, run_dir, [SaveFinalWeights(run_dir), *callbacks, BandWatch(asdict(cfg))],
+                                monitor_val)
         if trainer.is_global_zero:
             lock_run_dir(run_dir)  # already held when make_run_dir claimed the folder
             if cfg.train.resume == "auto":
@@ -187,6 +190,7 @@ def pretrain(cfg: Config, callbacks: list = ()) -> Path:
     check_run_name(cfg.train.name or "run")  # before the data is read: a bad name costs nothing
     check_memory(cfg, training=True)  # every size against this machine, before the data or a tensor
     tokenizer, tokens = prepare_data(cfg)
+    baselines = cached_baselines(tokens, tokenizer) if cfg.data.ngram_baselines else None  # data/ngram.py
     run_dir = make_run_dir(cfg)
     t = cfg.train
     datamodule = PackedDataModule(tokens, cfg.data.seq_len, t.batch_size, t.grad_accum, t.max_steps, t.seed,
@@ -194,8 +198,12 @@ def pretrain(cfg: Config, callbacks: list = ()) -> Path:
     module = LanguageModel(cfg, token_byte_lengths(tokenizer))
     samples = SampleStories(run_dir, tokenizer, t.num_samples, t.sample_tokens)
     callbacks = [*callbacks, *component_callbacks(cfg, run_dir)]
+    if baselines is not None:
+        callbacks.append(NgramBaselines(baselines, t.warmup_steps))
     trainer = fit(cfg, module, datamodule, run_dir, tokenizer, [samples, *callbacks])
     if trainer.is_global_zero:
         metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val/")}
         print(f"run: {run_dir}  " + "  ".join(f"{k}={v:.4f}" for k, v in sorted(metrics.items())))
+        if baselines is not None and "val/loss" in metrics:
+            print(summary(metrics["val/loss"], baselines))
     return run_dir

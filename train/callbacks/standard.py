@@ -1,7 +1,9 @@
-"""Callbacks: throughput and MFU, sampled stories at each validation, and final weights for the run dir."""
+"""Callbacks: throughput and MFU, sampled stories at each validation, n-gram baselines beside val/loss, and final
+weights for the run dir."""
 
 from __future__ import annotations
 
+import sys
 import time
 from pathlib import Path
 
@@ -71,6 +73,31 @@ class SampleStories(L.Callback):
         model.train(was_training)
         with self.path.open("a") as f:
             f.write(f"## step {trainer.global_step}\n\n" + "\n\n".join(f"> {s}" for s in stories) + "\n\n")
+
+
+class NgramBaselines(L.Callback):
+    """Logs the n-gram baselines (data/ngram.py: {"unigram": {"loss": nats, ...}, ...}) as constants beside val/loss
+    at each validation (`baseline/<order>`: metrics.csv, wandb, the lines of loss.png), and warns once when a
+    validation after warm-up is still above the unigram line."""
+
+    def __init__(self, baselines: dict, warmup_steps: int):
+        self.losses = {f"baseline/{order}": baselines[order]["loss"] for order in ("unigram", "bigram", "trigram")}
+        self.warmup_steps, self.warned = warmup_steps, False
+
+    def on_validation_epoch_end(self, trainer, pl_module):
+        if not trainer.sanity_checking:
+            pl_module.log_dict(self.losses, rank_zero_only=True)
+
+    def on_validation_end(self, trainer, pl_module):
+        loss, unigram = trainer.callback_metrics.get("val/loss"), self.losses["baseline/unigram"]
+        if (self.warned or trainer.sanity_checking or not trainer.is_global_zero or loss is None
+                or trainer.global_step < self.warmup_steps or float(loss) <= unigram):
+            return
+        self.warned = True
+        print(f"warning: val/loss {float(loss):.2f} at step {trainer.global_step} is still above the unigram "
+              f"baseline {unigram:.2f} after warm-up: the model has not learned even token frequencies; usually the "
+              "learning rate is far too low or too high, the tokenizer does not match the data, or the loss "
+              "masking is wrong", file=sys.stderr)
 
 
 class SaveFinalWeights(L.Callback):
