@@ -21,6 +21,12 @@ A mixer (`Mixer`) declares:
                         scores, scans, state updates (PaLM appendix B counts 6 N for the parameter matmuls)
     activation_bytes(cfg, T, s)    bytes per token kept for backward by the mixer, s = compute dtype bytes, its
                         input included (the norm's output its projections read); `train.estimate` adds the norms
+    cache_bytes(cfg, T, s)         bytes of one sequence's decoding state in one layer after T tokens (what
+                        `forward` returns as its cache), s = bytes per value of the model dtype (states the mixer
+                        keeps in fp32 count 4): a cache that grows per token (attention's keys and values, MLA's
+                        latent) or a fixed state (a recurrence's). The default is softmax attention's K and V,
+                        2 n_kv_heads head_dim values per token; a mixer keeping anything else declares its own
+                        (in `OWN`: a subclass of a mixer that does must too). `train.estimate` reads it
 An FFN (`FFN`) declares section, width_knob, lora_targets, residual_projections(), no_decay_parameters(),
 `hidden_width(cfg)`, `inactive_params` (parameters a token skips, MoE) and activation_bytes(cfg, s, mixed).
 Every component may also react to the training loop (no-ops by default; `Transformer.notify` calls them, from
@@ -104,7 +110,7 @@ class Component(nn.Module, Sectioned):
 
 class Mixer(Component):
     REQUIRED = (*Component.REQUIRED, "init_cache", "forward", "flops_per_token")
-    OWN = (*Component.OWN, "position_hooks")
+    OWN = (*Component.OWN, "position_hooks", "cache_bytes")
     replaces_ffn: ClassVar[bool] = False
     position_hooks: ClassVar[tuple[str, ...]] = ("rotate",)  # the position's hooks it applies (rotate, score_bias)
 
@@ -126,6 +132,11 @@ class Mixer(Component):
     @staticmethod
     def activation_bytes(cfg, seq_len: int, s: int) -> float:
         raise NotImplementedError
+
+    @staticmethod
+    def cache_bytes(cfg, seq_len: int, s: int) -> float:
+        """Softmax attention's cache (model/mixers/softmax.py): keys and values, (n_kv_heads, head_dim) per token."""
+        return s * 2 * cfg.kv_heads * cfg.head_dim * seq_len
 
 
 class FFN(Component):

@@ -141,6 +141,12 @@ class DeltaNet(Mixer):
         fp32 = (15 if dn.feature_map == "silu" else 13) * E + 3 * E * dn.gate + 7 * H + 2 * H * C + H * d * d / C
         return s * (D + 3 * E * (seq_len + K - 1) / seq_len + E) + 4 * fp32
 
+    @staticmethod
+    def cache_bytes(cfg, seq_len: int, s: int) -> float:
+        """Fixed: the last conv_size - 1 inputs of q, k, v (3 H d each, s bytes) and M (H, d, d) fp32."""
+        E = cfg.n_heads * cfg.head_dim
+        return s * 3 * E * (DeltaNet.options(cfg).conv_size - 1) + 4 * E * cfg.head_dim
+
     def init_cache(self, batch_size: int, device, dtype) -> tuple[Tensor, Tensor]:
         E = self.n_heads * self.head_dim
         conv_state = torch.zeros(batch_size, 3 * E, self.conv_size - 1, device=device, dtype=dtype)

@@ -74,9 +74,9 @@ class ForgettingAttention(SoftmaxAttention):
         return s * 2 * D + 4 * (3 * D + H * seq_len + 2 * H)
 
     @staticmethod
-    def cache_bytes_per_token(cfg, s: int) -> float:
-        """Decoding cache per token and layer: softmax's keys and values (s 2 Hk d) plus c, H fp32 values."""
-        return s * 2 * cfg.kv_heads * cfg.head_dim + 4 * cfg.n_heads
+    def cache_bytes(cfg, seq_len: int, s: int) -> float:
+        """Per token: softmax's keys and values (s 2 Hk d) plus c, H fp32 values."""
+        return (s * 2 * cfg.kv_heads * cfg.head_dim + 4 * cfg.n_heads) * seq_len
 
     def init_cache(self, batch_size: int, device, dtype) -> tuple[Tensor, Tensor, Tensor]:
         k, v = super().init_cache(batch_size, device, dtype)  # (B, Hk, 0, d) each

@@ -152,6 +152,12 @@ class GatedDeltaNet(Mixer):
         E, C = H * d, min(GatedDeltaNet.options(cfg).chunk_size, seq_len)
         return s * (D + 4 * E) + 4 * (22 * E + 7 * H * C + 1.5 * H * d * d / C)
 
+    @staticmethod
+    def cache_bytes(cfg, seq_len: int, s: int) -> float:
+        """Fixed: the last conv_size - 1 inputs of q, k, v (3 H d each, s bytes) and M (H, d, d) fp32."""
+        E = cfg.n_heads * cfg.head_dim
+        return s * 3 * E * (GatedDeltaNet.options(cfg).conv_size - 1) + 4 * E * cfg.head_dim
+
     def init_cache(self, batch_size: int, device, dtype) -> tuple[Tensor, Tensor]:
         E = self.n_heads * self.head_dim
         conv_state = torch.zeros(batch_size, self.conv_size - 1, 3 * E, device=device, dtype=dtype)

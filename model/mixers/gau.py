@@ -120,6 +120,15 @@ class GAU(Mixer):
             return total + 4 * (2 * sq + e) + 8 * C + 4 * sq * e / C
         return total + (2 * s * seq_len if g.scores == "relu2" else 0)
 
+    @staticmethod
+    def cache_bytes(cfg, seq_len: int, s: int) -> float:
+        """quadratic: K (s_qk) and V (e) of every token; chunked: S (s_qk, e) fp32, and the two keys (2 s_qk) and
+        V (e) of the tokens past the last completed chunk (chunks aligned to position 0)."""
+        g, e = GAU.options(cfg), GAU.width(cfg)
+        if g.form == "quadratic":
+            return s * (g.qk_dim + e) * seq_len
+        return 4 * g.qk_dim * e + s * (2 * g.qk_dim + e) * (seq_len % g.chunk_size)
+
     def init_cache(self, batch_size: int, device, dtype) -> tuple:
         if self.form == "quadratic":
             k = torch.zeros(batch_size, 1, 0, self.s, device=device, dtype=dtype)

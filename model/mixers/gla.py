@@ -126,6 +126,11 @@ class GatedLinearAttention(Mixer):
         C = min(gla.chunk_size, seq_len)
         return s * (D + gla.gate_rank) + 4 * (20 * D + H * C + 2 * H * d * d / C + H)
 
+    @staticmethod
+    def cache_bytes(cfg, seq_len: int, s: int) -> float:
+        """Fixed: S (H, d, d) fp32, whatever the length."""
+        return 4 * cfg.n_heads * cfg.head_dim ** 2
+
     def init_cache(self, batch_size: int, device, dtype) -> Tensor:
         # the state stays fp32 whatever the model dtype (see the module docstring)
         return torch.zeros(batch_size, self.n_heads, self.head_dim, self.head_dim, device=device,

@@ -111,6 +111,11 @@ class LinearAttention(Mixer):
         C = min(LinearAttention.options(cfg).chunk_size, seq_len)
         return 2 * s * D + 4 * (7 * D + 4 * Hk * d + cfg.n_heads * C + Hk * d * d / C)
 
+    @staticmethod
+    def cache_bytes(cfg, seq_len: int, s: int) -> float:
+        """Fixed: S (Hk, d, d) and z (Hk, d), fp32, whatever the length."""
+        return 4 * cfg.kv_heads * cfg.head_dim * (cfg.head_dim + 1)
+
     def init_cache(self, batch_size: int, device, dtype) -> tuple[Tensor, Tensor]:
         # the running sums stay fp32 whatever the model dtype (see the module docstring)
         S = torch.zeros(batch_size, self.n_kv_heads, self.head_dim, self.head_dim, device=device, dtype=torch.float32)

@@ -108,6 +108,12 @@ class Mamba(Mixer):
         E = Mamba.inner(cfg)
         return s * cfg.d_model + 6 * s * E + 20 * E + 24 * Mamba.options(cfg).d_state
 
+    @staticmethod
+    def cache_bytes(cfg, seq_len: int, s: int) -> float:
+        """Fixed: the last d_conv - 1 conv inputs (E each, s bytes) and h (E, N) fp32."""
+        m = Mamba.options(cfg)
+        return Mamba.inner(cfg) * (s * (m.d_conv - 1) + 4 * m.d_state)
+
     def init_cache(self, batch_size: int, device, dtype) -> tuple[Tensor, Tensor]:
         conv_state = torch.zeros(batch_size, self.d_inner, self.d_conv - 1, device=device, dtype=dtype)
         f32 = torch.promote_types(dtype, torch.float32)

@@ -243,6 +243,12 @@ class Mamba2(Mixer):
         core = 5 * E + 2 * N + 3 * H * C + C + 2 * H * N + 2 * E * N / C + H * n / C + 5 * H
         return s * kept + 4 * core
 
+    @staticmethod
+    def cache_bytes(cfg, seq_len: int, s: int) -> float:
+        """Fixed: the last d_conv - 1 conv inputs (E + 2N each, s bytes) and h (H, P, N) fp32 (H P = E)."""
+        m, E = Mamba2.options(cfg), Mamba2.inner(cfg)
+        return s * (m.d_conv - 1) * (E + 2 * m.d_state) + 4 * E * m.d_state
+
     def init_cache(self, batch_size: int, device, dtype) -> tuple[Tensor, Tensor]:
         conv_state = torch.zeros(batch_size, self.d_conv - 1, self.d_inner + 2 * self.d_state, device=device,
                                  dtype=dtype)

@@ -28,7 +28,7 @@ released modelling code does for flash attention. Keys and values are up-project
 every call (the non-absorbed form): folding W^UK into the queries and W^UV into W^O (§2.1.3) would save that
 compute at decoding but reads k_up / v_up's weights directly, which a LoRA adapter on them would bypass.
 Cache: (c^KV (B, P, d_c), k^R (B, P, d_r)) after the norm and RoPE: (d_c + d_r) values per token and layer, against
-2 n_kv_heads d_h for softmax attention's keys and values (`cache_bytes_per_token`).
+2 n_kv_heads d_h for softmax attention's keys and values (`cache_bytes`).
 """
 
 from __future__ import annotations
@@ -108,10 +108,10 @@ class MultiHeadLatentAttention(Mixer):
         return kept + 4 * (d_c + 1 + H) + (4 * (d_q + 1) if d_q else 0)
 
     @staticmethod
-    def cache_bytes_per_token(cfg, s: int) -> float:
-        """Decoding cache per token and layer at s bytes per value: the latent c^KV and the rope key k^R."""
+    def cache_bytes(cfg, seq_len: int, s: int) -> float:
+        """Per token: the latent c^KV and the rope key k^R (d_c + d_r values)."""
         d_c, _, d_r = MultiHeadLatentAttention.dims(cfg)
-        return s * (d_c + d_r)
+        return s * (d_c + d_r) * seq_len
 
     def init_cache(self, batch_size: int, device, dtype) -> tuple[Tensor, Tensor]:
         d_c = self.kv_down.out_features

@@ -140,6 +140,11 @@ class RetNet(Mixer):
         C = min(RetNet.options(cfg).chunk_size, seq_len)
         return 4 * s * D + 4 * (6 * D + H + H * C + H * d * d / C)
 
+    @staticmethod
+    def cache_bytes(cfg, seq_len: int, s: int) -> float:
+        """Fixed: S (H, d, d) fp32, whatever the length."""
+        return 4 * cfg.n_heads * cfg.head_dim ** 2
+
     def init_cache(self, batch_size: int, device, dtype) -> Tensor:
         # the state stays fp32 whatever the model dtype: decays multiply it at every step
         return torch.zeros(batch_size, self.n_heads, self.head_dim, self.head_dim, device=device, dtype=torch.float32)

@@ -164,6 +164,11 @@ class RWKV7(Mixer):
         hidden = rw.decay_rank + rw.iclr_rank + rw.gate_rank
         return s * (7 * D + hidden) + 4 * (38 * E + 8 * H * C + 1.5 * H * d * d / C)
 
+    @staticmethod
+    def cache_bytes(cfg, seq_len: int, s: int) -> float:
+        """Fixed: the previous token's input (D, s bytes) for token shift and M (H, d, d) fp32."""
+        return s * cfg.d_model + 4 * cfg.n_heads * cfg.head_dim ** 2
+
     def init_cache(self, batch_size: int, device, dtype) -> tuple[Tensor, Tensor]:
         previous = torch.zeros(batch_size, self.mix.shape[1], device=device, dtype=dtype)  # x_{-1} = 0
         # the state stays fp32 whatever the model dtype (see the module docstring)

@@ -87,6 +87,12 @@ class SlidingWindowAttention(SoftmaxAttention):
         # + q's block copy, k and v twice (the windows), a mask row of 2W per query
         return dense + s * (cfg.d_model + 2 * cfg.kv_heads * cfg.head_dim + 2 * W)
 
+    @staticmethod
+    def cache_bytes(cfg, seq_len: int, s: int) -> float:
+        """Softmax's keys and values of the last W - 1 tokens at most (the rolling buffer)."""
+        keep = min(SlidingWindowAttention.options(cfg).window - 1, seq_len)
+        return SoftmaxAttention.cache_bytes(cfg, keep, s)
+
     def band(self, T: int, past: int, device) -> Tensor:
         """(T, past + T) bool, True where query i (key index past + i) may see key j: 0 <= past + i - j < W."""
         i = torch.arange(past, past + T, device=device)

@@ -18,6 +18,7 @@ from conftest import (
     tiny_model_config,
     tiny_train_overrides,
 )
+from test_cache_bytes import assert_caches_are_declared
 from torch import Tensor, nn
 
 from model.component import FFN, Mixer
@@ -59,6 +60,10 @@ class Shift(Mixer):
     @staticmethod
     def activation_bytes(cfg, seq_len: int, s: int) -> float:
         return 3 * s * cfg.d_model  # the input, the padded values (the conv's input) and the conv output
+
+    @staticmethod
+    def cache_bytes(cfg, seq_len: int, s: int) -> float:
+        return s * cfg.d_model * (WIDTH - 1)  # the last WIDTH - 1 values, whatever the length
 
     def init_cache(self, batch_size: int, device, dtype) -> Tensor:
         return torch.zeros(batch_size, self.taps.shape[0], WIDTH - 1, device=device, dtype=dtype)
@@ -163,6 +168,7 @@ def test_toy_mixer_and_ffn_get_the_model_battery(toys):
     assert_mixer_is_causal(Shift(cfg, POSITIONS["rope"](cfg.d_model)), cfg.d_model)
     model = Transformer(cfg).eval()
     assert_decodes_like_full_forward(model, cfg.vocab_size)
+    assert_caches_are_declared(cfg)
     idx = torch.randint(0, cfg.vocab_size, (2, 16))
     model.train()
     model(idx)[0].logsumexp(-1).mean().backward()

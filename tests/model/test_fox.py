@@ -121,13 +121,13 @@ def test_a_fox_transformer_decodes_like_its_full_forward(registered, position):
     assert all(c.dtype == torch.float32 and c.shape == (2, 4, 9) for _, _, c in state.layers)
 
 
-def test_cache_bytes_per_token_are_keys_values_and_the_log_forget_sums():
+def test_cache_bytes_are_keys_values_and_the_log_forget_sums():
     attn = fox()
     cfg = tiny_model_config(n_kv_heads=2, fox=FoxConfig())
     with torch.no_grad():
         _, cache = decode_in_pieces(attn, torch.randn(1, 10, 32), [6, 4])
     measured = sum(t.numel() * t.element_size() for t in cache) / 10
-    assert measured == ForgettingAttention.cache_bytes_per_token(cfg, 4) == 4 * (2 * 2 * 8) + 4 * 4
+    assert measured == ForgettingAttention.cache_bytes(cfg, 10, 4) / 10 == 4 * (2 * 2 * 8) + 4 * 4
 
 
 def test_the_gate_bias_starts_at_its_option_and_the_model_trains(registered):

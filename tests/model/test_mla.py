@@ -117,7 +117,7 @@ def test_the_cache_is_smaller_than_grouped_query_attentions_at_the_default_confi
     d_c, _, d_r = MultiHeadLatentAttention.dims(cfg)
     latent = cache_bytes(MultiHeadLatentAttention(cfg, None), cfg)
     gqa = cache_bytes(SoftmaxAttention(cfg, RotaryPosition(cfg.d_model)), cfg)
-    assert latent == MultiHeadLatentAttention.cache_bytes_per_token(cfg, 2) == (d_c + d_r) * 2
+    assert latent == MultiHeadLatentAttention.cache_bytes(cfg, 8, 2) / 8 == (d_c + d_r) * 2
     assert gqa == 2 * cfg.kv_heads * cfg.head_dim * 2
     print(f"cache bytes per token and layer (bf16, d_model={cfg.d_model}, n_heads={cfg.n_heads}): "
           f"mla {latent:.0f} (d_c={d_c}, d_r={d_r}), softmax {gqa:.0f}")

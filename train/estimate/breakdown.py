@@ -30,6 +30,8 @@ These match a CPU measurement of the saved tensors within 10% (tests/train/test_
 Peak = model state + B T (sum of layers + head) + a fixed overhead (--overhead, CUDA context and allocator
 slack). Not modelled: fragmentation, activation checkpointing (not used here), torch.compile's fusions (measured
 on an H100 at 110M: eager peak within +8..+14% of this estimate, compiled 19-26% below eager).
+Decoding (last line): the cache each mixer declares (`cache_bytes`, model/component.py) in fp32, per token for what
+grows with the sequence (keys and values, MLA's latent) and per sequence for fixed recurrent states.
 """
 
 from __future__ import annotations
@@ -78,6 +80,12 @@ def head_bytes(m, precision: str) -> tuple[float, float]:
     s = 4 if precision == "32" else 2
     r = 2 if precision == "bf16-true" else 4
     return (4 + r) * m.d_model + s * m.d_model + 4 * m.vocab_size, (s + 4) * m.vocab_size
+
+
+def decode_cache_bytes(m, seq_len: int, s: int = 4) -> float:
+    """Bytes of one sequence's decoding cache after `seq_len` tokens, all layers: each mixer's `cache_bytes` (its own
+    file, model/component.py) at s bytes per value (4: fp32, how checkpoints decode)."""
+    return sum(n * MIXERS[mx].cache_bytes(m, seq_len, s) for mx, n in m.layer_counts().items())
 
 
 def estimate(cfg: Config, world: int) -> dict:
@@ -151,6 +159,10 @@ def report(cfg: Config, memory: float | None, overhead: float, world: int) -> st
              f"{'':42s}{'per device':>14s}{'unsharded':>14s}", "-" * 70]
     lines += [f"{name:42s}{fmt(value)}{fmt(full) if full else '':>14s}" for name, value, full in rows]
     lines += ["-" * 70, f"{'total':42s}{fmt(total)}"]
+    m, T = model_config(cfg), cfg.data.seq_len
+    fixed = decode_cache_bytes(m, 0)  # recurrent states; the rest grows with the tokens (K / V, latents)
+    lines.append(f"decoding cache (fp32): {(decode_cache_bytes(m, T) - fixed) / T:,.0f} B per token + {fixed:,.0f} B "
+                 f"per sequence ({fmt(decode_cache_bytes(m, T)).strip()} for a sequence of T={T} tokens)")
     if cfg.train.compile:  # measured: 110M, T=1024, B=16 / 48 on an H100 (README)
         lines.append("train.compile: expect ~20-25% less (compiled runs recompute element-wise ops in backward)")
     if memory:

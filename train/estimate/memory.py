@@ -11,8 +11,10 @@ Three steps, each cheap enough to run before anything is built:
 2. the parameters, counted on the meta device (train/estimate/sizes.py `count_params`, one block per mixer) under a
    budget: creating more tensor bytes than are available stops the count (a product of sizes that each passed 1).
 3. the estimate: loading keeps the fp32 weights twice on the host (the file's tensors, then the model's) and once on
-   the device; decoding adds `batch x tokens` times the bytes per token of every layer and the head
-   (train/estimate/breakdown.py `layer_bytes` / `head_bytes`: what training keeps, an upper bound of a decoding cache);
+   the device; decoding `batch` sequences of `tokens` tokens adds, per sequence, every layer's decoding cache (the
+   mixers' `cache_bytes`, breakdown.py `decode_cache_bytes`) and, per token, the prompt's pass: one layer's
+   activations at a time (`layer_bytes`, what training keeps: an upper bound without autograd) and the head's
+   logits (`head_bytes`);
    training needs estimate's model state (weights only for `frozen` ones, LoRA) plus one micro-batch of
    activations on the training device, and the fp32 weights on the host, where the model is built; and no more
    DataLoader workers (data.num_workers, processes) than the machine has CPU cores.
@@ -30,7 +32,7 @@ from torch.overrides import TorchFunctionMode
 
 from model.options import identity
 from train.config import Config, ConfigError
-from train.estimate.breakdown import estimate, fmt, head_bytes, layer_bytes, world_size
+from train.estimate.breakdown import decode_cache_bytes, estimate, fmt, head_bytes, layer_bytes, world_size
 from train.estimate.sizes import count_params, model_config
 
 FACTORIES = {"empty", "zeros", "ones", "full", "rand", "randn", "arange", "tensor", "eye", "empty_like", "zeros_like",
@@ -118,9 +120,10 @@ def _model_key(m, params: dict[str, int]) -> str:
 
 
 def decode_bytes(m, batch: int, tokens: int) -> float:
-    """Bytes to decode `batch` sequences of `tokens` tokens (fp32): what training keeps per token, an upper bound."""
-    per_token = sum(n * layer_bytes(m, mx, m.layer_ffn(mx), tokens, "32") for mx, n in m.layer_counts().items())
-    return batch * tokens * (per_token + head_bytes(m, "32")[0])
+    """Bytes to decode `batch` sequences of `tokens` tokens in fp32 (module docstring): the caches, and the largest
+    layer's activations and the logits of a prompt of that length."""
+    layer = max(layer_bytes(m, mx, m.layer_ffn(mx), tokens, "32") for mx in m.layer_counts())
+    return batch * (decode_cache_bytes(m, tokens) + tokens * (layer + head_bytes(m, "32")[0]))
 
 
 def check_memory(cfg: Config, device: str = "cpu", source: str = "", batch: int = 0, tokens: int = 0,
