@@ -7,6 +7,14 @@ finished: it keeps emitting `eos_id` (so the batch stays rectangular) and genera
 finished. A model whose position declares a largest position (`max_positions`, model/positions/learned.py: a table has
 one; RoPE and sinusoids have none) generates at most up to it: `max_new_tokens` is capped at that context minus the
 prompt (`context_room`); commands say so when they cap a user's request.
+
+`return_logprobs=True` also returns each new token's log-probability (B, n), float32, from the step's cached logits:
+log_softmax(logits / temperature) at that token, the tempered full distribution BEFORE top-k / top-p filtering. That
+is the distribution a trainer scores (`token_logprobs(logits / T, labels)` over prompt + completion in one forward,
+align/grpo.py, as TRL does), so the two agree up to the forward's rounding (tests/model/test_logprob_parity.py);
+with filtering on, the sampler drew from the renormalised filtered distribution instead. Greedy decoding records
+the untempered distribution (T = 1). A finished sequence's `eos_id` padding gets the log-probability the model gives
+it there, as a forward over the padded rows does.
 """
 
 from __future__ import annotations
@@ -50,10 +58,11 @@ def filter_logits(logits: Tensor, temperature: float, top_k: int | None, top_p: 
 
 @torch.no_grad()
 def generate(model, idx: Tensor, max_new_tokens: int, temperature: float = 1.0, top_k: int | None = None,
-             top_p: float | None = None, eos_id: int | None = None, generator: torch.Generator | None = None
-             ) -> Tensor:
+             top_p: float | None = None, eos_id: int | None = None, generator: torch.Generator | None = None,
+             return_logprobs: bool = False) -> Tensor | tuple[Tensor, Tensor]:
     """idx (B, T) prompt tokens, T >= 1 -> (B, T + n) with n <= max_new_tokens new tokens (and n <= the room left in
-    the model's context, `context_room`)."""
+    the model's context, `context_room`); with `return_logprobs`, also their log-probabilities (B, n) float32
+    (module docstring)."""
     check_sampling(temperature, top_k, top_p)
     if idx.ndim != 2 or idx.shape[1] == 0:
         raise ValueError(f"a prompt of shape {tuple(idx.shape)}: give (batch, tokens) with at least one token")
@@ -62,6 +71,7 @@ def generate(model, idx: Tensor, max_new_tokens: int, temperature: float = 1.0, 
     state = model.init_state(idx.shape[0])
     logits, state = model(idx, state)
     out, finished = [idx], torch.zeros(idx.shape[0], dtype=torch.bool, device=idx.device)
+    logprobs = [torch.zeros(idx.shape[0], 0, dtype=torch.float32, device=idx.device)]  # (B, 0), then (B, 1) per step
     for _ in range(max_new_tokens):
         last = logits[:, -1, :]  # (B, V)
         if temperature == 0:
@@ -73,7 +83,11 @@ def generate(model, idx: Tensor, max_new_tokens: int, temperature: float = 1.0, 
             nxt = nxt.masked_fill(finished[:, None], eos_id)
             finished |= nxt[:, 0] == eos_id
         out.append(nxt)
+        if return_logprobs:
+            scaled = last.float() / (temperature or 1.0)  # (B, V)
+            logprobs.append(scaled.gather(-1, nxt) - scaled.logsumexp(-1, keepdim=True))  # (B, 1)
         if eos_id is not None and bool(finished.all()):
             break
         logits, state = model(nxt, state)
-    return torch.cat(out, dim=1)
+    tokens = torch.cat(out, dim=1)  # (B, T + n)
+    return (tokens, torch.cat(logprobs, dim=1)) if return_logprobs else tokens
