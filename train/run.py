@@ -203,7 +203,7 @@ def pretrain(cfg: Config, callbacks: list = ()) -> Path:
     trainer = fit(cfg, module, datamodule, run_dir, tokenizer, [samples, *callbacks])
     if trainer.is_global_zero:
         metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val/")}
-        print(f"run: {run_dir}  " + "  ".join(f"{k}={v:.4f}" for k, v in sorted(metrics.items())))
         if baselines is not None and "val/loss" in metrics:
             print(summary(metrics["val/loss"], baselines))
+        print(f"run: {run_dir}  " + "  ".join(f"{k}={v:.4f}" for k, v in sorted(metrics.items())))
     return run_dir
