@@ -6,7 +6,8 @@
 
 Every entry of `model.mixers.MIXERS` is measured (softmax runs through `F.scaled_dot_product_attention`, the
 baseline), GAU in both forms (quadratic, chunked), and the fused kernels when importable on CUDA: fla's
-linear attention (`model.linear.backend=fla`) and mamba_ssm's selective scan. The total tokens per call
+linear attention, gated delta rule, RWKV-7 and forgetting attention (`model.<mixer>.backend=fla`) and mamba_ssm's
+selective scan. The total tokens per call
 are fixed, so batch = tokens / T and a flat time per token means linear cost in T. One call is
 
     y, _ = mixer(x);  y.backward(g)        x, g (B, T, D), RoPE positions where the mixer asks for them
@@ -46,7 +47,9 @@ VARIANTS = {"softmax (SDPA)": ("softmax", {}), "linear": ("linear", {}),
             "gau (quadratic)": ("gau", {"form": "quadratic"}), "gau (chunked)": ("gau", {"form": "chunked"}),
             "mamba": ("mamba", {})}
 KERNELS = {"linear (fla)": ("linear", {"backend": "fla"}, "fla"),
-           "mamba (mamba_ssm)": ("mamba", {"backend": "mamba_ssm"}, "mamba_ssm")}
+           "mamba (mamba_ssm)": ("mamba", {"backend": "mamba_ssm"}, "mamba_ssm"),
+           "gated_deltanet (fla)": ("gated_deltanet", {"backend": "fla"}, "fla"),
+           "rwkv7 (fla)": ("rwkv7", {"backend": "fla"}, "fla"), "fox (fla)": ("fox", {"backend": "fla"}, "fla")}
 
 
 def parse_args(argv=None) -> argparse.Namespace:

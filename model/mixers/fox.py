@@ -19,6 +19,10 @@ Shapes: x (B, T, D) -> q (B, H, T, d), k/v (B, Hk, T, d), log f and c (B, H, T) 
 y (B, T, D). Computed by `F.scaled_dot_product_attention` with D + p as an additive float mask; a mask that needs a
 gradient (training) runs SDPA's math path, which keeps the (B, H, T, T) probabilities for backward:
 memory quadratic in T, where the paper's Triton kernel (or fla's `forgetting_attn`) stays linear.
+Backend `fla` (training only, cache None): fla's `parallel_forgetting_attn` Triton kernel (flash attention with
+the bias D: it takes log f (B, T, H), fp32, and sums it itself) on the rotated q, k, v in (B, T, H, d) layout,
+bf16 (as fla's tests run it), scale d^-0.5 (its default, SDPA's); a position's score bias cannot enter it, so
+`position` must contribute none (rope or none; refused when the config is read).
 Cache: (k, v, c): the rotated keys and values seen so far (B, Hk, P, d) and their cumulative log-forget values
 c (B, H, P) in fp32 (at least), so a new chunk continues c from c_{P-1} and decoding gives the full forward's biases.
 
@@ -34,6 +38,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from model.mixers import kernels
 from model.mixers.softmax import SoftmaxAttention
 from model.options import Options, option
 
@@ -42,6 +47,8 @@ from model.options import Options, option
 class FoxConfig(Options):
     # b_f at init: 0 as in the paper (f ~ 0.5, a short memory it learns to lengthen); large -> softmax attention
     gate_bias: float = option(0.0)
+    # torch (reference) | fla (Triton kernel, GPU only; no score-bias position)
+    backend: str = option("torch", choices=("torch", "fla"), runtime=True)
 
 
 class ForgettingAttention(SoftmaxAttention):
@@ -51,11 +58,20 @@ class ForgettingAttention(SoftmaxAttention):
 
     def __init__(self, cfg, position: nn.Module):
         super().__init__(cfg, position)
-        self.gate_bias = self.options(cfg).gate_bias
+        fox = self.options(cfg)
+        self.gate_bias = fox.gate_bias
+        self.kernel = (kernels.load("fox", "fla", "fla.ops.forgetting_attn", "parallel_forgetting_attn")
+                       if fox.backend == "fla" else None)
         self.f_proj = nn.Linear(cfg.d_model, cfg.n_heads, bias=True)  # w_f, b_f of every head
 
     def reset_special_parameters(self) -> None:
         nn.init.constant_(self.f_proj.bias, self.gate_bias)
+
+    @staticmethod
+    def check_config(cfg) -> None:
+        if ForgettingAttention.options(cfg).backend == "fla" and SoftmaxAttention.biased(cfg):
+            raise ValueError(f"position={cfg.position} biases attention scores, which fox.backend=fla cannot apply "
+                             "(fla's kernel adds the forget gate's only); use fox.backend=torch or another position")
 
     @staticmethod
     def flops_per_token(cfg, seq_len: int) -> float:
@@ -83,16 +99,21 @@ class ForgettingAttention(SoftmaxAttention):
         c = torch.zeros(batch_size, self.n_heads, 0, device=device, dtype=torch.promote_types(dtype, torch.float32))
         return k, v, c  # c (B, H, 0), fp32 (fp64 in an fp64 model)
 
+    def log_f(self, x: Tensor) -> Tensor:
+        """log f (B, T, H) of x's tokens, fp32 (at least)."""
+        z = self.f_proj(x)  # (B, T, H)
+        return F.logsigmoid(z.to(torch.promote_types(z.dtype, torch.float32)))
+
     def log_forget(self, x: Tensor, start: Tensor | None) -> Tensor:
         """c (B, H, T) fp32: the cumulative log f of x's tokens, continued from `start` (B, H, 1) when given."""
-        z = self.f_proj(x)  # (B, T, H)
-        log_f = F.logsigmoid(z.to(torch.promote_types(z.dtype, torch.float32))).transpose(1, 2)  # (B, H, T)
-        c = log_f.cumsum(dim=-1)
+        c = self.log_f(x).transpose(1, 2).cumsum(dim=-1)  # (B, H, T)
         return c if start is None else c + start
 
     def forward(self, x: Tensor, cache: tuple[Tensor, Tensor, Tensor] | None = None, offset: int = 0):
         T = x.shape[1]
         q, k, v = self.qkv(x, offset)  # (B, H, T, d), (B, Hk, T, d) x 2
+        if cache is None and self.kernel is not None:
+            return self.fla(q, k, v, self.log_f(x)), None
         past = 0 if cache is None else cache[0].shape[2]
         start = cache[2][:, :, -1:] if past else None  # c of the last cached key (B, H, 1)
         c = self.log_forget(x, start)  # (B, H, T): c_i of the new queries
@@ -111,3 +132,13 @@ class ForgettingAttention(SoftmaxAttention):
             bias = bias + position_bias
         bias = bias.masked_fill(k_pos > q_pos[:, None], float("-inf"))  # causal: key j <= query i
         return self.attend(q, k, v, bias.to(q.dtype), causal=False), cache
+
+    def fla(self, q: Tensor, k: Tensor, v: Tensor, log_f: Tensor) -> Tensor:
+        """fla's kernel on q (B, H, T, d), k, v (B, Hk, T, d), which it wants as (B, T, H, d) (fla >= 0.2; grouped
+        heads as ours), and log f (B, T, H) -> the output projection of o, y (B, T, D)."""
+        kernels.require_cuda(q, "fox", "fla")
+        B, _, T, _ = q.shape
+        dtype = q.dtype
+        q, k, v = (t.transpose(1, 2).to(torch.bfloat16) for t in (q, k, v))  # (B, T, H or Hk, d)
+        o = self.kernel(q, k, v, log_f, scale=self.head_dim ** -0.5)  # (B, T, H, d)
+        return self.o_proj(o.reshape(B, T, self.n_heads * self.head_dim).to(dtype))  # (B, T, H d) -> (B, T, D)

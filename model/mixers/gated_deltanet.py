@@ -30,6 +30,10 @@ alpha = 1 this is deltanet.py's `chunked_delta_rule` (tested). The last chunk is
 beta and log-decay leave the state as it is. Decoding runs the same code with the cache as M_0.
 
 Positions: none (as the paper): `position` is not applied; the decay, the recurrence and the conv carry order.
+Backend `fla` (training only, cache None): fla's `chunk_gated_delta_rule` Triton kernel on the same q (normalised
+and scaled, so scale 1), unit k, v, beta and log-decay g (natural log, as here), in (B, T, H, d) layout with bf16
+q, k, v and beta (g stays fp32, as fla's own layer passes it); the conv, the gates and the output norm stay the
+torch code.
 Shapes: x (B, T, D) -> q, k, v (B, T, H, d), d = D / H, alpha, beta (B, T, H) -> o (B, T, H, d) -> y (B, T, D).
 Cache: (conv_state (B, conv_size - 1, 3 H d), the last conv inputs; M (B, H, d, d) fp32).
 The core (L2 norms, decay, delta rule, output norm) runs in fp32 with autocast off.
@@ -45,6 +49,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from model.component import Mixer
+from model.mixers import kernels
 from model.mixers.mamba2 import CausalConv
 from model.norm import RMSNorm
 from model.options import Options, option
@@ -87,6 +92,8 @@ def chunked_gated_delta_rule(q: Tensor, k: Tensor, v: Tensor, beta: Tensor, g: T
 class GatedDeltaNetConfig(Options):
     chunk_size: int = option(64, min=1)  # quadratic (and a C x C triangular solve) inside a chunk, state across
     conv_size: int = option(4, min=1)  # short causal depthwise conv on q, k, v; 1 = none (a per-channel scale)
+    # torch (reference) | fla (Triton kernel, GPU only)
+    backend: str = option("torch", choices=("torch", "fla"), runtime=True)
 
 
 class GatedDeltaNet(Mixer):
@@ -97,6 +104,8 @@ class GatedDeltaNet(Mixer):
     def __init__(self, cfg, position: nn.Module | None = None):
         super().__init__()  # `position` is unused (see the module docstring)
         gd = self.options(cfg)
+        self.kernel = (kernels.load("gated_deltanet", "fla", "fla.ops.gated_delta_rule", "chunk_gated_delta_rule")
+                       if gd.backend == "fla" else None)
         self.n_heads, self.head_dim, self.conv_size, self.chunk_size = cfg.n_heads, cfg.head_dim, gd.conv_size, \
             gd.chunk_size
         D, E, H = cfg.d_model, cfg.n_heads * cfg.head_dim, cfg.n_heads
@@ -181,9 +190,22 @@ class GatedDeltaNet(Mixer):
             q = F.normalize(q, dim=-1) * d ** -0.5
             k = F.normalize(k, dim=-1)  # unit keys
             g = -self.A_log.to(f32).exp() * F.softplus(a.to(f32) + self.dt_bias.to(f32))  # (B, T, H): log alpha
-            M0 = self.init_cache(B, x.device, x.dtype)[1] if cache is None else cache[1]
-            o, M = chunked_gated_delta_rule(q, k, v, torch.sigmoid(beta.to(f32)).transpose(1, 2), g.transpose(1, 2),
-                                            M0.to(f32), self.chunk_size)  # (B, H, T, d)
+            beta = torch.sigmoid(beta.to(f32))  # (B, T, H)
+            if cache is None and self.kernel is not None:
+                o, M = self.fla(q, k, v, beta, g), None  # (B, H, T, d)
+            else:
+                M0 = self.init_cache(B, x.device, x.dtype)[1] if cache is None else cache[1]
+                o, M = chunked_gated_delta_rule(q, k, v, beta.transpose(1, 2), g.transpose(1, 2), M0.to(f32),
+                                                self.chunk_size)  # (B, H, T, d)
             o = self.norm(o.transpose(1, 2)) * F.silu(gate.to(f32)).view(B, T, H, d)  # (B, T, H, d)
         y = self.o_proj(o.reshape(B, T, H * d).to(x.dtype))  # (B, T, D)
         return y, (None if cache is None else (conv_in[:, conv_in.shape[1] - (K - 1):], M))
+
+    def fla(self, q: Tensor, k: Tensor, v: Tensor, beta: Tensor, g: Tensor) -> Tensor:
+        """fla's chunk kernel on q, k, v (B, H, T, d), which it wants as (B, T, H, d) (fla >= 0.2), beta and the
+        log-decay g (B, T, H) -> o (B, H, T, d) fp32."""
+        kernels.require_cuda(q, "gated_deltanet", "fla")
+        half = torch.bfloat16
+        q, k, v = (t.transpose(1, 2).to(half) for t in (q, k, v))  # (B, T, H, d) each
+        o, _ = self.kernel(q, k, v, g, beta.to(half), scale=1.0)  # (B, T, H, d)
+        return o.transpose(1, 2).float()

@@ -32,6 +32,10 @@ fp32 for C <= 128 (`chunk_size`'s bound) and the factored form needs no floor. T
 k, v, z, b and log-decay leave the state as it is). Decoding runs the same code with the cache as M_0.
 
 Positions: none (as the paper): `position` is not applied; token shift and the recurrence carry order.
+Backend `fla` (training only, cache None): fla's `chunk_rwkv7` Triton kernel (its diagonal-plus-low-rank delta rule
+S_t = diag(e^w_t) S_{t-1} + b_t^T (a_t S_{t-1}) + k_t^T v_t, o_t = r_t S_t with S (d_k, d_v): our M with its a, b
+our z, b and w our log w) on the same fp32 r, log w, k~, v, z, b in (B, T, H, d) layout, scale 1; token shift,
+the low-rank gates, the GroupNorm and the bonus stay the torch code.
 Shapes: x (B, T, D) -> r, w, k, v, a, g (B, T, H d), d = D / H -> per head (B, H, T, d) -> o (B, T, H, d) -> y.
 Cache: (the previous token's input (B, D), for token shift; M (B, H, d, d) fp32). The core runs in fp32.
 """
@@ -46,6 +50,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from model.component import Mixer
+from model.mixers import kernels
 from model.options import Options, option
 
 SHIFT_POWERS = (0.2, 0.9, 0.7, 0.7, 0.9, 0.2)  # mu_* = 1 - (i / D)^p for r, w, k, v, a, g (the paper's layer 0)
@@ -94,6 +99,8 @@ class RWKV7Config(Options):
     decay_rank: int = option(32, min=1)  # rank of the decay's A_w B_w (the paper: 64 at D = 768)
     iclr_rank: int = option(32, min=1)  # rank of the in-context learning rate's A_a B_a (the paper: 64)
     gate_rank: int = option(64, min=1)  # rank of the output gate's A_g B_g (the paper: 128)
+    # torch (reference) | fla (Triton kernel, GPU only)
+    backend: str = option("torch", choices=("torch", "fla"), runtime=True)
 
 
 class RWKV7(Mixer):
@@ -104,6 +111,7 @@ class RWKV7(Mixer):
     def __init__(self, cfg, position: nn.Module | None = None):
         super().__init__()  # `position` is unused (see the module docstring)
         rw = self.options(cfg)
+        self.kernel = kernels.load("rwkv7", "fla", "fla.ops.rwkv7", "chunk_rwkv7") if rw.backend == "fla" else None
         D, H, d = cfg.d_model, cfg.n_heads, cfg.head_dim
         E = H * d
         self.n_heads, self.head_dim, self.chunk_size = H, d, rw.chunk_size
@@ -196,8 +204,11 @@ class RWKV7(Mixer):
             def heads(t: Tensor) -> Tensor:
                 return t.view(B, T, H, d).transpose(1, 2)  # (B, T, E) -> (B, H, T, d)
 
-            o, M = chunked_dplr(heads(r), heads(logw), heads(k), heads(v), heads(-kappa), heads(a * kappa),
-                                M0.to(f32), self.chunk_size)  # (B, H, T, d)
+            if cache is None and self.kernel is not None:
+                o, M = self.fla(r, logw, k, v, -kappa, a * kappa), None  # (B, H, T, d)
+            else:
+                o, M = chunked_dplr(heads(r), heads(logw), heads(k), heads(v), heads(-kappa), heads(a * kappa),
+                                    M0.to(f32), self.chunk_size)  # (B, H, T, d)
             n = self.norm  # its fp32 weights (bf16 in bf16-true runs) on the fp32 output
             o = F.group_norm(o.transpose(1, 2).reshape(B * T, H * d), H, n.weight.to(f32), n.bias.to(f32), n.eps)
             o = o.view(B, T, H, d)  # (B * T, E) -> (B, T, H, d)
@@ -205,3 +216,12 @@ class RWKV7(Mixer):
             o = (o + bonus).view(B, T, H * d) * g.to(f32)  # (B, T, E)
         y = self.o_proj(o.to(x.dtype))  # (B, T, D)
         return y, (None if cache is None else (x[:, -1], M))
+
+    def fla(self, r: Tensor, logw: Tensor, k: Tensor, v: Tensor, z: Tensor, b: Tensor) -> Tensor:
+        """fla's chunk kernel on r, log w, k~, v, z, b (B, T, E), which it takes per head, (B, T, H, d)
+        (fla >= 0.2) -> o (B, H, T, d) fp32."""
+        kernels.require_cuda(r, "rwkv7", "fla")
+        B, T, _ = r.shape
+        heads = (t.view(B, T, self.n_heads, self.head_dim) for t in (r, logw, k, v, z, b))  # (B, T, H, d) each
+        o, _ = self.kernel(*heads, scale=1.0)  # (B, T, H, d)
+        return o.transpose(1, 2).float()

@@ -2,7 +2,7 @@
 paper's equations written out (values and gradients, the gate's included), causality, cached decoding (one-token
 steps and chunks, fp64) == full forward with RoPE and without positions, the cache's layout and bytes, the gate's
 bias init and option, a hybrid with softmax, the activation estimate in bf16 and with grouped heads, score-bias
-positions (ALiBi, T5) added to the forget bias."""
+positions (ALiBi, T5) added to the forget bias, and refused with the fla backend."""
 
 from __future__ import annotations
 
@@ -179,3 +179,9 @@ def test_a_position_score_bias_joins_the_forget_bias(registered, position):
     x = torch.randint(0, 97, (2, 16))
     with torch.no_grad():
         torch.testing.assert_close(net(x)[0], plain(x)[0], atol=1e-5, rtol=1e-5)
+
+
+def test_the_fla_backend_refuses_a_score_bias_position_when_the_config_is_read():
+    with pytest.raises(ValueError, match="position=alibi biases attention scores, which fox.backend=fla") as err:
+        tiny_model_config(mixer="fox", position="alibi", fox=FoxConfig(backend="fla")).check()
+    assert "\n" not in str(err.value)

@@ -36,8 +36,8 @@ REL_TOL = {"32": 2e-2, "bf16-mixed": 5e-2}
 
 
 def test_the_registry_offers_kernel_backends():
-    assert {("linear", "fla"), ("mamba", "mamba_ssm"), ("retnet", "fla"), ("gla", "fla"),
-            ("deltanet", "fla")} <= set(BACKENDS)
+    assert {("linear", "fla"), ("mamba", "mamba_ssm"), ("retnet", "fla"), ("gla", "fla"), ("deltanet", "fla"),
+            ("gated_deltanet", "fla"), ("rwkv7", "fla"), ("fox", "fla")} <= set(BACKENDS)
 
 
 def build(name: str, backend: str):
