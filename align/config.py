@@ -6,7 +6,10 @@ section under its name (`align.sigmoid.label_smoothing`, `align.simpo.gamma`, `a
 Options of a loss that is not the chosen one are refused, as are the keys they replaced (`MOVED`), in one line
 when the config is built. `align.rewards` is checked by the reward registry (align/rewards.py: `name: weight` or
 `name: {weight: w, <parameter>: value}`). GRPO variants are options of one objective (align/losses/grpo.py):
-`align.baseline` (mean: GRPO; leave_one_out: RLOO), `align.objective` (clip: GRPO; gspo; cispo).
+`align.baseline` (mean: GRPO; leave_one_out: RLOO), `align.objective` (clip: GRPO; gspo; cispo). PPO's options
+(align/losses/ppo.py: gamma, lam, vf_coef, cliprange_value, kl_coef, whiten) are the section `align.ppo`, composed
+the same way from `PPO_SECTIONS`; the sampling options (group_size, prompts_per_step, num_iterations = PPO epochs,
+epsilon, max_new_tokens, temperature, rewards) are GRPO's.
 """
 
 from __future__ import annotations
@@ -14,7 +17,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, field
 
-from align.losses import BASELINES, LOSSES, SURROGATES
+from align.losses import BASELINES, LOSSES, SURROGATES, PPOObjective
 from align.rewards import reward_terms
 from finetune.config import FinetuneTree
 from model.options import Options, compose, option
@@ -60,8 +63,9 @@ class CoreAlignConfig(Options):
                                  f"or leave align.{name} out")
 
 
-AlignConfig = compose(CoreAlignConfig, [LOSSES], "AlignConfig", __name__)  # + align.<loss name>.*
-AlignTree = extend(FinetuneTree, align=AlignConfig)  # the config tree of a DPO or GRPO run
+PPO_SECTIONS = {"ppo": PPOObjective}  # align.ppo.*
+AlignConfig = compose(CoreAlignConfig, [LOSSES, PPO_SECTIONS], "AlignConfig", __name__)  # + align.<loss name>.*
+AlignTree = extend(FinetuneTree, align=AlignConfig)  # the config tree of a DPO, GRPO or PPO run
 
 
 def refuse_moved(values: dict) -> None:

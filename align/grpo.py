@@ -179,6 +179,21 @@ class GRPOModel(PolicyModel):
 
     @torch.no_grad()
     def rollout(self, prompt_ids: Tensor, lengths: Tensor, slot: int) -> Rollout:
+        """Sample and score (`sample`), then pi_old's and pi_ref's log-probs and the group-relative advantages."""
+        a = self.cfg.align
+        inputs, labels, mask, r, stats = self.sample(prompt_ids, lengths, slot)
+        old = self.logprobs(self.model, inputs, labels)[0] if a.num_iterations > 1 else None
+        ref = None
+        if a.beta:
+            with self.reference_model() as reference:
+                ref = self.logprobs(reference, inputs, labels)[0]
+        return Rollout(inputs, labels, mask, grpo_advantages(r, a.group_size, a.scale, baseline=a.baseline), old, ref,
+                       stats)
+
+    @torch.no_grad()
+    def sample(self, prompt_ids: Tensor, lengths: Tensor, slot: int) -> tuple[Tensor, Tensor, Tensor, Tensor, dict]:
+        """G completions of each of the P prompts, decoded as one batch, and their rewards -> inputs, labels and
+        mask (N, T), rewards (N,), reward statistics."""
         a, t, G = self.cfg.align, self.cfg.train, self.cfg.align.group_size
         seed = t.seed * 1_000_003 + (self.global_step * self.trainer.world_size + self.global_rank) * 97 + slot
         generator = torch.Generator(device=self.device).manual_seed(seed)
@@ -208,15 +223,10 @@ class GRPOModel(PolicyModel):
         full, mask = full.to(self.device), mask.to(self.device)
         inputs, labels = full[:, :-1], full[:, 1:]  # (N, T) each
         r = torch.tensor(rewards, device=self.device)  # (N,)
-        old = self.logprobs(self.model, inputs, labels)[0] if a.num_iterations > 1 else None
-        ref = None
-        if a.beta:
-            with self.reference_model() as reference:
-                ref = self.logprobs(reference, inputs, labels)[0]
         stats = {"reward": r.mean().item(), "reward_std": r.view(-1, G).std(-1).mean().item(),
                  "completion_length": mask.sum(-1).mean().item()}
         stats.update({f"rewards/{k}": sum(p[k] for p in parts) / len(parts) for k in a.rewards})
-        return Rollout(inputs, labels, mask, grpo_advantages(r, G, a.scale, baseline=a.baseline), old, ref, stats)
+        return inputs, labels, mask, r, stats
 
     def prepare_batch(self, batch, batch_idx: int) -> Rollout:
         """The step's samples: a fresh rollout every num_iterations steps, else the buffered one of this slot."""
@@ -231,16 +241,21 @@ class GRPOModel(PolicyModel):
         old = logp.detach() if r.old_logp is None else r.old_logp
         loss, stats = grpo_loss(logp, old, r.ref_logp, r.advantages, r.mask, a.beta, a.epsilon,
                                 a.epsilon_high or None, a.level, a.objective)
-        with torch.no_grad():
-            logq = torch.log_softmax(logits[r.mask.bool()].float(), -1)  # (completion tokens, V)
-            entropy = -(logq.exp() * logq).sum(-1).mean()
         logs = {"loss": loss.detach(), "kl": stats["kl"], "clip_fraction": stats["clip_fraction"],
-                "entropy": entropy, **r.stats}
+                "entropy": entropy(logits, r.mask), **r.stats}
         return loss, {f"train/{k}": v for k, v in logs.items()}
 
 
-def train_grpo(cfg: Config, callbacks: list = ()) -> Path:
-    """GRPO from the SFT run cfg.finetune.base on prompts of the training stories; returns the run directory."""
+@torch.no_grad()
+def entropy(logits: Tensor, mask: Tensor) -> Tensor:
+    """Logits (N, T, V), mask (N, T) -> the policy's mean entropy over the completion tokens (nats/token)."""
+    logq = torch.log_softmax(logits[mask.bool()].float(), -1)  # (completion tokens, V)
+    return -(logq.exp() * logq).sum(-1).mean()
+
+
+def train_grpo(cfg: Config, callbacks: list = (), stage: type[GRPOModel] = GRPOModel) -> Path:
+    """GRPO (or `stage`, a GRPOModel subclass: align/ppo.py) from the SFT run cfg.finetune.base on prompts of the
+    training stories; returns the run directory."""
     t, a = cfg.train, cfg.align
     if a.group_size < 2 or a.num_iterations < 1 or a.prompts_per_step < 1:
         raise ConfigError(f"align.group_size must be >= 2 (got {a.group_size}), align.num_iterations and "
@@ -254,7 +269,7 @@ def train_grpo(cfg: Config, callbacks: list = ()) -> Path:
     examples = instruct_examples(cfg.data.path, t.seed, cfg.data.val_fraction, cfg.data.max_stories)["train"]
     datamodule = PromptDataModule(tokenizer, [ex.prompt for ex in examples], cfg.data.seq_len, a.prompts_per_step,
                                   t.grad_accum, a.num_iterations, t.max_steps, t.seed)
-    module = GRPOModel(cfg, tokenizer, model, lora_cfg)
+    module = stage(cfg, tokenizer, model, lora_cfg)
     trainer = fit(cfg, module, datamodule, run_dir, tokenizer, callbacks, monitor_val=False, run_files=run_files)
     if trainer.is_global_zero:
         logs = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("train/")}

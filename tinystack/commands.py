@@ -12,6 +12,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "finetune": ("finetune", "LoRA or full fine-tuning of a pretrained run on story instructions"),
     "dpo": ("align.dpo", "Direct Preference Optimization from a fine-tuned run"),
     "grpo": ("align.grpo", "Group Relative Policy Optimization from a fine-tuned run"),
+    "ppo": ("align.ppo", "Proximal Policy Optimization with a learned value head from a fine-tuned run"),
     "pairs": ("align.make_pairs", "make preference pairs (JSONL) for DPO from a run"),
     "align-eval": ("align.evaluate", "reward table of several runs on held-out prompts"),
     "merge": ("finetune.merge", "merge a LoRA adapter into its base: a plain run directory"),

@@ -5,6 +5,7 @@ An FSDP run needs CUDA (Lightning and torch's FSDP refuse CPU): that test runs w
 
 from __future__ import annotations
 
+import ast
 import csv
 import os
 import subprocess
@@ -79,7 +80,7 @@ def stage_values(stage: str, corpus: Path, sft_run: tuple[Path, Path], out: Path
              "train.strategy": "ddp"}
     values = tiny_finetune_values(corpus, out, base if stage == "sft" else sft,
                                   {"eval_prompts": 0} if stage == "sft" else {}, **extra)
-    if stage == "grpo":
+    if stage in ("grpo", "ppo"):
         values["align"] = {"group_size": 2, "prompts_per_step": 2, "max_new_tokens": 8, "beta": 0.05,
                            "rewards": {"word_inclusion": 1.0, "length": {"weight": 0.5, "min_words": 4}}}
     return values
@@ -102,6 +103,64 @@ def test_a_nan_on_one_rank_skips_the_step_on_both(stage, tiny_corpus, tiny_sft_r
     assert sorted(batches(tmp_path, 0)) == sorted(batches(tmp_path, 1))
     assert (tmp_path / ".rank0.params").read_text() == (tmp_path / ".rank1.params").read_text()
     assert (run_dir / "adapter" / "adapter_model.safetensors").is_file()  # LoRA runs: the final adapter
+
+
+PPO_SCRIPT = """
+import sys
+sys.path[:0] = [{root!r}, {here!r}]
+from pathlib import Path
+
+import lightning as L
+import torch
+from train_script import Hooks
+
+from align.policy import align_config
+from align.ppo import train_ppo
+from train.cli import run_cli
+
+
+class ValueGrads(L.Callback):
+    \"\"\"Per step, the value head's gradient this rank computed (a tensor hook: before DDP's all-reduce) and the
+    one the optimizer gets, to <out_dir>/.rank<r>.value_grads.\"\"\"
+
+    def on_train_start(self, trainer, pl_module):
+        self.local = {{}}
+        for name, p in pl_module.value_head.named_parameters():
+            p.register_hook(lambda grad, name=name: self.local.__setitem__(name, grad.clone()))
+
+    def on_before_optimizer_step(self, trainer, pl_module, optimizer):
+        params = dict(pl_module.value_head.named_parameters())
+        local = torch.cat([self.local[k].flatten() for k in params]).tolist()
+        synced = torch.cat([p.grad.flatten() for p in params.values()]).tolist()
+        with (Path(trainer.default_root_dir).parent / f".rank{{trainer.global_rank}}.value_grads").open("a") as f:
+            f.write(repr((local, synced)) + "\\n")
+
+
+run_cli(lambda cfg: train_ppo(cfg, [Hooks(0.0), ValueGrads()]), load=align_config)
+"""
+
+
+@pytest.mark.slow
+def test_two_process_ppo_all_reduces_the_value_head(tiny_corpus, tiny_sft_run, tmp_path):
+    """The value head is part of the DDP-wrapped module: after backward both ranks hold the mean of the two ranks'
+    own gradients (which differ: each rank samples its own prompts), and the ranks end with equal parameters."""
+    script = tmp_path / "ppo_script.py"
+    script.write_text(PPO_SCRIPT.format(root=str(ROOT), here=str(SCRIPT.parent)))
+    env = {**os.environ, "WANDB_MODE": "disabled"}
+    env.pop(RUN_DIR_ENV, None)
+    args = as_argv(stage_values("ppo", tiny_corpus, tiny_sft_run, tmp_path / "out"))
+    proc = subprocess.run([sys.executable, str(script), *args], cwd=ROOT, env=env, capture_output=True, text=True,
+                          timeout=240)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    out = tmp_path / "out"
+    steps = [[ast.literal_eval(line) for line in (out / f".rank{r}.value_grads").read_text().splitlines()]
+             for r in (0, 1)]  # per rank, per step: (its own gradient, the one after all-reduce)
+    assert len(steps[0]) == len(steps[1]) == 4
+    for (local0, synced0), (local1, synced1) in zip(*steps):
+        assert local0 != local1 and synced0 == synced1 and any(synced0)
+        assert synced0 == pytest.approx([(a + b) / 2 for a, b in zip(local0, local1)], rel=1e-5, abs=1e-9)
+    assert (out / ".rank0.params").read_text() == (out / ".rank1.params").read_text()
+    assert (out / "ppo" / "value_head.safetensors").is_file()
 
 
 def metric(run_dir: Path, name: str) -> dict[int, float]:
