@@ -160,9 +160,9 @@ def report(cfg: Config, memory: float | None, overhead: float, world: int) -> st
     lines += [f"{name:42s}{fmt(value)}{fmt(full) if full else '':>14s}" for name, value, full in rows]
     lines += ["-" * 70, f"{'total':42s}{fmt(total)}"]
     m, T = model_config(cfg), cfg.data.seq_len
-    fixed = decode_cache_bytes(m, 0)  # recurrent states; the rest grows with the tokens (K / V, latents)
-    lines.append(f"decoding cache (fp32): {(decode_cache_bytes(m, T) - fixed) / T:,.0f} B per token + {fixed:,.0f} B "
-                 f"per sequence ({fmt(decode_cache_bytes(m, T)).strip()} for a sequence of T={T} tokens)")
+    fixed, whole = decode_cache_bytes(m, 0), decode_cache_bytes(m, T)  # fixed: recurrent states; the rest grows
+    lines.append(f"decoding cache (fp32): {(whole - fixed) / T:,.0f} B per token + {fixed:,.0f} B per sequence ("
+                 f"{fmt(whole).strip() if whole >= 2**20 else f'{whole / 1024:,.1f} KiB'} for a sequence of T={T})")
     if cfg.train.compile:  # measured: 110M, T=1024, B=16 / 48 on an H100 (README)
         lines.append("train.compile: expect ~20-25% less (compiled runs recompute element-wise ops in backward)")
     if memory:
