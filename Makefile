@@ -1,5 +1,5 @@
 # make demo: venv + install + pretrain the CPU demo on the TinyStories sample shipped in data/sample/ (or on
-# $TINYSTORIES_DIR when set) + print stories.  make test: the test suite.
+# $TINYSTORIES_DIR when set) + print stories + check the loss against bands/demo.json.  make test: the test suite.
 PYTHON ?= python3
 TORCH ?= torch==2.13.0
 VENV ?= .venv
@@ -19,6 +19,7 @@ install: $(VENV)/.installed
 
 demo: runs/demo/finished.json
 	$(PY) -m train.generate --run runs/demo --prompt "Once upon a time" --num_samples 3 --max_new_tokens 160
+	$(PY) -m train.check --run runs/demo  # the run against the demo's seed band (bands/demo.json)
 
 runs/demo/finished.json: | install  # written last by a finished run: a second `make demo` only samples
 	$(PY) -m train --config configs/pretrain/demo.yaml --train.name=demo

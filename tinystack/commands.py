@@ -22,6 +22,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "import": ("train.interop.import_hf", "a Hugging Face Llama folder as a run directory"),
     "evaluate": ("train.evals.evaluate", "lm-evaluation-harness tasks on a run"),
     "estimate": ("train.estimate", "memory estimate of a config before it runs"),
+    "check": ("train.check", "is this run's loss normal? the run against its recipe's seed band (RUN)"),
 }
 
 VARIANTS: dict[str, dict[str, str]] = {  # command -> {flag: the module run instead}

@@ -1,0 +1,129 @@
+"""Seed bands and `python -m train.check`: the recorder builds a band from 3 tiny seed runs (two trained here, one
+by the recorder's own process), a run reproducing a seed is inside it, broken runs are worse or diverged, the
+nearest band names the keys that differ, no band and bad band files are said in one line, and the live callback
+warns once per metric."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict
+from pathlib import Path
+
+import pytest
+import yaml
+from conftest import tiny_train_overrides
+
+from train.check.__main__ import main as check_main
+from train.check.bands import read_band
+from train.check.live import BandWatch
+from train.check.record import main as record_main
+from train.config import load_config
+from train.run import pretrain
+
+RECIPE = {"train.max_steps": 20, "train.log_every": 2, "train.val_every": 10, "train.ckpt_every": 10,
+          "train.num_samples": 0, "train.warmup_steps": 4, "train.lr": 1e-2}
+
+
+def tiny_run(corpus: Path, out: Path, name: str, callbacks=(), **extra) -> Path:
+    values = tiny_train_overrides(corpus, out, **{**RECIPE, "train.name": name, **extra})
+    return pretrain(load_config(None, values), callbacks)
+
+
+@pytest.fixture(scope="module")
+def recorded(tiny_corpus, tmp_path_factory) -> tuple[Path, Path, Path]:
+    """(config file, band folder, runs folder): seeds 0 and 1 trained in this process, seed 2 by the recorder."""
+    root = tmp_path_factory.mktemp("bands")
+    values = tiny_train_overrides(tiny_corpus, root / "runs", **RECIPE)
+    del values["train"]["name"]
+    config = root / "tiny.yaml"
+    config.write_text(yaml.safe_dump(values))
+    for seed in (0, 1):
+        tiny_run(tiny_corpus, root / "runs", f"bands-tiny-s{seed}", **{"train.seed": seed})
+    (root / "bands").mkdir()
+    record_main(["--config", str(config), "--seeds", "0", "1", "2", "--out", str(root / "bands" / "tiny.json"),
+                 "--out_dir", str(root / "runs")])
+    return config, root / "bands", root / "runs"
+
+
+def check(capsys, run: Path, *args: str) -> str:
+    check_main(["--run", str(run), *args])
+    return capsys.readouterr().out
+
+
+def test_the_recorder_writes_a_band_of_every_seed(recorded):
+    _, bands, runs = recorded
+    band = read_band(bands / "tiny.json")
+    assert band["status"] == "measured" and band["seeds"] == [0, 1, 2]
+    assert band["keys"]["stage"] == "pretrain" and band["keys"]["train.lr"] == 1e-2
+    assert (runs / "bands-tiny-s2" / "finished.json").is_file()
+    loss = band["metrics"]["train/loss"]
+    assert loss["step"] == list(range(1, 20, 2)) and "val/loss" in band["metrics"]
+    assert all(lo <= a <= m <= b <= hi for lo, a, m, b, hi in zip(loss["lo"], loss["min"], loss["mean"],
+                                                                     loss["max"], loss["hi"]))
+    assert not any(name.startswith(("perf/", "baseline/")) for name in band["metrics"])
+
+
+def test_a_run_reproducing_a_seed_is_inside(recorded, tiny_corpus, tmp_path, capsys):
+    run = tiny_run(tiny_corpus, tmp_path, "again", **{"train.seed": 1})
+    capsys.readouterr()
+    out = check(capsys, run, "--bands", str(recorded[1]))
+    assert "matches this run exactly" in out
+    assert out.count("inside the band") == out.count("\n  ") >= 2
+    assert (run / "check.png").read_bytes().startswith(b"\x89PNG")
+
+
+def test_a_broken_run_is_worse_and_the_live_callback_warns_once(recorded, tiny_corpus, tmp_path, capsys):
+    watch = BandWatch(asdict(load_config(recorded[0])), recorded[1])  # same recipe keys: init_std is none of them
+    run = tiny_run(tiny_corpus, tmp_path, "broken", [watch], **{"model.init_std": 3.0, "train.seed": 0})
+    warnings = [line for line in capsys.readouterr().err.splitlines() if "left its band" in line]
+    assert len(warnings) == len({line.split()[1] for line in warnings}) >= 1
+    assert any(line.startswith("warning: train/loss left its band at step ") for line in warnings)
+    out = check(capsys, run, "--bands", str(recorded[1]))
+    loss = next(line for line in out.splitlines() if line.strip().startswith("train/loss"))
+    assert "worse from step" in loss or "diverged" in loss
+
+
+def test_a_huge_lr_gets_the_nearest_band_with_its_differing_keys(recorded, tiny_corpus, tmp_path, capsys):
+    run = tiny_run(tiny_corpus, tmp_path, "hot", **{"train.lr": 5.0, "train.max_steps": 16})
+    capsys.readouterr()
+    out = check(capsys, run, "--bands", str(recorded[1]))
+    assert "nearest is" in out and "train.lr (run 5.0, band 0.01)" in out and "train.max_steps (run 16" in out
+    loss = next(line for line in out.splitlines() if line.strip().startswith("train/loss"))
+    assert "worse from step" in loss or "diverged" in loss
+
+
+def test_no_band_and_an_unmeasured_band_are_said_plainly(recorded, tmp_path, capsys):
+    config, _, runs = recorded
+    out = check(capsys, runs / "bands-tiny-s0", "--bands", str(tmp_path))
+    assert "no band for a pretrain run; record one with: python -m train.check.record" in out
+    record_main(["--config", str(config), "--seeds", "0", "1", "--out", str(tmp_path / "gpu.json"), "--placeholder"])
+    capsys.readouterr()
+    assert read_band(tmp_path / "gpu.json")["status"] == "not measured yet"
+    out = check(capsys, runs / "bands-tiny-s0", "--bands", str(tmp_path))
+    assert "matches this run but is not measured yet; measure it with: python -m train.check.record" in out
+
+
+@pytest.mark.parametrize("text", ["not json", '{"format": "tinystack-band/1", "status": NaN}',
+                                  '{"format": "tinystack-band/1", "status": "measured", "keys": []}', "[1, 2]"])
+def test_a_bad_band_file_is_one_line_and_exit_2(recorded, tmp_path, capsys, text):
+    band = tmp_path / "bad.json"
+    band.write_text(text)
+    with pytest.raises(SystemExit) as exit_info:
+        check_main(["--run", str(recorded[2] / "bands-tiny-s0"), "--band", str(band)])
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2 and err.startswith("error: ") and err.count("\n") == 1
+
+
+def test_a_folder_that_is_no_run_is_exit_2(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        check_main([str(tmp_path)])
+    assert exit_info.value.code == 2 and "not a run folder" in capsys.readouterr().err
+
+
+def test_a_nonfinite_band_value_is_refused(recorded, tmp_path, capsys):
+    band = json.loads((recorded[1] / "tiny.json").read_text())
+    band["metrics"]["train/loss"]["mean"][0] = 12345.5
+    (tmp_path / "inf.json").write_text(json.dumps(band).replace("12345.5", "1e999"))  # json reads it as inf
+    with pytest.raises(SystemExit):
+        check_main(["--run", str(recorded[2] / "bands-tiny-s0"), "--band", str(tmp_path / "inf.json")])
+    assert "not a finite number" in capsys.readouterr().err
