@@ -8,7 +8,9 @@ in the V2 layout (TinyStoriesV2-GPT4-train.txt and -valid.txt, as a TINYSTORIES_
 resident memory (resource.getrusage in the child, in MiB, the memory-mapped tokens included) is the fit's, beside
 the child's peak before the fit (its imports and token maps).
 Repeating the sample keeps the number of distinct n-grams at the sample's: the time grows with the tokens as on
-real text, the tables (and so memory) stay smaller than on as many tokens of the full corpus.
+real text, the tables (and so memory) stay smaller than on as many tokens of the full corpus. Its losses are no
+reference either: every training n-gram occurs at least k times, so D_n (from the n-grams seen once or twice) is
+near 0 and an n-gram unseen in training gets little probability.
 Writes <out>.json and <out>.md (default runs/benchmarks/ngram).
 """
 
@@ -62,6 +64,13 @@ def build_corpus(root: Path, scale: int) -> Path:
     return folder
 
 
+def tokenize(corpus: str, cache: str, queue) -> None:
+    """In a child process: train the BPE and write the token files (data/tokens.py); put the time on `queue`."""
+    start = time.perf_counter()
+    prepare_tokens(corpus, VOCAB, cache, tokenizer_sample=TOKENIZER_SAMPLE)
+    queue.put({"tokenize_s": time.perf_counter() - start})
+
+
 def fit_and_score(corpus: str, cache: str, queue) -> None:
     """In a child process: map the cached tokens, fit, score; put the timings and losses on `queue`."""
     tokenizer, tokens = prepare_tokens(corpus, VOCAB, cache, tokenizer_sample=TOKENIZER_SAMPLE)
@@ -74,18 +83,22 @@ def fit_and_score(corpus: str, cache: str, queue) -> None:
                                                                                         "validation_tokens")}})
 
 
-def measure(root: Path, scale: int) -> dict:
-    corpus = build_corpus(root, scale)
-    cache = str(root / "cache")
-    start = time.perf_counter()
-    prepare_tokens(str(corpus), VOCAB, cache, tokenizer_sample=TOKENIZER_SAMPLE)
-    tokenize_s = time.perf_counter() - start
+def in_child(target, *args) -> dict:
+    """Run target(*args, queue) in a fresh process (spawn) -> what it put on the queue. The parent stays small: a
+    child's ru_maxrss starts from its parent's peak at the fork (Linux keeps it across exec)."""
     ctx = multiprocessing.get_context("spawn")
     queue = ctx.Queue()
-    child = ctx.Process(target=fit_and_score, args=(str(corpus), cache, queue))
+    child = ctx.Process(target=target, args=(*args, queue))
     child.start()
     result = queue.get()
     child.join()
+    return result
+
+
+def measure(root: Path, scale: int) -> dict:
+    corpus, cache = build_corpus(root, scale), str(root / "cache")
+    tokenize_s = in_child(tokenize, str(corpus), cache)["tokenize_s"]
+    result = in_child(fit_and_score, str(corpus), cache)
     mb = sum(p.stat().st_size for p in corpus.iterdir()) / 1e6
     row = {"scale": scale, "corpus_mb": round(mb, 1), "tokenize_s": round(tokenize_s, 1),
            "fit_score_s": round(result.pop("fit_score_s"), 2),
