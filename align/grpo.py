@@ -41,6 +41,7 @@ from pathlib import Path
 
 import lightning as L
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, Sampler
 
@@ -181,8 +182,8 @@ class GRPOModel(PolicyModel):
     def rollout(self, prompt_ids: Tensor, lengths: Tensor, slot: int) -> Rollout:
         """Sample and score (`sample`), then pi_old's and pi_ref's log-probs and the group-relative advantages."""
         a = self.cfg.align
-        inputs, labels, mask, r, stats = self.sample(prompt_ids, lengths, slot)
-        old = self.logprobs(self.model, inputs, labels)[0] if a.num_iterations > 1 else None
+        inputs, labels, mask, r, stats, sampled = self.sample(prompt_ids, lengths, slot)
+        old = sampled if a.num_iterations > 1 else None  # pi_old: the distribution the tokens were drawn from
         ref = None
         if a.beta:
             with self.reference_model() as reference:
@@ -191,9 +192,12 @@ class GRPOModel(PolicyModel):
                        stats)
 
     @torch.no_grad()
-    def sample(self, prompt_ids: Tensor, lengths: Tensor, slot: int) -> tuple[Tensor, Tensor, Tensor, Tensor, dict]:
+    def sample(self, prompt_ids: Tensor, lengths: Tensor, slot: int
+               ) -> tuple[Tensor, Tensor, Tensor, Tensor, dict, Tensor]:
         """G completions of each of the P prompts, decoded as one batch, and their rewards -> inputs, labels and
-        mask (N, T), rewards (N,), reward statistics."""
+        mask (N, T), rewards (N,), reward statistics, and the log-probs (N, T) each label had when it was sampled
+        (log_softmax(logits / temperature) with the KV cache; equal to the training forward's within 1e-5 in fp32,
+        tests/model/test_logprob_parity.py; 0 on prompt positions)."""
         a, t, G = self.cfg.align, self.cfg.train, self.cfg.align.group_size
         seed = t.seed * 1_000_003 + (self.global_step * self.trainer.world_size + self.global_rank) * 97 + slot
         generator = torch.Generator(device=self.device).manual_seed(seed)
@@ -205,8 +209,8 @@ class GRPOModel(PolicyModel):
         prompts = prompt_ids[:, :n].tolist()
         infos = [parse_header(self.tokenizer.decode(ids)) for ids in prompts]
         idx = prompt_ids[:, :n].repeat_interleave(G, dim=0)  # (P * G, n): G copies per prompt
-        out = self.model.generate(idx, a.max_new_tokens, temperature=a.temperature, eos_id=self.eot,
-                                  generator=generator)  # (P * G, n + m)
+        out, drawn = self.model.generate(idx, a.max_new_tokens, temperature=a.temperature, eos_id=self.eot,
+                                         generator=generator, return_logprobs=True)  # (P * G, n + m), (P * G, m)
         sequences, texts = [], []
         for i, completion in enumerate(out[:, n:].tolist()):
             end = completion.index(self.eot) + 1 if self.eot in completion else len(completion)
@@ -222,11 +226,12 @@ class GRPOModel(PolicyModel):
             mask[i, n - 1: len(seq) - 1] = 1  # labels[t] = seq[t + 1]: completion tokens from t = n - 1
         full, mask = full.to(self.device), mask.to(self.device)
         inputs, labels = full[:, :-1], full[:, 1:]  # (N, T) each
+        sampled = F.pad(drawn.float(), (n - 1, 0))[:, : labels.shape[1]].to(self.device)  # label t = token n - 1 + j
         r = torch.tensor(rewards, device=self.device)  # (N,)
         stats = {"reward": r.mean().item(), "reward_std": r.view(-1, G).std(-1).mean().item(),
                  "completion_length": mask.sum(-1).mean().item()}
         stats.update({f"rewards/{k}": sum(p[k] for p in parts) / len(parts) for k in a.rewards})
-        return inputs, labels, mask, r, stats
+        return inputs, labels, mask, r, stats, sampled
 
     def prepare_batch(self, batch, batch_idx: int) -> Rollout:
         """The step's samples: a fresh rollout every num_iterations steps, else the buffered one of this slot."""

@@ -108,8 +108,8 @@ class PPOModel(GRPOModel):
     @torch.no_grad()
     def rollout(self, prompt_ids: Tensor, lengths: Tensor, slot: int) -> PPORollout:
         """GRPO's samples and rewards, then pi_old, V_old and pi_ref on them, and the GAE advantages."""
-        inputs, labels, mask, scores, sampled = self.sample(prompt_ids, lengths, slot)
-        old, _, values = self.evaluate(inputs, labels)
+        inputs, labels, mask, scores, sampled, old = self.sample(prompt_ids, lengths, slot)  # old: pi_old (N, T)
+        values = self.evaluate(inputs, labels)[2]  # (N, T) V_old
         ref = None
         if self.uses_reference():
             with self.reference_model() as reference:

@@ -64,6 +64,11 @@ def test_group_of_completions_per_prompt_with_zero_mean_advantages(grpo_run):
         assert (group[:, :start] == group[0, :start]).all()  # G copies of the same prompt
     assert ((rollout.mask.sum(-1) >= 1) & (rollout.mask.sum(-1) <= 10)).all()  # 1..max_new_tokens tokens
     assert rollout.old_logp is not None and rollout.ref_logp is not None
+    # pi_old is recorded while sampling; at the first rollout the new adapter is zero (B = 0), so it is pi_ref's
+    # training forward on the same tokens: any shift between sampled and scored positions would show here
+    on = rollout.mask.bool()
+    assert torch.allclose(rollout.old_logp[on], rollout.ref_logp[on], atol=1e-5)
+    assert (rollout.old_logp[on] < 0).all()
 
 
 def test_num_iterations_reuses_samples_and_logs_reward_stats(grpo_run):
