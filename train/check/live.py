@@ -55,4 +55,4 @@ class BandWatch(L.Callback):
 
     def on_validation_end(self, trainer, pl_module):
         if not trainer.sanity_checking:
-            self.see(trainer, trainer.global_step, "val/")
+            self.see(trainer, trainer.global_step - 1, "val/")  # metrics.csv's step of a validation
