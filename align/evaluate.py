@@ -58,6 +58,15 @@ def reward_scores(model, tokenizer, examples: list[InstructExample], weights: di
     """Generate `samples` completions per prompt (1 when greedy) and score them -> {"reward", each reward,
     "all_words", ...}, means over every completion."""
     start = time.perf_counter()
+    repeated, stories = sample_completions(model, tokenizer, examples, max_new_tokens, batch_size, temperature,
+                                           seed, samples)
+    return {**score_completions(repeated, stories, weights, len(repeated) // len(examples)),
+            "seconds": time.perf_counter() - start}
+
+
+def sample_completions(model, tokenizer, examples: list[InstructExample], max_new_tokens: int, batch_size: int,
+                       temperature: float, seed: int, samples: int) -> tuple[list[InstructExample], list[str]]:
+    """(each example repeated `samples` times in a row (once when greedy), its completion); model left as found."""
     was_training = model.training
     model.eval()
     samples = 1 if temperature == 0 else samples
@@ -65,12 +74,19 @@ def reward_scores(model, tokenizer, examples: list[InstructExample], weights: di
     stories = generate_stories(model, tokenizer, [ex.prompt for ex in examples], max_new_tokens, batch_size,
                                temperature, seed)
     model.train(was_training)
+    return examples, stories
+
+
+def score_completions(examples: list[InstructExample], stories: list[str], weights: dict[str, float],
+                      samples: int = 1) -> dict:
+    """Rewards of the completions of `sample_completions` (`samples` per prompt) -> {"reward", each reward,
+    "all_words", ...}, means over every completion."""
     scored = [combined_reward(parse_header(ex.prompt), story, weights) for ex, story in zip(examples, stories)]
     out = {"reward": statistics.fmean(total for total, _ in scored)}
     out.update({name: statistics.fmean(per[name] for _, per in scored) for name in weights})
     words = [word_inclusion(parse_header(ex.prompt), story) for ex, story in zip(examples, stories)]
     out["all_words"] = sum(w == 1.0 for w in words) / len(words)
-    return {**out, "prompts": len(examples) // samples, "samples": samples, "seconds": time.perf_counter() - start,
+    return {**out, "prompts": len(examples) // samples, "samples": samples,
             "example": {"prompt": examples[0].prompt, "completion": stories[0]}}
 
 

@@ -12,9 +12,10 @@ offline    from the instruction data alone (data/sft.py): chosen = the story the
                                  minimal pair, told apart only by reading the header, so the DPO gradient falls
                                  on the required words (the shared prefix cancels exactly).
 on_policy  K completions per prompt sampled from the SFT model (K copies of the prompt decode as one batch with
-           the KV cache), scored by the combined reward (align/rewards.py); chosen = best, rejected = worst,
-           prompts whose K scores tie are skipped: a tie states no preference. On-policy pairs keep DPO's data
-           where the policy puts its mass (Tajwar et al. 2024, arXiv:2404.14367; Xu et al. 2024, arXiv:2404.10719).
+           the KV cache), scored by the combined reward (align/rewards.py); chosen = best, rejected = worst of
+           the non-empty ones (an empty completion is no side of a pair), prompts whose K scores tie are skipped: a
+           tie states no preference. On-policy pairs keep DPO's data where the policy puts its mass (Tajwar et al.
+           2024, arXiv:2404.14367; Xu et al. 2024, arXiv:2404.10719).
 
 --unpaired writes KTO's unpaired format instead (TRL's unpaired preference format, `KTOTrainer`): each pair's chosen
 completion as a desirable row, its rejected one as an undesirable row,
@@ -121,7 +122,10 @@ def on_policy_pairs(model, tokenizer, prompts: list[str], weights: dict[str, flo
     for i, prompt in enumerate(prompts):
         group = samples[i * k:(i + 1) * k]
         scores = [total for total, _ in group_rewards(parse_header(prompt), group, weights)]  # the k as one group
-        best, worst = max(range(k), key=scores.__getitem__), min(range(k), key=scores.__getitem__)
+        kept = [j for j in range(k) if group[j].strip()]  # an empty completion is no side of a pair (load_pairs)
+        if len(kept) < 2:
+            continue
+        best, worst = max(kept, key=scores.__getitem__), min(kept, key=scores.__getitem__)
         if scores[best] > scores[worst]:
             pairs.append({"prompt": prompt, "chosen": group[best], "rejected": group[worst]})
     return pairs

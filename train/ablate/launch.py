@@ -12,7 +12,8 @@
 
 Every run is the same function (`train_one`): `pretrain(cfg)`, then the split scores (train/ablate/splits.py), then
 `ablate.json` in the run folder, written last and atomically: a run folder with `ablate.json` is finished, any
-other is resumed from its last checkpoint by the next sweep. A worker's output goes to `<run>/train.log`.
+other is resumed from its last checkpoint by the next sweep (a job of another stage brings its own `work`, which
+ends the same way: align/ablate/scores.py). A worker's output goes to `<run>/train.log`.
 
 Workers are forked from a forkserver that has imported the training stack once (Linux; spawned elsewhere), so a
 run starts in milliseconds, not the ~5 s of a fresh interpreter. Faults: a worker dies with its driver (Linux: it
@@ -33,6 +34,7 @@ import signal
 import sys
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from multiprocessing.connection import wait
 from pathlib import Path
@@ -45,9 +47,18 @@ LAUNCHERS = ("local", "slurm", "submitit-local")
 @dataclass
 class Job:
     label: str  # e.g. "softmax-lr0.003-s1"
-    cfg: object  # train.config.Config
+    cfg: object  # train.config.Config (or what the job's `work` reads: an alignment run's plain values)
     run_dir: Path
     splits: tuple[str, ...] = ("selection", "test")  # the held-out halves scored (train/ablate/splits.py)
+    work: Callable | None = None  # work(cfg, threads) runs instead of train_one: another stage's run (align/ablate)
+
+
+def run_job(job: Job, threads: int) -> None:
+    """Train, score and finish one job: `train_one`, or the job's own `work`."""
+    if job.work is not None:
+        job.work(job.cfg, threads)
+    else:
+        train_one(job.cfg, threads, job.splits)
 
 
 def _die_with(driver: int) -> None:
@@ -107,16 +118,16 @@ def train_one(cfg, threads: int, splits: tuple[str, ...] = ("selection", "test")
     return info
 
 
-def _worker(cfg, threads: int, splits: tuple[str, ...], env: dict, driver: int) -> None:
+def _worker(job: Job, threads: int, env: dict, driver: int) -> None:
     """A worker: dies with the driver, writes its output to <run>/train.log, trains one run."""
     _die_with(driver)
     os.environ.update(env)
-    run_dir = Path(cfg.train.out_dir) / cfg.train.name
+    run_dir = job.run_dir
     run_dir.mkdir(parents=True, exist_ok=True)
     log = os.open(run_dir / "train.log", os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
     for fd in (1, 2):  # the C libraries' output too
         os.dup2(log, fd)
-    train_one(cfg, threads, splits)
+    run_job(job, threads)
 
 
 def worker_context() -> multiprocessing.context.BaseContext:
@@ -144,7 +155,7 @@ def launch(jobs: list[Job], n_parallel: int, threads: int, launcher: str = "loca
     if n_parallel <= 1:
         for i, job in enumerate(jobs):
             print(f"[{i + 1}/{len(jobs)}] {job.label}", flush=True)
-            train_one(job.cfg, threads, job.splits)
+            run_job(job, threads)
         return []
     return _pool(jobs, n_parallel, threads)
 
@@ -167,7 +178,7 @@ def _pool(jobs: list[Job], n_parallel: int, threads: int) -> list[str]:
             while pending and len(running) < n_parallel and stop["signal"] is None:
                 job, slot = pending.pop(0), len(running)
                 env = {"CUDA_VISIBLE_DEVICES": str(slot % gpus)} if gpus else {}
-                args = (job.cfg, threads, job.splits, env, os.getpid())
+                args = (job, threads, env, os.getpid())
                 proc = ctx.Process(target=_worker, args=args, name=job.label)
                 proc.start()
                 running[proc] = job
@@ -206,8 +217,7 @@ def _submitit(jobs: list[Job], n_parallel: int, threads: int, launcher: str, slu
         executor.update_parameters(slurm_array_parallelism=n_parallel, **slurm)
     else:
         executor.update_parameters(timeout_min=int(slurm.get("timeout_min", 24 * 60)))
-    submitted = executor.map_array(train_one, [job.cfg for job in jobs], [threads] * len(jobs),
-                                   [job.splits for job in jobs])
+    submitted = executor.map_array(run_job, jobs, [threads] * len(jobs))
     print(f"submitted {len(submitted)} runs through submitit ({launcher}); logs in {folder}", flush=True)
     failed = []
     for i, (job, handle) in enumerate(zip(jobs, submitted)):

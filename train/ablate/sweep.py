@@ -42,6 +42,10 @@ same command again to resume (train/ablate/launch.py). Every finished run is sco
 validation text (train/ablate/splits.py): the selection half picks learning rates, the table reports the test
 half. Results in the sweep folder: results.csv, results.md (printed at the end), val_loss.png,
 val_loss_vs_compute.png and, with `lrs`, lr_grid.csv and lr_grid.png (train/ablate/report.py).
+
+An ablation file whose base is an alignment config (configs/align/*.yaml) compares alignment methods from one SFT
+run, scored by reward on held-out prompts: `python -m align.ablate --config configs/ablations/align.yaml`
+(align/ablate/sweep.py documents its keys); this command refuses it with that line.
 """
 
 from __future__ import annotations
@@ -81,24 +85,27 @@ def nest(values: dict) -> dict:
     return out
 
 
-def load_sweep(path: str | None, argv: list[str]) -> tuple[dict, dict]:
-    """The ablation file (validated, with command-line sweep keys applied) and the command-line config overrides."""
+def load_sweep(path: str | None, argv: list[str], keys: tuple[str, ...] = SWEEP_KEYS) -> tuple[dict, dict]:
+    """The ablation file (validated, with command-line sweep keys applied) and the command-line config overrides;
+    `keys`: the sweep keys a file may hold (another stage's runner adds its own, align/ablate/sweep.py)."""
     if path is None:
         raise ConfigError("no ablation file: pass --config configs/ablations/<name>.yaml")
     sweep = read_yaml(path, "ablation file", fix="see configs/ablations/ for examples")
     cli = parse_overrides(argv)
-    sweep.update({k: cli.pop(k) for k in list(cli) if k in SWEEP_KEYS and k not in ("base", "variants")})
+    sweep.update({k: cli.pop(k) for k in list(cli) if k in keys and k not in ("base", "variants")})
     for key, value in cli.items():
         if not isinstance(value, dict):
             raise ConfigError(f"unknown override --{key}; sweep keys: seeds, match, lrs, lr_seeds, jobs, threads, "
                               "launcher, name; config keys look like --section.key=value")
-    unknown = sorted(set(sweep) - set(SWEEP_KEYS))
-    if unknown:
-        raise ConfigError(f"{path}: unknown key(s) {', '.join(unknown)}; valid keys: {', '.join(SWEEP_KEYS)}")
     base = Path(str(sweep.get("base", "")))
     if not base.is_file() and (Path(path).parent / base).is_file():
         base = Path(path).parent / base
     sweep["base"] = base
+    if keys == SWEEP_KEYS and base.is_file() and "align" in read_yaml(base):
+        raise ConfigError(f"base {base} is an alignment config: run python -m align.ablate --config {path}")
+    unknown = sorted(set(sweep) - set(keys))
+    if unknown:
+        raise ConfigError(f"{path}: unknown key(s) {', '.join(unknown)}; valid keys: {', '.join(keys)}")
     sweep.setdefault("name", Path(path).stem)
     if not re.fullmatch(r"[A-Za-z0-9_.+-]+", str(sweep["name"])) or str(sweep["name"]).strip(".") == "":
         raise ConfigError(f"name {sweep['name']!r}: a sweep name uses letters, digits, _ . + - (it names the folder "
