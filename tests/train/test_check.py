@@ -17,6 +17,7 @@ from train.check.__main__ import main as check_main
 from train.check.bands import read_band
 from train.check.live import BandWatch
 from train.check.record import main as record_main
+from train.check.verdict import judge
 from train.config import load_config
 from train.run import pretrain
 
@@ -95,7 +96,7 @@ def test_a_huge_lr_gets_the_nearest_band_with_its_differing_keys(recorded, tiny_
 def test_no_band_and_an_unmeasured_band_are_said_plainly(recorded, tmp_path, capsys):
     config, _, runs = recorded
     out = check(capsys, runs / "bands-tiny-s0", "--bands", str(tmp_path))
-    assert "no band for a pretrain run; record one with: python -m train.check.record" in out
+    assert "no band for this run: none of the same stage (pretrain)" in out and "python -m train.check.record" in out
     record_main(["--config", str(config), "--seeds", "0", "1", "--out", str(tmp_path / "gpu.json"), "--placeholder"])
     capsys.readouterr()
     assert read_band(tmp_path / "gpu.json")["status"] == "not measured yet"
@@ -127,3 +128,16 @@ def test_a_nonfinite_band_value_is_refused(recorded, tmp_path, capsys):
     with pytest.raises(SystemExit):
         check_main(["--run", str(recorded[2] / "bands-tiny-s0"), "--band", str(tmp_path / "inf.json")])
     assert "not a finite number" in capsys.readouterr().err
+
+
+def test_the_verdicts_on_made_up_curves():
+    stats = {"step": [0, 10, 20, 30], "mean": [8.0, 5.0, 4.0, 3.5], "sd": [0.05] * 4, "min": [7.9, 4.9, 3.9, 3.4],
+             "max": [8.1, 5.1, 4.1, 3.6], "lo": [7.9, 4.9, 3.9, 3.4], "hi": [8.1, 5.1, 4.1, 3.6]}
+    run = dict(zip(stats["step"], stats["mean"]))
+    assert judge("val/loss", run, stats).startswith("inside the band")
+    assert judge("val/loss", {**run, 20: 4.5, 30: 4.0}, stats).startswith("worse from step 20")
+    assert judge("val/loss", {**run, 30: 3.0}, stats).startswith("better from step 30")
+    assert judge("train/rewards/margins", {**run, 30: 3.0}, stats).startswith("worse from step 30")
+    assert judge("val/loss", {**run, 30: 5.8}, stats, unigram=6.0).startswith("stuck at the unigram plateau")
+    assert judge("val/loss", {**run, 30: 9.0}, stats).startswith("diverged")
+    assert judge("val/loss", {**run, 20: float("nan")}, stats) == "diverged: nan at step 20"

@@ -1,7 +1,7 @@
 """`python -m train.check --run runs/NAME` (`tinystack check runs/NAME`): is this run's loss normal?
 
 Finds the run's band by its config.yaml (train/check/bands.py: the exact match on the keys that identify a
-recipe, else the nearest band of the same stage, naming the keys that differ), prints one verdict per metric
+recipe, else the nearest measured band of the same stage, naming the keys that differ), prints one verdict per metric
 (train/check/verdict.py) and draws the run over the band into RUN/check.png (or --out). Exit code 0 when the run
 was checked, whatever the verdicts, and when no band matches (said plainly); 2 with one line for bad input (not
 a run folder, an unreadable band file or metrics file).
@@ -14,7 +14,7 @@ from pathlib import Path
 
 from inputs.errors import InputError
 from inputs.yaml import read_yaml
-from train.check.bands import BANDS, MEASURED, match, read_band, read_bands, recipe_keys, run_curves
+from train.check.bands import BANDS, MEASURED, NEAR, match, read_band, read_bands, recipe_keys, run_curves
 from train.check.plot import plot_check
 from train.check.verdict import judge, unigram_baseline
 from train.cli import ArgumentParser, user_errors_exit_2
@@ -57,11 +57,11 @@ def check(run_dir: Path, bands: list[tuple[Path, dict]], out: Path) -> list[str]
     lines = [f"run: {run_dir} ({keys['stage']}, last logged step {last})"]
     found = match(keys, bands)
     if found is None:
-        return [*lines, f"no band for a {keys['stage']} run; record one with: {RECORD} (see docs/is-my-loss-normal.md)"]
+        return [*lines, f"no band for this run: none of the same stage ({keys['stage']}) differs in at most {NEAR} "
+                        f"keys; record one with: {RECORD} (see docs/is-my-loss-normal.md)"]
     path, band, differ = found
     if band["status"] != MEASURED:
-        what = "matches this run" if not differ else f"is the nearest (differs in {', '.join(differ)})"
-        return [*lines, f"band {path} {what} but is not measured yet; measure it with: {band['command']}"]
+        return [*lines, f"band {path} matches this run but is not measured yet; measure it with: {band['command']}"]
     lines.append(describe(path, band, differ, keys))
     unigram = unigram_baseline(curves)
     metrics = band["metrics"]

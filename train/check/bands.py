@@ -8,7 +8,8 @@
 
 A band is read through the project's input checks (inputs/json.py: finite numbers, bounded size and nesting) and
 its structure is checked here before any value is used. A run is matched by `recipe_keys` of its config.yaml:
-the band with the same keys, else the nearest band of the same stage (fewest differing keys, which are listed).
+the band with the same keys, else the nearest measured band of the same stage (fewest differing keys, at most
+NEAR, which are listed).
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ KEYS = ("stage", "model.d_model", "model.n_layers", "model.n_heads", "model.n_kv
         "align.beta", "align.group_size")
 NOT_CURVES = ("perf/", "baseline/", "train/lr", "step", "epoch")  # machine speed, constants, the schedule
 STATS = ("mean", "sd", "min", "max", "lo", "hi")
+NEAR = 4  # the most keys a nearest band may differ in: beyond that it is another recipe
 FIX = "record it again with python -m train.check.record (see docs/is-my-loss-normal.md)"
 
 Curves = dict[str, dict[int, float]]  # metric -> {step: value}
@@ -158,10 +160,9 @@ def read_bands(folder: Path) -> list[tuple[Path, dict]]:
 
 
 def match(keys: dict, bands: list[tuple[Path, dict]]) -> tuple[Path, dict, list[str]] | None:
-    """(band file, band, differing keys) for `keys`: the exact match, else the nearest band of the same stage
-    (fewest differing keys; a measured one before one not measured yet); None when no band has that stage."""
-    same_stage = [(path, band, differing(keys, band["keys"])) for path, band in bands
+    """(band file, band, differing keys) for `keys`: the exact match (measured or not), else the nearest measured
+    band of the same stage (fewest differing keys, at most NEAR); None when there is neither."""
+    candidates = [(path, band, differing(keys, band["keys"])) for path, band in bands
                   if band["keys"].get("stage") == keys["stage"]]
-    if not same_stage:
-        return None
-    return min(same_stage, key=lambda b: (len(b[2]) > 0, b[1]["status"] != MEASURED, len(b[2]), str(b[0])))
+    near = [c for c in candidates if not c[2] or c[1]["status"] == MEASURED and len(c[2]) <= NEAR]
+    return min(near, key=lambda c: (len(c[2]), str(c[0]))) if near else None
