@@ -65,12 +65,13 @@ def test_paired_difference_matches_the_formulas():
 
 def test_verdicts_and_reference_row():
     rows = aggregate(results(LOSSES))
-    assert [r["verdict"] for r in rows] == ["reference", "better", "worse", "no detectable difference"]
+    assert [r["verdict"] for r in rows] == ["reference", "significant: better", "significant: worse",
+                                            "no detectable difference"]  # p 0.007, 0.009, 0.86
     assert all(rows[0][key] == "" for key in STATS if key != "verdict")  # no difference against itself
     table = markdown(rows, "### t")
     assert "| better | 0.003 | 1,000 | 800 | 2.00 | - | 2.8967 ± 0.0850 | 1.1587 ± 0.0340 | " \
-           "-0.1033 [-0.1413, -0.0654] | 0.007 | -0.0413 [-0.0565, -0.0262] | 0.007 | 3 | better | 5,000 | " \
-           "10 |" in table
+           "-0.1033 [-0.1413, -0.0654] | 0.007 | -0.0413 [-0.0565, -0.0262] | 0.007 | 3 | significant: better | - | " \
+           "5,000 | 10 |" in table
     assert "| ref | 0.003 | 1,000 | 800 | 2.00 | - | 3.0000 ± 0.1000 | 1.2000 ± 0.0400 | reference | - | " \
            "reference | - | - | reference |" in table
     assert len(table.splitlines()) == 2 + 2 + len(rows)  # one row per variant
@@ -114,7 +115,7 @@ def test_halted_run_is_left_out_of_the_pairing():
     mean, low, high, p = hand([2.90 - 3.00, 2.81 - 2.90])  # seeds 0 and 2
     assert (better["test_loss_diff_mean"], better["test_loss_diff_ci_low"], better["test_loss_diff_ci_high"],
             better["test_loss_p"]) == pytest.approx((mean, low, high, p), rel=1e-9)
-    assert p == pytest.approx(0.033475, abs=1e-6) and better["verdict"] == "better"
+    assert p == pytest.approx(0.033475, abs=1e-6) and better["verdict"] == "suggestive: better"
     assert rows["gone"]["paired_seeds"] == 0 and rows["gone"]["verdict"] == "n/a (0 seeds)"
     notes = table_notes(res, list(rows.values()))
     assert "Excluded from pairing (halted or NaN loss): better-s1, gone-s0, gone-s1, gone-s2." in notes

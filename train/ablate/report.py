@@ -5,8 +5,9 @@
                           (the first variant; its row has verdict "reference" and the rest empty): paired_seeds,
                           test_loss_diff_mean, test_loss_diff_ci_low, test_loss_diff_ci_high, test_loss_p,
                           test_bpb_diff_mean, test_bpb_diff_ci_low, test_bpb_diff_ci_high, test_bpb_p, verdict,
-                          excluded_seeds (the variant's seeds left out of the pairing: halted/NaN here or in
-                          the reference; space-separated)
+                          seeds_to_settle (a suggestive verdict's power calculation, train/ablate/stats.py),
+                          excluded_seeds (the variant's seeds left out of the pairing: halted/NaN here or in the
+                          reference; space-separated)
     <sweep>/results.md    the same as a Markdown table (printed at the end of the sweep), with a caption and
                           warnings (fewer than 3 seeds; seed noise above the smallest difference) under it
     <sweep>/val_loss.png  validation loss vs step, one line per variant (mean over seeds), min-max band
@@ -32,12 +33,12 @@ from pathlib import Path
 
 from inputs.json import read_json
 from inputs.schema import require_field, require_mapping
-from train.ablate.stats import paired, verdict, warnings
+from train.ablate.stats import paired, seeds_needed, verdict, warnings
 from train.report import read_metrics, series
 
 STATS = ("paired_seeds", "test_loss_diff_mean", "test_loss_diff_ci_low", "test_loss_diff_ci_high", "test_loss_p",
          "test_bpb_diff_mean", "test_bpb_diff_ci_low", "test_bpb_diff_ci_high", "test_bpb_p", "verdict",
-         "excluded_seeds")
+         "seeds_to_settle", "excluded_seeds")
 
 
 @dataclass
@@ -152,10 +153,12 @@ def aggregate(results: list[RunResult]) -> list[dict]:
             continue
         d_loss = paired(ref_loss, {r.seed: r.test_loss for r in runs if _finished(r)})
         d_bpb = paired(ref_bpb, {r.seed: r.test_bpb for r in runs if _finished(r)})
+        grade = verdict(d_loss)
         rows[-1].update(paired_seeds=d_loss.n, test_loss_diff_mean=d_loss.mean, test_loss_diff_ci_low=d_loss.ci_low,
                         test_loss_diff_ci_high=d_loss.ci_high, test_loss_p=d_loss.p, test_bpb_diff_mean=d_bpb.mean,
                         test_bpb_diff_ci_low=d_bpb.ci_low, test_bpb_diff_ci_high=d_bpb.ci_high, test_bpb_p=d_bpb.p,
-                        verdict=verdict(d_loss), excluded_seeds=" ".join(
+                        verdict=grade, seeds_to_settle=seeds_needed(d_loss.mean, d_loss.sd)
+                        if grade.startswith("suggestive") else "", excluded_seeds=" ".join(
                             str(r.seed) for r in runs if not (_finished(r) and r.seed in ref_loss)))
     return rows
 
@@ -164,7 +167,9 @@ def table_notes(results: list[RunResult], rows: list[dict]) -> list[str]:
     """The lines under the table: the test used, runs left out of the pairing, and the warnings."""
     lines = [f"Δ = variant − reference (`{rows[0]['variant']}`), paired by seed (a seed gives both the same "
              "initialisation and data order): mean [95% CI, t distribution with n−1 df]; p: paired t-test over "
-             "seeds, two-sided; verdict on test loss (lower is better) at p < 0.05. Test split: every other "
+             "seeds, two-sided; verdict on test loss (lower is better): significant at p < 0.01, suggestive at "
+             "p < 0.05; seeds to settle (suggestive only): the seeds at which a paired t-test at 0.01 has power "
+             "0.8 if the observed mean difference and spread are the truth. Test split: every other "
              "validation story, used by no choice (learning rates are chosen on the other half)."]
     halted = [f"{r.variant}-s{r.seed}" for r in results if not _finished(r)]
     if halted:
@@ -196,9 +201,9 @@ def _p(r: dict, key: str) -> str:
 
 def markdown(rows: list[dict], title: str, notes: list[str] = ()) -> str:
     lines = [title, "", "| variant | lr | params | non-emb. params | MFLOPs/token | width | test loss | test bpb | "
-             "Δ test loss [95% CI] | p (loss) | Δ test bpb [95% CI] | p (bpb) | seeds paired | verdict | tokens/s | "
-             "wall (s) |",
-             "| --- " + "| ---: " * 4 + "| --- " + "| ---: " * 7 + "| --- | ---: | ---: |"]
+             "Δ test loss [95% CI] | p (loss) | Δ test bpb [95% CI] | p (bpb) | seeds paired | verdict | seeds to "
+             "settle | tokens/s | wall (s) |",
+             "| --- " + "| ---: " * 4 + "| --- " + "| ---: " * 7 + "| --- | ---: | ---: | ---: |"]
     for r in rows:
         paired_seeds = "-" if r["paired_seeds"] == "" else r["paired_seeds"]
         lines.append(f"| {r['variant']} | {r['lr']:g} | {r['params']:,} | {r['non_embedding_params']:,} | "
@@ -206,7 +211,7 @@ def markdown(rows: list[dict], title: str, notes: list[str] = ()) -> str:
                      f"{r['test_loss_mean']:.4f} ± {r['test_loss_std']:.4f} | {r['test_bpb_mean']:.4f} ± "
                      f"{r['test_bpb_std']:.4f} | {_diff(r, 'test_loss')} | {_p(r, 'test_loss')} | "
                      f"{_diff(r, 'test_bpb')} | {_p(r, 'test_bpb')} | {paired_seeds} | {r['verdict']} | "
-                     f"{r['tokens_per_s']:,.0f} | {r['wall_s']:.0f} |")
+                     f"{r['seeds_to_settle'] or '-'} | {r['tokens_per_s']:,.0f} | {r['wall_s']:.0f} |")
     for line in notes:  # one paragraph each
         lines += ["", line]
     return "\n".join(lines) + "\n"

@@ -11,9 +11,17 @@ run has NaN losses and is left out of every pair it would be in):
     t     = mean / (s_d / sqrt(n))
     p     = 2 P(T_{n-1} >= |t|)                           paired t-test over seeds, two-sided (scipy ttest_rel)
 
-The verdict (on test loss; lower is better) is "better" / "worse" when p < 0.05, otherwise "no detectable
-difference"; with fewer than 2 pairs there is no s_d and it is "n/a (1 seed)" (or "n/a (0 seeds)"). When all
-d_i are equal, s_d = 0: p = 1 if they are all 0 (identical runs), else p = 0 (t is infinite).
+The verdict (on test loss; lower is better) is graded: "significant: better" / "significant: worse" when
+p < 0.01, "suggestive: better" / "suggestive: worse" when p < 0.05, otherwise "no detectable difference"; with
+fewer than 2 pairs there is no s_d and it is "n/a (1 seed)" (or "n/a (0 seeds)"). When all d_i are equal, s_d = 0:
+p = 1 if they are all 0 (identical runs), else p = 0 (t is infinite).
+
+A suggestive verdict comes with the seeds that would settle it (`seeds_needed`): the smallest n whose paired
+t-test at level 0.01 (two-sided) has power 0.8 if the true mean difference and spread are the observed ones,
+
+    power(n) = P(|T'| > t_{1-0.01/2, n-1}),   T' ~ noncentral t(df = n - 1, nc = sqrt(n) mean / s_d)
+
+(the standard power of the one-sample t-test on the differences, e.g. Cohen 1988; scipy.stats.nct).
 """
 
 from __future__ import annotations
@@ -22,7 +30,9 @@ import math
 import statistics
 from dataclasses import dataclass
 
-ALPHA = 0.05  # verdict threshold on the p-value; the CI is the matching (1 - ALPHA) = 95% interval
+ALPHA = 0.05  # the CI is the (1 - ALPHA) = 95% interval; below it a verdict is at least "suggestive"
+SIGNIFICANT = 0.01  # below it "significant"; the level the power calculation plans for
+POWER = 0.8  # the power `seeds_needed` plans for
 MIN_SEEDS = 3  # fewer seeds than this ran: a warning under the table
 
 
@@ -33,6 +43,7 @@ class Paired:
     ci_low: float  # NaN with fewer than 2 pairs
     ci_high: float
     p: float  # NaN with fewer than 2 pairs
+    sd: float = math.nan  # s_d, the sample standard deviation of the differences (NaN with fewer than 2 pairs)
 
 
 def paired(ref: dict[int, float], variant: dict[int, float]) -> Paired:
@@ -49,18 +60,45 @@ def paired(ref: dict[int, float], variant: dict[int, float]) -> Paired:
         return Paired(1, mean, math.nan, math.nan, math.nan)
     s_d = statistics.stdev(d)
     if s_d == 0:  # ttest_rel gives NaN (all 0) or p = 0 with a precision warning (all equal)
-        return Paired(n, mean, mean, mean, 1.0 if mean == 0 else 0.0)
+        return Paired(n, mean, mean, mean, 1.0 if mean == 0 else 0.0, 0.0)
     half = stats.t.ppf(1 - ALPHA / 2, n - 1) * s_d / math.sqrt(n)
     p = float(stats.ttest_rel([variant[s] for s in seeds], [ref[s] for s in seeds]).pvalue)
-    return Paired(n, mean, mean - half, mean + half, p)
+    return Paired(n, mean, mean - half, mean + half, p, s_d)
 
 
 def verdict(loss: Paired) -> str:
     if loss.n < 2:
         return f"n/a ({loss.n} seed{'' if loss.n == 1 else 's'})"
+    direction = "better" if loss.mean < 0 else "worse"
+    if loss.p < SIGNIFICANT:
+        return f"significant: {direction}"
     if loss.p < ALPHA:
-        return "better" if loss.mean < 0 else "worse"
+        return f"suggestive: {direction}"
     return "no detectable difference"
+
+
+def seeds_needed(mean: float, sd: float, alpha: float = SIGNIFICANT, power: float = POWER) -> int | None:
+    """The smallest number of seeds n >= 2 at which a two-sided paired t-test at level `alpha` has `power` against
+    a true mean difference `mean` with spread `sd` (module docstring); None when there is no effect to detect
+    (mean 0, sd NaN), 2 when the differences do not vary (sd 0). The search starts just below the normal
+    approximation ((z_{1-alpha/2} + z_power) sd / mean)^2, which the t-test needs at least as many seeds as."""
+    import numpy as np
+    from scipy import stats
+
+    if not (math.isfinite(mean) and math.isfinite(sd)) or mean == 0:
+        return None
+    if sd == 0:
+        return 2
+    effect = abs(mean) / sd
+    guess = ((stats.norm.ppf(1 - alpha / 2) + stats.norm.ppf(power)) / effect) ** 2
+    start = max(2, int(guess) - 2)
+    while True:
+        n = np.arange(start, start + 64, dtype=float)
+        crit = stats.t.ppf(1 - alpha / 2, n - 1)
+        reach = stats.nct.sf(crit, n - 1, np.sqrt(n) * effect) + stats.nct.cdf(-crit, n - 1, np.sqrt(n) * effect)
+        if (reach >= power).any():
+            return int(n[np.argmax(reach >= power)])
+        start += 64
 
 
 def warnings(seeds_ran: int, ref_losses: list[float], loss_diffs: list[float]) -> list[str]:
