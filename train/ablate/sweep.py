@@ -15,6 +15,7 @@ An ablation file names a base config and the variants to compare; every variant 
     threads: 1                         # optional: torch CPU threads per run (default: cores // jobs)
     launcher: local                    # optional: local | slurm | submitit-local (train/ablate/launch.py)
     slurm: {partition: gpu, timeout_min: 60}   # optional: submitit executor parameters for launcher: slurm
+    ladder: [{depth: 1}, {depth: 2}]   # optional: a scaling ladder, with `tokens`, `lr_rule` (train/ablate/ladder.py)
     variants:                          # name -> overrides; the first variant is the reference
       softmax: {model.mixer: softmax}
       gau: {model.mixer: gau, model.ffn: none}
@@ -67,7 +68,7 @@ from train.generate.flags import SEED_MAX
 from train.rundir.claim import flat
 
 SWEEP_KEYS = ("base", "name", "overrides", "seeds", "match", "lrs", "lr_seeds", "jobs", "threads", "launcher", "slurm",
-              "variants")
+              "variants", "ladder", "tokens", "lr_rule")  # the last three: a scaling ladder (train/ablate/ladder.py)
 SHARED = ("train.max_steps", "train.batch_size", "train.grad_accum", "data.seq_len", "data.path", "data.max_stories")
 OWNED = ("train.seed", "train.name", "train.out_dir", "train.resume")  # set by the sweep, per run
 Runs = dict[str, dict[tuple[float, int], Config]]  # variant -> (train.lr, seed) -> its run's config
@@ -295,7 +296,9 @@ class SweepIncomplete(RuntimeError):
     """Some runs were killed or interrupted: exit code 1 and the command to resume."""
 
 
-def main(argv: list[str] | None = None) -> None:
+def main(argv: list[str] | None = None, ladder=None) -> None:
+    """`ladder`: the runner of files with `ladder:` (train/ablate/ladder.py `run_ladder`; `python -m train.ablate`
+    passes it in, so that this module does not import the one that builds on it)."""
     argv = sys.argv[1:] if argv is None else argv
     if argv and argv[0] in ("-h", "--help"):
         print(__doc__)
@@ -305,6 +308,11 @@ def main(argv: list[str] | None = None) -> None:
         with user_errors_exit_2():
             path, rest = parse_args(argv)
             sweep, cli = load_sweep(path, rest)
+            if "ladder" in sweep:  # every variant at several model sizes
+                if ladder is None:
+                    raise ConfigError(f"{path} is a scaling ladder: run python -m train.ablate --config {path}")
+                print(ladder(sweep, cli))
+                return
             configs = build_configs(sweep, cli)
             match = sweep.get("match")
             widths = match_params(configs, by=match) if match in MEASURES else {v: "" for v in configs}
