@@ -126,7 +126,7 @@ def test_tiny_ladder_end_to_end_reports_each_rung_and_too_few_rungs(tiny_corpus,
     assert runs == [f"{v}-r{k}-s{s}" for v in ("gla", "softmax") for k in (0, 1) for s in (0, 1)]
     text = (folder / "ladder.md").read_text()
     assert text.count("| softmax |") == 2 and text.count("| gla |") == 2  # one paired table per rung
-    assert "#### Rung 0: d_model=32" in text and "#### Rung 1: d_model=48" in text
+    assert "### Rung 0: d_model=32" in text and "### Rung 1: d_model=48" in text
     assert "No fit: 2 rungs are too few" in text and text in capsys.readouterr().out
     assert json.loads((folder / "ladder.json").read_text())["no_fit"].startswith("2 rungs")
     assert len((folder / "ladder.csv").read_text().splitlines()) == 1 + 4
@@ -142,3 +142,25 @@ def test_shipped_ladders_have_4_rungs_over_16x_in_parameters_and_3_seeds(name):
     sizes = [count_non_embedding(next(iter(rung.configs["softmax"].values()))) for rung in rungs]
     assert len(rungs) >= 4 and sizes[-1] >= 16 * sizes[0] and len(sweep["seeds"]) >= 3
     assert list(rungs[0].configs) == ["softmax", "gla", "mamba2", "softmax-adamw"]
+
+
+def test_ladder_report_of_four_rungs_fits_every_variant(tmp_path):
+    """write_ladder on made-up runs: 4 rungs, a reference that flattens and a variant that falls faster."""
+    from train.ablate.ladder import Rung
+    from train.ablate.ladder_report import write_ladder
+    from train.ablate.report import RunResult
+
+    laws, rng = {"softmax": (1.9, 300.0, 0.15), "gla": (1.6, 3000.0, 0.22)}, np.random.default_rng(0)
+    rungs, results = [], {}
+    for k, compute in enumerate(C[:4]):
+        steps = int(compute / 1e9)  # 1e9 FLOPs per step: 1e6 FLOPs per token x 1,000 tokens per step
+        rungs.append(Rung(k, {"d_model": 32 * (k + 1), "steps": steps}, {name: {} for name in laws},
+                          dict.fromkeys(laws, "")))
+        results[k] = [RunResult(name, seed, "", 1, 1, 1e6, law(compute, *p) + rng.normal(0, 0.01), 1.0, 1.0, 1.0,
+                                {}, lr=3e-3, tokens_per_step=1000) for name, p in laws.items() for seed in range(3)]
+    sweep = {"name": "t", "base": "base.yaml", "seeds": [0, 1, 2], "match": "params", "tokens": {"per_param": 20}}
+    text = write_ladder(tmp_path, sweep, rungs, results, ["### t\n\n| table |\n"] * 4)
+    fits = json.loads((tmp_path / "ladder.json").read_text())["fits"]
+    assert set(fits) == set(laws) and all(f["rungs"] == 4 and not f["too_few_rungs"] for f in fits.values())
+    assert "| softmax | " in text and "| gla | " in text and "they are a guess" in text.replace("\n", " ")
+    assert "No fit" not in text and (tmp_path / "ladder.png").stat().st_size > 0

@@ -64,6 +64,7 @@ def fit_section(fits: dict[str, dict], n_rungs: int) -> list[str]:
     for name, f in fits.items():
         caveats = [f"{f['rungs']} rungs: too few to mean anything"] if f["too_few_rungs"] else []
         caveats += [f"{p} at its bound" for p in f["at_bounds"]]
+        caveats += [] if math.isfinite(f["alpha"]) else ["no decreasing power law fits"]
         if name == names[0]:
             cross = "reference"
         elif math.isfinite(f["crossing_flops"]):
@@ -131,7 +132,7 @@ def write_ladder(folder: Path, sweep: dict, rungs, results: dict, tables: list[s
              f"{', '.join(map(str, sweep['seeds']))}, match: {sweep.get('match') or 'none'} per rung, tokens: "
              f"{', '.join(f'{k} {v}' for k, v in tokens.items())}, lr: {lr})", ""]
     for rung, table in zip(rungs, tables):
-        lines += [f"#### Rung {rung.index}: {rung.label}", "", table.split("\n", 2)[2].rstrip(), ""]
+        lines += [f"### Rung {rung.index}: {rung.label}", "", table.split("\n", 2)[2].rstrip(), ""]
     lines += ["### Loss against training compute", "", *fit_section(fits, len(rungs)), "",
               "![loss against training FLOPs](ladder.png)"]
     text = "\n".join(lines) + "\n"
