@@ -4,6 +4,7 @@ to end."""
 
 from __future__ import annotations
 
+import csv
 import json
 from pathlib import Path
 
@@ -164,3 +165,18 @@ def test_ladder_report_of_four_rungs_fits_every_variant(tmp_path):
     assert set(fits) == set(laws) and all(f["rungs"] == 4 and not f["too_few_rungs"] for f in fits.values())
     assert "| softmax | " in text and "| gla | " in text and "they are a guess" in text.replace("\n", " ")
     assert "No fit" not in text and (tmp_path / "ladder.png").stat().st_size > 0
+
+
+def test_lrs_choose_each_rungs_lr_on_the_selection_split(tiny_corpus, tmp_path):
+    rungs = [{"d_model": 32, "n_layers": 1, "n_heads": 2, "n_kv_heads": 1},
+             {"d_model": 48, "n_layers": 1, "n_heads": 2, "n_kv_heads": 1}]
+    path = ladder_file(tmp_path, tiny_corpus, rungs, seeds=[0], lrs=[1e-3, 3e-2], variants={"softmax": {}})
+    main(["--config", str(path)], ladder=run_ladder)
+    folder = tmp_path / "ablate-ladder"
+    assert sorted(p.parent.name for p in folder.glob("*/ablate.json")) == \
+        [f"softmax-r{k}-lr{lr}-s0" for k in (0, 1) for lr in ("0.001", "0.03")]
+    for k in (0, 1):
+        with (folder / f"rung{k}" / "lr_grid.csv").open() as f:
+            grid = list(csv.DictReader(f))
+        best = min(grid, key=lambda row: float(row["selection_loss_mean"]))
+        assert [row["chosen"] for row in grid] == [str(row is best) for row in grid]

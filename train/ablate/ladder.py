@@ -71,8 +71,8 @@ def check_ladder(sweep: dict, cli: dict) -> list[dict]:
         raise ConfigError("ladder: expected a list of rungs, e.g. [{depth: 1}, {depth: 2}, ...] or "
                           "[{d_model: 32, n_layers: 2}, ...]")
     if len(rungs) < 2:
-        raise ConfigError(f"ladder: {len(rungs)} rung: no fit; give at least 2 rungs (4 or more for a fit that "
-                          "means something)")
+        raise ConfigError(f"ladder: {len(rungs)} rung{'' if len(rungs) == 1 else 's'}: no fit; give at least 2 rungs "
+                          "(4 or more for a fit that means something)")
     out = []
     for k, rung in enumerate(rungs):
         unknown = sorted(set(rung) - {*SHAPE, "depth", "max_steps"})
