@@ -56,6 +56,14 @@ def test_sweep_writes_results_for_every_variant(tiny_corpus, tmp_path, capsys, m
     assert "| softmax |" in table and "| linear |" in table and table in out
     main(["--config", str(path)])  # a second call reuses the finished runs
     assert len(list(sweep_dir.glob("*-s*"))) == 6
+    saved = sweep_dir / "softmax-s0" / "config.yaml"  # a run made before an option existed: it had the default
+    values = yaml.safe_load(saved.read_text())
+    assert values["model"].pop("fox")["gate_bias"] == 0.0
+    saved.write_text(yaml.safe_dump(values))
+    main(["--config", str(path)])
+    with pytest.raises(SystemExit) as exc:  # ... but a new non-default value of that option is another config
+        main(["--config", str(path), "--model.fox.gate_bias=1.0"])
+    assert exc.value.code == 2 and "different config (model.fox.gate_bias: None there" in capsys.readouterr().err
     with pytest.raises(SystemExit) as exc:  # ... but never mixes them with runs of another config
         main(["--config", str(path), "--train.lr=0.01"])
     assert exc.value.code == 2 and "different config (train.lr" in capsys.readouterr().err

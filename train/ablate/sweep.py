@@ -222,7 +222,8 @@ def build_configs(sweep: dict, cli: dict) -> Runs:
 
 
 def check_existing(cfg: Config) -> Path:
-    """The run folder; a leftover from a different config is a ConfigError (resuming would mix two runs)."""
+    """The run folder; a leftover from a different config is a ConfigError (resuming would mix two runs). A key the
+    saved config lacks (an option added since that run) counts as its default: the run trained with it."""
     run_dir = Path(cfg.train.out_dir) / cfg.train.name
     saved_file = run_dir / "config.yaml"
     if saved_file.exists():
@@ -230,7 +231,8 @@ def check_existing(cfg: Config) -> Path:
         for key in ("vocab_size", "max_seq_len"):  # resolved from the data when the run starts
             if not new["model"][key]:
                 new["model"][key] = saved.get(f"model.{key}")
-        diff = [k for k, v in flat(new).items() if saved.get(k) != v]
+        defaults = flat(to_dict(type(cfg)()))
+        diff = [k for k, v in flat(new).items() if saved.get(k, defaults.get(k)) != v]
         if diff:
             raise ConfigError(f"{run_dir} holds a run with a different config ({diff[0]}: "
                               f"{saved.get(diff[0])!r} there, {flat(new)[diff[0]]!r} now); "
