@@ -57,6 +57,7 @@ from finetune.config import INHERITED_DATA, FinetuneTree
 from inputs.yaml import read_yaml
 from train.ablate.sweep import SweepIncomplete, load_sweep, nest, run_dir
 from train.cli import parse_args, user_errors_exit_2
+from train.quiet import quiet
 from train.config import Config, ConfigError, load_config, merge, to_dict
 from train.rundir.adapter import ADAPTER_DIR
 from train.rundir.claim import flat
@@ -258,6 +259,7 @@ def main(argv: list[str] | None = None) -> None:
         print(__doc__)
         return
     os.environ.setdefault("WANDB_MODE", "offline")
+    quiet()  # the pretraining and SFT runs train in this process
     try:
         with user_errors_exit_2():
             sweep, plans, checked, source, sft, pairs, scoring, sweep_dir = load(*parse_args(argv))
