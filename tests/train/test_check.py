@@ -135,9 +135,11 @@ def test_the_verdicts_on_made_up_curves():
              "max": [8.1, 5.1, 4.1, 3.6], "lo": [7.9, 4.9, 3.9, 3.4], "hi": [8.1, 5.1, 4.1, 3.6]}
     run = dict(zip(stats["step"], stats["mean"]))
     assert judge("val/loss", run, stats).startswith("inside the band")
-    assert judge("val/loss", {**run, 20: 4.5, 30: 4.0}, stats).startswith("worse from step 20")
-    assert judge("val/loss", {**run, 30: 3.0}, stats).startswith("better from step 30")
-    assert judge("train/rewards/margins", {**run, 30: 3.0}, stats).startswith("worse from step 30")
+    assert judge("val/loss", {**run, 20: 4.5, 30: 4.0}, stats).endswith("2 of 4 points outside, the last 2 in a row)")
+    assert judge("val/loss", {**run, 10: 5.5, 20: 4.5, 30: 4.0}, stats).startswith("worse from step 10")
+    low = {**run, 10: 4.5, 20: 3.5, 30: 3.0}
+    assert judge("val/loss", low, stats).startswith("better from step 10")
+    assert judge("train/rewards/margins", low, stats).startswith("worse from step 10")
     assert judge("val/loss", {**run, 30: 5.8}, stats, unigram=6.0).startswith("stuck at the unigram plateau")
     assert judge("val/loss", {**run, 30: 9.0}, stats).startswith("diverged")
     assert judge("val/loss", {**run, 20: float("nan")}, stats) == "diverged: nan at step 20"

@@ -60,6 +60,7 @@ def check(run_dir: Path, bands: list[tuple[Path, dict]], out: Path) -> list[str]
         return [*lines, f"no band for this run: none of the same stage ({keys['stage']}) differs in at most {NEAR} "
                         f"keys; record one with: {RECORD} (see docs/is-my-loss-normal.md)"]
     path, band, differ = found
+    path = path.relative_to(Path.cwd()) if path.is_relative_to(Path.cwd()) else path  # bands/demo.json
     if band["status"] != MEASURED:
         return [*lines, f"band {path} matches this run but is not measured yet; measure it with: {band['command']}"]
     lines.append(describe(path, band, differ, keys))

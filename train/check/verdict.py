@@ -8,10 +8,11 @@ logged; the verdict, first that applies:
                                 anything the band reached and above 1.5x its upper edge at that step
     stuck at the unigram plateau  a loss that ends at or above 0.95x the run's `baseline/unigram` (a model that
                                 ignores context) while the band ends below it (only when the run logged it)
-    worse / better from step N  the run ends outside the band and has stayed on that side since step N (worse for
-                                a loss, KL or bpb above it, or a reward, margin or accuracy below it)
+    worse / better from step N  the run's last STREAK points (all, when it has fewer) are outside the band on one
+                                side, where it has stayed since step N (worse for a loss, KL or bpb above it, or a
+                                reward, margin or accuracy below it): one noisy batch is no verdict
     above / below from step N   the same for a metric with no better side
-    inside                      the run ends inside the band (how many points left it on the way is counted)
+    inside                      otherwise (how many points left the band on the way is counted)
 
 `Leaving` is the live form used during training: it says once when a metric has been outside its band at
 `patience` consecutive logged points.
@@ -25,6 +26,7 @@ LOWER_IS_BETTER = ("loss", "bpb", "kl", "nll")
 HIGHER_IS_BETTER = ("reward", "accurac", "margin")
 STUCK_SHARE = 0.95  # a loss within 5% of the unigram baseline (or above it) sits on the unigram plateau
 FAR = 1.5  # a loss above the band's highest value and 1.5x its upper edge has diverged
+STREAK = 3  # logged points in a row outside the band (all of them when fewer) before a run counts as outside
 
 
 def direction(name: str) -> int:
@@ -66,12 +68,13 @@ def judge(name: str, run: dict[int, float], stats: dict, unigram: float | None =
     if unigram is not None and name.endswith("loss") and value >= STUCK_SHARE * unigram > high:
         return f"stuck at the unigram plateau: ends at {value:.4g}, unigram baseline {unigram:.4g} ({band_text})"
     signs = [side(run[s], *envelope(stats, index[s])) for s in steps]
-    if signs[-1] == 0:
-        outside = sum(1 for sign in signs if sign)
-        return f"inside the band: ends at {value:.4g} ({band_text}; {outside} of {len(steps)} points outside)"
-    start = len(signs) - 1
-    while start > 0 and signs[start - 1] == signs[-1]:
+    start = len(signs)
+    while start > 0 and signs[start - 1] == signs[-1] != 0:
         start -= 1
+    if len(signs) - start < min(STREAK, len(signs)):
+        outside, last = sum(1 for sign in signs if sign), len(signs) - start
+        tail = f", the last {last} in a row" if last else ""
+        return f"inside the band: ends at {value:.4g} ({band_text}; {outside} of {len(steps)} points outside{tail})"
     return f"{side_word(name, signs[-1])} from step {steps[start]}: ends at {value:.4g} ({band_text})"
 
 
