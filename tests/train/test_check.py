@@ -14,9 +14,10 @@ import yaml
 from conftest import tiny_train_overrides
 
 from train.check.__main__ import main as check_main
-from train.check.bands import read_band
+from train.check.bands import read_band, recipe_keys
 from train.check.live import BandWatch
 from train.check.record import main as record_main
+from train.check.record import stage_module
 from train.check.verdict import judge
 from train.config import load_config
 from train.run import pretrain
@@ -143,3 +144,15 @@ def test_the_verdicts_on_made_up_curves():
     assert judge("val/loss", {**run, 30: 5.8}, stats, unigram=6.0).startswith("stuck at the unigram plateau")
     assert judge("val/loss", {**run, 30: 9.0}, stats).startswith("diverged")
     assert judge("val/loss", {**run, 20: float("nan")}, stats) == "diverged: nan at step 20"
+
+
+def test_the_stage_and_its_keys_come_from_the_config_and_the_logged_names():
+    values = {"model": {"d_model": 32}, "finetune": {"method": "lora", "lora": {"r": 8}}, "align": {"beta": 0.1}}
+    assert recipe_keys(values, ["train/loss", "train/clip_fraction"])["stage"] == "rl"
+    keys = recipe_keys(values, ["train/rewards/margins"])
+    assert keys == {"stage": "preference", "model.d_model": 32, "finetune.method": "lora", "finetune.lora.r": 8,
+                    "align.beta": 0.1}
+    assert recipe_keys({"finetune": {"method": "full"}})["stage"] == "finetune"
+    assert [stage_module(Path(f"configs/{c}.yaml"), None) for c in ("pretrain/demo", "finetune/full", "align/grpo",
+                                                                      "align/kto")] == [
+        "train", "finetune", "align.grpo", "align.dpo"]

@@ -43,10 +43,10 @@ Curves = dict[str, dict[int, float]]  # metric -> {step: value}
 
 
 def stage_of(values: dict, columns) -> str:
-    """pretrain, finetune, preference (DPO and its family) or grpo: the sections a config holds and, for
-    alignment, what the run logs (GRPO's clip fraction)."""
+    """pretrain, finetune, preference (DPO and its family) or rl (GRPO, PPO): the sections a config holds and, for
+    alignment, what the run logs (a policy-gradient run's clip fraction)."""
     if "align" in values:
-        return "grpo" if any(name.endswith("clip_fraction") for name in columns) else "preference"
+        return "rl" if any(name.endswith("clip_fraction") for name in columns) else "preference"
     return "finetune" if "finetune" in values else "pretrain"
 
 

@@ -4,13 +4,14 @@ train a recipe once per seed and write its band file (train/check/bands.py).
 Seed s trains as `python -m <stage> --config FILE [overrides] --train.name=<name>-s<s> --train.seed=s` under
 --out_dir (default runs/, name default bands-<band name>), --jobs at a time with --threads intra-op threads each;
 a seed whose run has finished is reused, an unfinished one resumes. The stage's entry point follows the config's
-folder (configs/pretrain: train, finetune: finetune, align/grpo.yaml: align.grpo, other align configs: align.dpo)
-or --stage. `--placeholder` writes a pretraining recipe's band without training: status "not measured yet",
+folder (configs/pretrain: train, finetune: finetune, align/<name>.yaml: align.<name> where that module exists, else
+align.dpo) or --stage. `--placeholder` writes a pretraining recipe's band without training: status "not measured yet",
 its keys, and the command that measures it (for the GPU recipes).
 """
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import platform
@@ -32,7 +33,7 @@ from train.rundir.claim import FINISHED
 from train.rundir.paths import FileKind, check_output, check_run_name, json_object
 
 BAND = FileKind("a band file", json_object(lambda value: value.get("format") == FORMAT))
-STAGES = {"pretrain": "train", "finetune": "finetune", "align": "align.dpo", "grpo": "align.grpo"}
+STAGES = {"pretrain": "train", "finetune": "finetune", "align": "align.dpo"}  # a config's folder -> entry point
 
 
 def parse(argv: list[str]):
@@ -45,7 +46,7 @@ def parse(argv: list[str]):
     parser.add_argument("--out_dir", default="runs", help="folder of the seed runs (default: runs)")
     parser.add_argument("--jobs", type=int, default=1, help="seeds trained at once (default: 1)")
     parser.add_argument("--threads", type=int, default=1, help="intra-op threads per seed (default: 1)")
-    parser.add_argument("--stage", choices=sorted(set(STAGES.values())), help="entry point (default: by folder)")
+    parser.add_argument("--stage", help="the entry point, e.g. align.grpo (default: by the config's folder)")
     parser.add_argument("--placeholder", action="store_true", help="write a 'not measured yet' band; train nothing")
     parser.add_argument("--force", action="store_true", help="replace an existing band file")
     args, overrides = parser.parse_known_args(argv)
@@ -58,10 +59,14 @@ def parse(argv: list[str]):
 
 
 def stage_module(config: Path, stage: str | None) -> str:
+    """--stage, else by the config's folder: configs/align/<name>.yaml runs align.<name> when that module exists
+    (grpo, ppo), else align.dpo (dpo, kto, orpo: one entry point, align.loss_type)."""
     if stage:
         return stage
     folder = config.resolve().parent.name
-    return STAGES["grpo"] if folder == "align" and config.stem == "grpo" else STAGES.get(folder, "train")
+    if folder == "align" and importlib.util.find_spec(f"align.{config.stem}") is not None:
+        return f"align.{config.stem}"
+    return STAGES.get(folder, "train")
 
 
 def provenance(argv: list[str], threads: int) -> dict:
