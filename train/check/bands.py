@@ -90,8 +90,8 @@ def run_curves(run_dir: Path) -> Curves:
     """A run's logged metrics: metrics.csv, or (a run that stopped before writing it) its logs/version_*/ files,
     later launches winning."""
     merged = run_dir / "metrics.csv"
-    files = [merged] if merged.is_file() else sorted(
-        (run_dir / "logs").glob("version_*/metrics.csv"), key=lambda p: int(p.parent.name.partition("_")[2] or 0))
+    launches = [p for p in (run_dir / "logs").glob("version_*/metrics.csv") if p.parent.name[8:].isdigit()]
+    files = [merged] if merged.is_file() else sorted(launches, key=lambda p: int(p.parent.name[8:]))
     curves: Curves = {}
     for path in files:
         for name, points in parse_metrics(read_text(path, METRICS_BYTES, "metrics file"), path).items():
@@ -126,31 +126,30 @@ def band_metrics(seed_curves: list[Curves]) -> dict[str, dict[str, list]]:
 def read_band(path: Path) -> dict:
     """A band file, checked: InputError (one line, naming the file) for anything that is not a band."""
     band = read_json(path, "band file", limit=BAND_BYTES)
-    fix = FIX
     if band.get("format") != FORMAT:
-        raise InputError(f"not a band file (format is not {FORMAT!r})", path, fix=fix)
-    status = require_field(band, "status", str, path, fix)
+        raise InputError(f"not a band file (format is not {FORMAT!r})", path, fix=FIX)
+    status = require_field(band, "status", str, path, FIX)
     if status not in (MEASURED, UNMEASURED):
-        raise InputError(f"status {status[:40]!r} is neither {MEASURED!r} nor {UNMEASURED!r}", path, fix=fix)
-    keys = require_field(band, "keys", dict, path, fix)
-    require_field(keys, "stage", str, path, fix)
+        raise InputError(f"status {status[:40]!r} is neither {MEASURED!r} nor {UNMEASURED!r}", path, fix=FIX)
+    keys = require_field(band, "keys", dict, path, FIX)
+    require_field(keys, "stage", str, path, FIX)
     for key in ("command", "date", "commit", "machine"):
-        require_field(band, key, str, path, fix)
-    metrics = require_field(band, "metrics", dict, path, fix)
+        require_field(band, key, str, path, FIX)
+    metrics = require_field(band, "metrics", dict, path, FIX)
     if status == MEASURED and not metrics:
-        raise InputError("a measured band with no metrics", path, fix=fix)
+        raise InputError("a measured band with no metrics", path, fix=FIX)
     for name, stats in metrics.items():
         where = f"metrics.{name}"
         if not isinstance(stats, dict):
-            raise InputError("not a mapping of step and statistics", path, where, fix=fix)
-        steps = require_field(stats, "step", list, path, fix)
+            raise InputError("not a mapping of step and statistics", path, where, fix=FIX)
+        steps = require_field(stats, "step", list, path, FIX)
         if not all(isinstance(s, int) and not isinstance(s, bool) for s in steps) or steps != sorted(set(steps)):
-            raise InputError("steps are not increasing integers", path, where, fix=fix)
+            raise InputError("steps are not increasing integers", path, where, fix=FIX)
         for key in STATS:
-            column = require_field(stats, key, list, path, fix)
+            column = require_field(stats, key, list, path, FIX)
             if len(column) != len(steps) or not all(isinstance(v, (int, float)) and not isinstance(v, bool)
                                                     for v in column):
-                raise InputError(f"'{key}' is not {len(steps)} numbers, one per step", path, where, fix=fix)
+                raise InputError(f"'{key}' is not {len(steps)} numbers, one per step", path, where, fix=FIX)
     return band
 
 
