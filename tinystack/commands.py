@@ -17,6 +17,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "align-eval": ("align.evaluate", "reward table of several runs on held-out prompts"),
     "merge": ("finetune.merge", "merge a LoRA adapter into its base: a plain run directory"),
     "ablate": ("train.ablate", "run an ablation sweep: train every variant and seed, write tables and plots"),
+    "align-ablate": ("align.ablate", "an alignment sweep: methods x seeds from one SFT run, rewards with CIs"),
     "generate": ("train.generate", "sample text from a run"),
     "export": ("train.interop.export_hf", "write a Hugging Face Llama folder (--gguf: a llama.cpp GGUF file)"),
     "import": ("train.interop.import_hf", "a Hugging Face Llama folder as a run directory"),
