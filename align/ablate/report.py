@@ -92,11 +92,16 @@ def notes(rows: list[dict], scores: dict[str, dict[int, dict]], seeds: int) -> l
     return lines
 
 
-def markdown(rows: list[dict], terms: list[str], title: str, lines: list[str]) -> str:
+def markdown(rows: list[dict], terms: list[str], title: str, lines: list[str], start: dict | None = None) -> str:
+    """The table; `start`, the SFT run's scores, is its first row (what every method starts from, KL 0)."""
     head = ["variant", "stage", "reward", "Δ reward [95% CI]", "p", "seeds paired", "verdict", *terms, "all words",
             "KL", "KL/token", "wall (s)"]
     align = ["---"] * 2 + ["---:"] * 4 + ["---"] + ["---:"] * (len(head) - 7)  # text left, numbers right
     out = [title, "", "| " + " | ".join(head) + " |", "| " + " | ".join(align) + " |"]
+    if start is not None:
+        cells = ["start (SFT)", "-", f"{start['reward']:.4f}", "-", "-", "-", "-",
+                 *(f"{start[t]:.3f}" for t in terms), f"{start['all_words']:.3f}", "0", "0", "-"]
+        out.append("| " + " | ".join(cells) + " |")
     for r in rows:
         cells = [r["variant"], r["stage"], f"{r['reward_mean']:.4f} ± {r['reward_std']:.4f}", _diff(r, "reward"),
                  _p(r, "reward"), "-" if r["paired_seeds"] == "" else str(r["paired_seeds"]), r["verdict"],
@@ -109,7 +114,7 @@ def markdown(rows: list[dict], terms: list[str], title: str, lines: list[str]) -
 
 
 def write_results(sweep_dir: Path, sweep: dict, runs: dict[str, dict[int, Path]], stages: dict[str, str],
-                  terms: list[str]) -> str:
+                  terms: list[str], start: dict | None = None) -> str:
     """results.csv and results.md from every run's ablate.json (variant -> seed -> run folder); returns the table."""
     scores = {name: {seed: read_scores(run_dir) for seed, run_dir in seeds.items()} for name, seeds in runs.items()}
     rows = aggregate(scores, stages, terms)
@@ -119,6 +124,6 @@ def write_results(sweep_dir: Path, sweep: dict, runs: dict[str, dict[int, Path]]
         writer.writerows(rows)
     title = (f"### Alignment ablation `{sweep['name']}` (base `{sweep['base']}`, seeds "
              f"{', '.join(map(str, sweep['seeds']))}; reward, its terms and KL: mean over seeds)")
-    text = markdown(rows, terms, title, notes(rows, scores, len(sweep["seeds"])))
+    text = markdown(rows, terms, title, notes(rows, scores, len(sweep["seeds"])), start)
     (sweep_dir / "results.md").write_text(text)
     return text

@@ -45,6 +45,7 @@ its 95% CI and p (higher reward is better).
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 from functools import partial
@@ -54,11 +55,12 @@ from align.ablate.prepare import check_run, prepare
 from align.ablate.stages import PAIRS, STAGES
 from align.config import AlignTree, refuse_moved
 from finetune.config import INHERITED_DATA, FinetuneTree
+from inputs.json import read_json
 from inputs.yaml import read_yaml
 from train.ablate.sweep import SweepIncomplete, load_sweep, nest, run_dir
 from train.cli import parse_args, user_errors_exit_2
-from train.quiet import quiet
 from train.config import Config, ConfigError, load_config, merge, to_dict
+from train.quiet import quiet
 from train.rundir.adapter import ADAPTER_DIR
 from train.rundir.claim import flat
 
@@ -200,7 +202,20 @@ def run_sweep(sweep: dict, configs: dict, scoring: dict, sweep_dir: Path) -> str
     return write_results(sweep_dir, sweep, {name: {seed: run_dir(cfg) for seed, (_, cfg) in runs.items()}
                                             for name, runs in configs.items()},
                          {name: next(iter(runs.values()))[0] for name, runs in configs.items()},
-                         list(scoring["rewards"]))
+                         list(scoring["rewards"]), start_scores(scoring, sweep_dir))
+
+
+def start_scores(scoring: dict, sweep_dir: Path) -> dict:
+    """The SFT run's own scores, the point every method starts from (scored once into the sweep folder, never into
+    a given SFT run's folder): the table's `start` row."""
+    from align.ablate.scores import score_run
+
+    path = sweep_dir / "start-scores.json"
+    if not path.is_file():
+        scores = score_run(Path(scoring["reference"]), **scoring)
+        path.with_suffix(".tmp").write_text(json.dumps(scores))
+        path.with_suffix(".tmp").replace(path)
+    return read_json(path, "the SFT run's scores")
 
 
 def scoring_settings(sweep: dict) -> dict:

@@ -61,6 +61,8 @@ def test_a_tiny_align_sweep_end_to_end_then_reused(tiny_corpus, tmp_path, capsys
             assert float(row["reward_diff_mean"]) == pytest.approx(diff)
     table = (sweep_dir / "results.md").read_text()
     assert "| variant | stage | reward | Δ reward [95% CI]" in table and "word_inclusion" in table
+    start = json.loads((sweep_dir / "start-scores.json").read_text())  # the SFT run, scored like every run
+    assert f"| start (SFT) | - | {start['reward']:.4f} |" in table and start["prompts"] > 0
     info = (sweep_dir / "dpo-s0" / "ablate.json").stat().st_mtime_ns
     capsys.readouterr()
     main(["--config", str(path)])  # everything is reused: no run trains or is scored again
