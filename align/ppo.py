@@ -109,7 +109,8 @@ class PPOModel(GRPOModel):
     def rollout(self, prompt_ids: Tensor, lengths: Tensor, slot: int) -> PPORollout:
         """GRPO's samples and rewards, then pi_old, V_old and pi_ref on them, and the GAE advantages."""
         inputs, labels, mask, scores, sampled, old = self.sample(prompt_ids, lengths, slot)  # old: pi_old (N, T)
-        values = self.evaluate(inputs, labels)[2]  # (N, T) V_old
+        h, _ = self.model(inputs, head=False)  # (N, T, D): V_old needs no logits (pi_old was recorded when sampling)
+        values = self.value_head(h).squeeze(-1).float()  # (N, T, 1) -> (N, T)
         ref = None
         if self.uses_reference():
             with self.reference_model() as reference:
