@@ -139,7 +139,8 @@ def fit(cfg: Config, module: L.LightningModule, datamodule: L.LightningDataModul
         check_eos(cfg, tokenizer)
         ckpt = check_inputs(cfg, module, run_dir, tok_hash)
         module.run_info = {"model": asdict(cfg.model), "tokenizer_hash": tok_hash}
-        trainer = build_trainer(cfg, run_dir, [SaveFinalWeights(run_dir), *callbacks, BandWatch(asdict(cfg))],
+        watch = BandWatch(asdict(cfg), tokenizer=tok_hash)
+        trainer = build_trainer(cfg, run_dir, [SaveFinalWeights(run_dir), *callbacks, watch],
                                 monitor_val)
         if trainer.is_global_zero:
             lock_run_dir(run_dir)  # already held when make_run_dir claimed the folder

@@ -14,7 +14,7 @@ import yaml
 from conftest import tiny_train_overrides
 
 from train.check.__main__ import main as check_main
-from train.check.bands import read_band, recipe_keys
+from train.check.bands import differing, read_band, recipe_keys, run_tokenizer
 from train.check.live import BandWatch
 from train.check.record import main as record_main
 from train.check.record import stage_module
@@ -92,6 +92,30 @@ def test_a_huge_lr_gets_the_nearest_band_with_its_differing_keys(recorded, tiny_
     assert "nearest is" in out and "train.lr (run 5.0, band 0.01)" in out and "train.max_steps (run 16" in out
     loss = next(line for line in out.splitlines() if line.strip().startswith("train/loss"))
     assert "worse from step" in loss or "diverged" in loss
+
+
+def test_another_tokenizer_is_no_exact_match_and_its_nats_per_token_are_not_judged(recorded, tiny_corpus, tmp_path,
+                                                                                   capsys):
+    """The same config with a BPE learned from 10 stories: another tokenizer, so the band's keys differ in it and
+    train/loss, val/loss (nats per token) are marked not comparable; val/bpb is judged as usual."""
+    run = tiny_run(tiny_corpus, tmp_path, "retok", **{"train.seed": 1, "data.tokenizer_sample": 10})
+    capsys.readouterr()
+    band = read_band(recorded[1] / "tiny.json")
+    assert band["keys"]["tokenizer"] == run_tokenizer(recorded[2] / "bands-tiny-s0") != run_tokenizer(run)
+    out = check(capsys, run, "--bands", str(recorded[1]))
+    assert "nearest is" in out and f"tokenizer (run {run_tokenizer(run)}, band" in out
+    assert "another tokenizer than the band's" in out
+    verdicts = {line.split()[0]: line for line in out.splitlines() if line.startswith("  ") and "/" in line.split()[0]}
+    assert {"train/loss", "val/loss", "val/bpb"} <= set(verdicts)
+    assert all("not comparable (another tokenizer)" in verdicts[name] for name in ("train/loss", "val/loss"))
+    assert "not comparable" not in verdicts["val/bpb"]
+
+
+def test_a_band_without_a_tokenizer_matches_any():
+    run = {"stage": "pretrain", "model.d_model": 32, "tokenizer": "abc"}
+    assert differing(run, {"stage": "pretrain", "model.d_model": 32}) == []
+    assert differing(run, {**run, "tokenizer": "abd"}) == ["tokenizer"]
+    assert differing(run, {"stage": "pretrain", "model.d_model": 32, "train.schedule": "wsd"}) == ["train.schedule"]
 
 
 def test_no_band_and_an_unmeasured_band_are_said_plainly(recorded, tmp_path, capsys):

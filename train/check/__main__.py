@@ -14,9 +14,10 @@ from pathlib import Path
 
 from inputs.errors import InputError
 from inputs.yaml import read_yaml
-from train.check.bands import BANDS, MEASURED, NEAR, match, read_band, read_bands, recipe_keys, run_curves
+from train.check.bands import (BANDS, MEASURED, NEAR, match, read_band, read_bands, recipe_keys, run_curves,
+                               run_tokenizer)
 from train.check.plot import plot_check
-from train.check.verdict import judge, unigram_baseline
+from train.check.verdict import judge, per_token, unigram_baseline
 from train.cli import ArgumentParser, user_errors_exit_2
 from train.rundir.paths import FileKind, check_output, is_run_dir, starts_with
 
@@ -52,7 +53,7 @@ def check(run_dir: Path, bands: list[tuple[Path, dict]], out: Path) -> list[str]
     """The report's lines for `run_dir` against the best of `bands`; the plot is written to `out`."""
     values = read_yaml(run_dir / "config.yaml", "run config", fix="give a run folder (runs/NAME)")
     curves = run_curves(run_dir)
-    keys = recipe_keys(values, curves)
+    keys = recipe_keys(values, curves, run_tokenizer(run_dir))
     last = max((s for points in curves.values() for s in points), default=None)
     lines = [f"run: {run_dir} ({keys['stage']}, last logged step {last})"]
     found = match(keys, bands)
@@ -64,11 +65,17 @@ def check(run_dir: Path, bands: list[tuple[Path, dict]], out: Path) -> list[str]
     if band["status"] != MEASURED:
         return [*lines, f"band {path} matches this run but is not measured yet; measure it with: {band['command']}"]
     lines.append(describe(path, band, differ, keys))
+    other_tokenizer = "tokenizer" in differ
+    if other_tokenizer:
+        lines.append("  another tokenizer than the band's: the same text is other tokens, so a loss in nats per token "
+                     "is not comparable; judge by val/bpb (bits per byte of text)")
     unigram = unigram_baseline(curves)
     metrics = band["metrics"]
     width = max(map(len, metrics))
     for name, stats in metrics.items():
         verdict = judge(name, curves[name], stats, unigram) if curves.get(name) else None
+        if verdict and other_tokenizer and per_token(name, keys["stage"]):
+            verdict = f"not comparable (another tokenizer): {verdict}"
         lines.append(f"  {name:<{width}}  {verdict or 'not logged at the band steps'}")
     plot_check(f"{run_dir.name} against {path.name}", curves, metrics, out)
     lines.append(f"plot: {out}")

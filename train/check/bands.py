@@ -1,7 +1,7 @@
 """Band files: what a recipe's curves look like over seeds, and which band a run is compared with.
 
     bands/<recipe>.json = {"format": "tinystack-band/1", "status": "measured" | "not measured yet",
-        "keys": {"stage": "pretrain", "model.d_model": 192, ...},   # what identifies the recipe (KEYS)
+        "keys": {"stage": "pretrain", "model.d_model": 192, ..., "tokenizer": "<hash>"},  # the recipe (KEYS)
         "seeds": [0, 1, 2, 3, 4], "command": "...", "date": "...", "commit": "...", "machine": "...",
         "metrics": {"val/loss": {"step": [...], "mean": [...], "sd": [...], "min": [...], "max": [...],
                                  "lo": [...], "hi": [...]}, ...}}          # lo, hi = mean -+ 2 sd, per step
@@ -9,7 +9,10 @@
 A band is read through the project's input checks (inputs/json.py: finite numbers, bounded size and nesting) and
 its structure is checked here before any value is used. A run is matched by `recipe_keys` of its config.yaml:
 the band with the same keys, else the nearest measured band of the same stage (fewest differing keys, at most
-NEAR, which are listed).
+NEAR, which are listed). `tokenizer` is the content hash of the run's tokenizer.json (data/tokens.py
+`content_hash`, as its token files are keyed): the same config on another corpus or with another BPE sample trains
+another tokenizer, and a loss in nats per token compares only under one tokenizer. A band without it (a placeholder
+written from a config alone) matches any tokenizer.
 """
 
 from __future__ import annotations
@@ -20,6 +23,8 @@ import math
 import statistics
 from pathlib import Path
 
+from data.tokenizer import load_tokenizer
+from data.tokens import content_hash
 from inputs.errors import InputError
 from inputs.files import MIB, read_text
 from inputs.json import read_json
@@ -33,7 +38,8 @@ METRICS_BYTES = 256 * MIB  # a run's metrics.csv
 KEYS = ("stage", "model.d_model", "model.n_layers", "model.n_heads", "model.n_kv_heads", "model.mixer", "model.ffn",
         "model.position", "data.vocab_size", "data.seq_len", "train.batch_size", "train.grad_accum",
         "train.max_steps", "train.lr", "train.optimizer", "finetune.method", "finetune.lora.r", "align.loss_type",
-        "align.beta", "align.group_size")
+        "align.beta", "align.group_size", "train.schedule", "train.warmup_steps", "tokenizer")
+OPTIONAL = ("tokenizer",)  # compared only when both sides have it
 NOT_CURVES = ("perf/", "baseline/", "train/lr", "step", "epoch")  # machine speed, constants, the schedule
 STATS = ("mean", "sd", "min", "max", "lo", "hi")
 NEAR = 4  # the most keys a nearest band may differ in: beyond that it is another recipe
@@ -50,11 +56,11 @@ def stage_of(values: dict, columns) -> str:
     return "finetune" if "finetune" in values else "pretrain"
 
 
-def recipe_keys(values: dict, columns=()) -> dict:
+def recipe_keys(values: dict, columns=(), tokenizer: str | None = None) -> dict:
     """The keys that identify a recipe, from a config as a mapping (a run's config.yaml); a stage's keys only
-    when the config has that stage (`columns`: the metric names the run logs)."""
-    keys = {"stage": stage_of(values, columns)}
-    for dotted in KEYS[1:]:
+    when the config has that stage (`columns`: the metric names the run logs; `tokenizer`: run_tokenizer's hash)."""
+    keys = {"stage": stage_of(values, columns), **({"tokenizer": tokenizer} if tokenizer else {})}
+    for dotted in KEYS[1:-1]:
         node = values
         for part in dotted.split("."):
             node = node.get(part) if isinstance(node, dict) else None
@@ -68,7 +74,14 @@ def differing(a: dict, b: dict) -> list[str]:
     def same(x, y) -> bool:
         numbers = all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in (x, y))
         return math.isclose(x, y, rel_tol=1e-9) if numbers else x == y
-    return [k for k in KEYS if k in a or k in b if not same(a.get(k), b.get(k))]
+    compared = [k for k in KEYS if (k in a and k in b if k in OPTIONAL else k in a or k in b)]
+    return [k for k in compared if not same(a.get(k), b.get(k))]
+
+
+def run_tokenizer(run_dir: Path) -> str | None:
+    """The content hash of a run's tokenizer.json (None when the run has none), read through the tokenizer checks."""
+    path = run_dir / "tokenizer.json"
+    return content_hash(load_tokenizer(path).to_str()) if path.is_file() else None
 
 
 def parse_metrics(text: str, where: object) -> Curves:

@@ -18,10 +18,11 @@ from train.check.verdict import Leaving
 
 
 class BandWatch(L.Callback):
-    """`values`: the run's config as a mapping (as config.yaml holds it); `folder`: the band files."""
+    """`values`: the run's config as a mapping (as config.yaml holds it); `folder`: the band files; `tokenizer`: the
+    content hash of the run's tokenizer (a band of another tokenizer is no exact match)."""
 
-    def __init__(self, values: dict, folder: Path = BANDS):
-        self.values, self.folder = values, Path(folder)
+    def __init__(self, values: dict, folder: Path = BANDS, tokenizer: str | None = None):
+        self.values, self.folder, self.tokenizer = values, Path(folder), tokenizer
         self.leaving: Leaving | None = None
         self.band: Path | None = None
         self.resolved = False
@@ -32,7 +33,7 @@ class BandWatch(L.Callback):
             bands = read_bands(self.folder)
         except (InputError, OSError):
             return
-        found = match(recipe_keys(self.values, columns), bands)
+        found = match(recipe_keys(self.values, columns, self.tokenizer), bands)
         if found is not None and not found[2] and found[1]["status"] == MEASURED:
             self.band, self.leaving = found[0], Leaving(found[1]["metrics"])
 

@@ -25,7 +25,8 @@ from pathlib import Path
 
 from inputs.errors import InputError, clip
 from inputs.yaml import read_yaml
-from train.check.bands import FORMAT, MEASURED, UNMEASURED, band_metrics, differing, read_band, recipe_keys, run_curves
+from train.check.bands import (FORMAT, MEASURED, UNMEASURED, band_metrics, differing, read_band, recipe_keys,
+                               run_curves, run_tokenizer)
 from train.cli import ArgumentParser, user_errors_exit_2
 from train.config import ConfigError, load_config
 from train.rundir.atomic import write_text
@@ -109,7 +110,8 @@ def measure(args, overrides: list[str]) -> dict:
         runs = list(pool.map(lambda d, s: train_seed(module, args.config, overrides, d, s, args.threads),
                              dirs, args.seeds))
     curves = [run_curves(run) for run in runs]
-    keys = [recipe_keys(read_yaml(run / "config.yaml", "run config"), c) for run, c in zip(runs, curves)]
+    keys = [recipe_keys(read_yaml(run / "config.yaml", "run config"), c, run_tokenizer(run))
+            for run, c in zip(runs, curves)]
     for run, k in zip(runs[1:], keys[1:]):
         if differing(keys[0], k):
             raise ConfigError(f"{run} differs from {runs[0]} in {', '.join(differing(keys[0], k))}: seed runs of "

@@ -36,6 +36,12 @@ def direction(name: str) -> int:
     return 1 if any(word in name for word in HIGHER_IS_BETTER) and "rejected" not in name else 0
 
 
+def per_token(name: str, stage: str) -> bool:
+    """A loss in nats per token (a language-modelling loss), which depends on the tokenizer; an alignment loss
+    compares completions and bits per byte is the text's own unit."""
+    return stage in ("pretrain", "finetune") and name.endswith("/loss")
+
+
 def envelope(stats: dict, i: int) -> tuple[float, float]:
     """(low, high) edge of the band at its i-th step."""
     return min(stats["min"][i], stats["lo"][i]), max(stats["max"][i], stats["hi"][i])
