@@ -11,6 +11,12 @@ Repeating the sample keeps the number of distinct n-grams at the sample's: the t
 real text, the tables (and so memory) stay smaller than on as many tokens of the full corpus. Its losses are no
 reference either: every training n-gram occurs at least k times, so D_n (from the n-grams seen once or twice) is
 near 0 and an n-gram unseen in training gets little probability.
+With --tiled, a scale above 1 skips writing and tokenizing its corpus: its token files are the sample's tokens
+repeated k times, which is what tokenizing k copies gives, as every story is encoded on its own. The benchmark proves
+it before it fits: the tokens of 2 copies, tokenized, must equal the sample's tokens tiled twice, or it stops. The
+fit then sees a token stream the size of the V2 files' (about 2.2 GB of training text and 22 MB of validation text:
+634 and 35 copies of the sample's 3.5 MB and 0.65 MB) at the cost of writing it:
+    python benchmarks/ngram.py --scales 1 634 --val_copies 35 --tiled --out benchmarks/results/ngram_cpu_v2
 Writes <out>.json and <out>.md (default runs/benchmarks/ngram).
 """
 
@@ -18,11 +24,14 @@ from __future__ import annotations
 
 import argparse
 import multiprocessing
+import os
 import resource
 import shutil
 import sys
 import time
 from pathlib import Path
+
+import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script from any directory
 
@@ -42,9 +51,13 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--scales", nargs="+", type=int, default=[10], help="copies of the sample per corpus")
     p.add_argument("--root", default="/tmp/tinystack-ngram-bench", help="corpora and token caches go here")
     p.add_argument("--out", default=str(RESULTS / "ngram"), help="writes <out>.json and <out>.md")
+    p.add_argument("--tiled", action="store_true", help="scales above 1: the sample's tokens repeated, not tokenized")
+    p.add_argument("--val_copies", type=int, help="with --tiled: copies of the validation split (default: the scale)")
     args = p.parse_args(argv)
-    if any(k < 1 for k in args.scales):
-        p.error("--scales: each scale is at least 1")
+    if any(k < 1 for k in args.scales) or (args.val_copies is not None and args.val_copies < 1):
+        p.error("--scales and --val_copies: each is at least 1")
+    if args.val_copies is not None and not args.tiled:
+        p.error("--val_copies needs --tiled (an untiled corpus repeats both files `scale` times)")
     check_out(args.out)
     return args
 
@@ -71,9 +84,38 @@ def tokenize(corpus: str, cache: str, queue) -> None:
     queue.put({"tokenize_s": time.perf_counter() - start})
 
 
-def fit_and_score(corpus: str, cache: str, queue) -> None:
-    """In a child process: map the cached tokens, fit, score; put the timings and losses on `queue`."""
+def tile(tokens: dict[str, np.ndarray], copies: dict[str, int], folder: Path) -> dict[str, np.ndarray]:
+    """Each split's tokens written copies[split] times over into <folder>/tiled-x<copies>.<split>.bin, mapped."""
+    tiled = {}
+    for split, array in tokens.items():
+        scale = copies[split]
+        path = folder / f"tiled-x{scale}.{split}.bin"
+        if not path.is_file() or path.stat().st_size != scale * array.nbytes:
+            with path.open("wb") as out:
+                for _ in range(scale):
+                    out.write(np.ascontiguousarray(array).tobytes())
+        tiled[split] = np.memmap(path, dtype=array.dtype, mode="r")
+    return tiled
+
+
+def check_tiling(root: Path, cache: str, queue) -> None:
+    """In a child process: tokenizing 2 copies of the sample must give the sample's tokens twice over (see the
+    module docstring)."""
+    _, one = prepare_tokens(str(build_corpus(root, 1)), VOCAB, cache, tokenizer_sample=TOKENIZER_SAMPLE)
+    _, two = prepare_tokens(str(build_corpus(root, 2)), VOCAB, cache, tokenizer_sample=TOKENIZER_SAMPLE)
+    for split in one:
+        if not np.array_equal(two[split], np.tile(one[split], 2)):
+            queue.put({"equal": False, "split": split})
+            return
+    queue.put({"equal": True})
+
+
+def fit_and_score(corpus: str, cache: str, copies: dict | None, queue) -> None:
+    """In a child process: map the cached tokens (tiled, with --tiled: copies per split), fit, score; put the
+    timings and losses on `queue`."""
     tokenizer, tokens = prepare_tokens(corpus, VOCAB, cache, tokenizer_sample=TOKENIZER_SAMPLE)
+    if copies:
+        tokens = tile(tokens, copies, Path(cache))
     before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # imports and the token maps
     start = time.perf_counter()
     result = ngram.baselines(tokens, tokenizer)
@@ -95,12 +137,19 @@ def in_child(target, *args) -> dict:
     return result
 
 
-def measure(root: Path, scale: int) -> dict:
-    corpus, cache = build_corpus(root, scale), str(root / "cache")
+def measure(root: Path, scale: int, val_copies: int | None) -> dict:
+    """One row: the corpus of `scale` copies tokenized, or (val_copies given: --tiled) the sample's tokens tiled
+    `scale` times for training and `val_copies` times for validation; fitted and scored."""
+    cache = str(root / "cache")
+    tiled = val_copies is not None and scale > 1
+    corpus = build_corpus(root, 1 if tiled else scale)
     tokenize_s = in_child(tokenize, str(corpus), cache)["tokenize_s"]
-    result = in_child(fit_and_score, str(corpus), cache)
-    mb = sum(p.stat().st_size for p in corpus.iterdir()) / 1e6
-    row = {"scale": scale, "corpus_mb": round(mb, 1), "tokenize_s": round(tokenize_s, 1),
+    result = in_child(fit_and_score, str(corpus), cache, {"train": scale, "validation": val_copies} if tiled else None)
+    sample = {name: (Path(resolve_path(SAMPLE)) / name).stat().st_size for name in FILES}
+    copies = {"train.txt": scale, "valid.txt": val_copies if tiled else scale}
+    mb = sum(copies[name] * size for name, size in sample.items()) / 1e6
+    row = {"scale": scale, "val_copies": copies["valid.txt"], "corpus_mb": round(mb, 1),
+           "tokenize_s": "tiled" if tiled else round(tokenize_s, 1),
            "fit_score_s": round(result.pop("fit_score_s"), 2),
            "peak_rss_mib": round(result.pop("peak_rss_mib")),
            "rss_before_fit_mib": round(result.pop("rss_before_fit_mib")), **result}
@@ -112,12 +161,12 @@ def measure(root: Path, scale: int) -> dict:
 def markdown(rows: list[dict], meta: dict) -> str:
     lines = [f"N-gram baselines (data/ngram.py) on k copies of the TinyStories sample, {VOCAB}-token BPE. "
              f"{meta['machine']}.", "",
-             "| copies | corpus MB | train tokens | val tokens | tokenize s | fit + score s | RSS before fit MiB | "
-             "peak RSS MiB | "
-             "unigram | bigram | trigram |", "|" + " --- |" * 11]
+             "| copies (train / val) | corpus MB | train tokens | val tokens | tokenize s | fit + score s | "
+             "RSS before fit MiB | peak RSS MiB | unigram | bigram | trigram |", "|" + " --- |" * 11]
     for r in rows:
         losses = " | ".join(f"{r[o]['loss']:.3f}" for o in ngram.ORDERS)
-        lines.append(f"| {r['scale']} | {r['corpus_mb']} | {r['train_tokens']:,} | {r['validation_tokens']:,} | "
+        lines.append(f"| {r['scale']} / {r['val_copies']} | {r['corpus_mb']} | {r['train_tokens']:,} | "
+                     f"{r['validation_tokens']:,} | "
                      f"{r['tokenize_s']} | {r['fit_score_s']} | {r['rss_before_fit_mib']} | {r['peak_rss_mib']} | "
                      f"{losses} |")
     return "\n".join(lines) + "\n"
@@ -126,8 +175,15 @@ def markdown(rows: list[dict], meta: dict) -> str:
 def main(argv=None) -> None:
     args = parse_args(argv)
     with user_errors_exit_2():
-        rows = [measure(Path(args.root), k) for k in args.scales]
-    meta = {"machine": cpu_name(), "vocab_size": VOCAB, "scales": args.scales, "chunk_tokens": ngram.CHUNK}
+        if args.tiled:
+            check = in_child(check_tiling, Path(args.root), str(Path(args.root) / "cache"))
+            if not check["equal"]:
+                raise SystemExit(f"--tiled: the {check['split']} tokens of 2 copies are not the sample's tiled twice; "
+                                 "run without --tiled")
+            print("--tiled: the tokens of 2 copies equal the sample's tiled twice", flush=True)
+        rows = [measure(Path(args.root), k, (args.val_copies or k) if args.tiled else None) for k in args.scales]
+    meta = {"machine": cpu_name(), "vocab_size": VOCAB, "scales": args.scales, "chunk_tokens": ngram.CHUNK,
+            "tiled": args.tiled, "cpu_count": os.cpu_count()}
     write_outputs(Path(args.out), meta, rows, markdown(rows, meta))
 
 
