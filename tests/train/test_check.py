@@ -15,6 +15,7 @@ from conftest import tiny_train_overrides
 
 from train.check.__main__ import main as check_main
 from train.check.bands import differing, read_band, recipe_keys, run_tokenizer
+from train.check.draw import main as draw_main
 from train.check.live import BandWatch
 from train.check.record import main as record_main
 from train.check.record import stage_module
@@ -109,6 +110,15 @@ def test_another_tokenizer_is_no_exact_match_and_its_nats_per_token_are_not_judg
     assert {"train/loss", "val/loss", "val/bpb"} <= set(verdicts)
     assert all("not comparable (another tokenizer)" in verdicts[name] for name in ("train/loss", "val/loss"))
     assert "not comparable" not in verdicts["val/bpb"]
+
+
+def test_draw_writes_a_png_per_measured_band_and_refuses_a_file_that_is_no_band(recorded, tmp_path, capsys):
+    draw_main([str(recorded[1] / "tiny.json"), "--out", str(tmp_path / "pngs")])
+    assert (tmp_path / "pngs" / "tiny.png").read_bytes().startswith(b"\x89PNG")
+    (tmp_path / "bad.json").write_text('{"format": "tinystack-band/1"}')
+    with pytest.raises(SystemExit) as exit_info:
+        draw_main([str(tmp_path / "bad.json"), "--out", str(tmp_path / "pngs")])
+    assert exit_info.value.code == 2 and capsys.readouterr().err.count("\n") == 1
 
 
 def test_a_band_without_a_tokenizer_matches_any():

@@ -14,14 +14,22 @@ from pathlib import Path
 
 from inputs.errors import InputError
 from inputs.yaml import read_yaml
-from train.check.bands import (BANDS, MEASURED, NEAR, match, read_band, read_bands, recipe_keys, run_curves,
-                               run_tokenizer)
-from train.check.plot import plot_check
+from train.check.bands import (
+    BANDS,
+    MEASURED,
+    NEAR,
+    match,
+    read_band,
+    read_bands,
+    recipe_keys,
+    run_curves,
+    run_tokenizer,
+)
+from train.check.plot import PNG, plot_check
 from train.check.verdict import judge, per_token, unigram_baseline
 from train.cli import ArgumentParser, user_errors_exit_2
-from train.rundir.paths import FileKind, check_output, is_run_dir, starts_with
+from train.rundir.paths import check_output, is_run_dir
 
-PNG = FileKind("a PNG image", starts_with(b"\x89PNG"))
 RECORD = "python -m train.check.record --config FILE --seeds 0 1 2 3 4 --out bands/NAME.json"
 
 

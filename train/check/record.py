@@ -25,8 +25,17 @@ from pathlib import Path
 
 from inputs.errors import InputError, clip
 from inputs.yaml import read_yaml
-from train.check.bands import (FORMAT, MEASURED, UNMEASURED, band_metrics, differing, read_band, recipe_keys,
-                               run_curves, run_tokenizer)
+from train.check.bands import (
+    FORMAT,
+    MEASURED,
+    UNMEASURED,
+    band_metrics,
+    differing,
+    read_band,
+    recipe_keys,
+    run_curves,
+    run_tokenizer,
+)
 from train.cli import ArgumentParser, user_errors_exit_2
 from train.config import ConfigError, load_config
 from train.rundir.atomic import write_text
