@@ -138,13 +138,16 @@ def unpair(pairs: list[dict]) -> list[dict]:
 
 
 def save_pairs(pairs: list[dict], path: str | Path, unpaired: bool = False) -> Path:
-    """Pairs as JSONL at `path`: prompt/chosen/rejected, or with `unpaired` KTO's prompt/completion/label rows."""
+    """Pairs as JSONL at `path`: prompt/chosen/rejected, or with `unpaired` KTO's prompt/completion/label rows.
+    NUL characters are dropped from the text: a sampled byte-level token can decode to one, and no text reader
+    takes it (inputs/files.py), so the file would be refused by `load_pairs`."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     rows, columns = (unpair(pairs), UNPAIRED) if unpaired else (pairs, COLUMNS)
     with path.open("w") as f:
         for row in rows:
-            f.write(json.dumps({c: row[c] for c in columns}, ensure_ascii=False) + "\n")
+            clean = {c: row[c].replace("\0", "") if isinstance(row[c], str) else row[c] for c in columns}
+            f.write(json.dumps(clean, ensure_ascii=False) + "\n")
     return path
 
 

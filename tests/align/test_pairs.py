@@ -78,6 +78,16 @@ def test_jsonl_round_trip_and_datasets_folder(examples, tmp_path):
     assert load_pairs(tmp_path / "pairs") == pairs  # datasets.load_dataset on a local folder (the hub's code path)
 
 
+@pytest.mark.parametrize("unpaired", [False, True])
+def test_a_sampled_nul_character_is_dropped_so_the_file_reads_back(tmp_path, unpaired):
+    """A byte-level model can sample the token of byte 0; the text readers refuse NUL, so the writer drops it."""
+    pairs = [{"prompt": "Words: a\n", "chosen": "Once upon\0 a time.", "rejected": "\0Then the end."}]
+    path = save_pairs(pairs, tmp_path / "pairs.jsonl", unpaired=unpaired)
+    rows = load_pairs(path)
+    texts = [row[c] for row in rows for c in row if isinstance(row[c], str)]
+    assert "Once upon a time." in texts and "Then the end." in texts and not any("\0" in t for t in texts)
+
+
 def test_bad_pairs_raise_data_errors(tmp_path):
     path = tmp_path / "bad.jsonl"
     path.write_text(json.dumps({"prompt": "p", "chosen": "c"}) + "\n")
