@@ -115,6 +115,10 @@ def test_another_tokenizer_is_no_exact_match_and_its_nats_per_token_are_not_judg
 def test_draw_writes_a_png_per_measured_band_and_refuses_a_file_that_is_no_band(recorded, tmp_path, capsys):
     draw_main([str(recorded[1] / "tiny.json"), "--out", str(tmp_path / "pngs")])
     assert (tmp_path / "pngs" / "tiny.png").read_bytes().startswith(b"\x89PNG")
+    table = (tmp_path / "pngs" / "bands.md").read_text().splitlines()
+    val = read_band(recorded[1] / "tiny.json")["metrics"]["val/loss"]
+    row = next(line for line in table if line.startswith("| tiny | pretrain | 3 | val/loss |"))
+    assert f"| {val['step'][-1]} | {val['mean'][-1]:.4f} | {val['sd'][-1]:.4f} |" in row
     (tmp_path / "bad.json").write_text('{"format": "tinystack-band/1"}')
     with pytest.raises(SystemExit) as exit_info:
         draw_main([str(tmp_path / "bad.json"), "--out", str(tmp_path / "pngs")])

@@ -1,7 +1,8 @@
 """`python -m train.check.draw [BAND.json ...] --out docs/bands`: each measured band drawn alone into <out>/<name>.png
 (train/check/plot.py: the seed mean, the seed range and mean -+ 2 sd per metric), titled with its seeds, date and
-commit; with no file named, every measured band in the repository's bands/. Exit code 2 with one line for a file
-that is not a band."""
+commit, and <out>/bands.md: a table of each band's headline metrics at its last step (mean, sd, seed range), with
+its provenance. With no file named, every band in the repository's bands/ (an unmeasured one is listed, not drawn).
+Exit code 2 with one line for a file that is not a band."""
 
 from __future__ import annotations
 
@@ -10,7 +11,27 @@ from pathlib import Path
 from train.check.bands import BANDS, MEASURED, read_band
 from train.check.plot import PNG, plot_check
 from train.cli import ArgumentParser, user_errors_exit_2
-from train.rundir.paths import check_output
+from train.rundir.paths import FileKind, check_output, starts_with
+
+HEADLINE = ("val/loss", "val/bpb", "val/rewards/margins", "val/rewards/accuracies", "train/reward", "train/kl")
+TABLE = FileKind("a band table", starts_with(b"| band |"))
+
+
+def summary(bands: list[tuple[Path, dict]]) -> str:
+    """The Markdown table: per band and headline metric, the last step's mean, sd and seed range."""
+    lines = ["| band | stage | seeds | metric | step | mean | sd | seed range | recorded |", "|" + " --- |" * 9]
+    for path, band in bands:
+        recorded = f"{band['date']}, commit {band['commit']}, {band['machine']}"
+        if band["status"] != MEASURED:
+            lines.append(f"| {path.stem} | {band['keys']['stage']} | | | | | | | {band['status']} |")
+            continue
+        names = [n for n in HEADLINE if n in band["metrics"]] or ["train/loss"]
+        for name in names:
+            m = band["metrics"][name]
+            lines.append(f"| {path.stem} | {band['keys']['stage']} | {len(band['seeds'])} | {name} | {m['step'][-1]} | "
+                         f"{m['mean'][-1]:.4f} | {m['sd'][-1]:.4f} | {m['min'][-1]:.4f}..{m['max'][-1]:.4f} | "
+                         f"{recorded} |")
+    return "\n".join(lines) + "\n"
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -32,6 +53,9 @@ def main(argv: list[str] | None = None) -> None:
                      f"{band['machine']}")
             plot_check(title, None, band["metrics"], out)
             print(f"{path} -> {out}")
+        table = check_output(folder / "bands.md", TABLE, force=True, inputs=paths)
+        table.write_text(summary(bands))
+        print(f"table: {table}")
 
 
 if __name__ == "__main__":
