@@ -17,6 +17,9 @@ it before it fits: the tokens of 2 copies, tokenized, must equal the sample's to
 fit then sees a token stream the size of the V2 files' (about 2.2 GB of training text and 22 MB of validation text:
 634 and 35 copies of the sample's 3.5 MB and 0.65 MB) at the cost of writing it:
     python benchmarks/ngram.py --scales 1 634 --val_copies 35 --tiled --out benchmarks/results/ngram_cpu_v2
+Repeated text holds only the sample's distinct n-grams, and the fit's merges and tables grow with those:
+--distinct_copies K relabels the ids of K - 1 training copies (`tile`), for about K times the sample's distinct
+trigrams, as many as a varied corpus of that size would hold; that run measures time and memory, not losses.
 Writes <out>.json and <out>.md (default runs/benchmarks/ngram).
 """
 
@@ -38,6 +41,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script 
 from benchmarks.common import RESULTS, check_out, cpu_name, write_outputs  # noqa: E402
 from data import ngram  # noqa: E402
 from data.sources import SAMPLE, resolve_path  # noqa: E402
+from data.tokenizer import eot_id  # noqa: E402
 from data.tokens import prepare_tokens  # noqa: E402
 from train.cli import user_errors_exit_2  # noqa: E402
 
@@ -53,11 +57,15 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--out", default=str(RESULTS / "ngram"), help="writes <out>.json and <out>.md")
     p.add_argument("--tiled", action="store_true", help="scales above 1: the sample's tokens repeated, not tokenized")
     p.add_argument("--val_copies", type=int, help="with --tiled: copies of the validation split (default: the scale)")
+    p.add_argument("--distinct_copies", type=int, default=1,
+                   help="with --tiled: training copies with their own relabelled ids (tables as on varied text)")
     args = p.parse_args(argv)
     if any(k < 1 for k in args.scales) or (args.val_copies is not None and args.val_copies < 1):
         p.error("--scales and --val_copies: each is at least 1")
-    if args.val_copies is not None and not args.tiled:
-        p.error("--val_copies needs --tiled (an untiled corpus repeats both files `scale` times)")
+    if (args.val_copies is not None or args.distinct_copies != 1) and not args.tiled:
+        p.error("--val_copies and --distinct_copies need --tiled (an untiled corpus repeats both files)")
+    if args.distinct_copies < 1:
+        p.error("--distinct_copies: at least 1")
     check_out(args.out)
     return args
 
@@ -84,16 +92,27 @@ def tokenize(corpus: str, cache: str, queue) -> None:
     queue.put({"tokenize_s": time.perf_counter() - start})
 
 
-def tile(tokens: dict[str, np.ndarray], copies: dict[str, int], folder: Path) -> dict[str, np.ndarray]:
-    """Each split's tokens written copies[split] times over into <folder>/tiled-x<copies>.<split>.bin, mapped."""
+def tile(tokens: dict[str, np.ndarray], copies: dict[str, int], folder: Path, distinct: int = 1, eot: int = 0
+         ) -> dict[str, np.ndarray]:
+    """Each split's tokens written copies[split] times over into <folder>/tiled-x<copies>[-d<distinct>].<split>.bin,
+    mapped. The training split's copies 1 .. distinct-1 have their ids relabelled, each by its own seeded
+    permutation of every id but `eot`: new n-grams with the sample's statistics, so the stream holds about
+    `distinct` times the sample's distinct trigrams (tables as large as on more varied text; its losses mean
+    nothing)."""
     tiled = {}
     for split, array in tokens.items():
-        scale = copies[split]
-        path = folder / f"tiled-x{scale}.{split}.bin"
+        scale, relabel = copies[split], distinct if split == "train" else 1
+        path = folder / f"tiled-x{scale}{f'-d{relabel}' if relabel > 1 else ''}.{split}.bin"
         if not path.is_file() or path.stat().st_size != scale * array.nbytes:
+            ids = np.arange(int(array.max()) + 1, dtype=array.dtype)
             with path.open("wb") as out:
-                for _ in range(scale):
-                    out.write(np.ascontiguousarray(array).tobytes())
+                for copy in range(scale):
+                    permutation = ids
+                    if 0 < copy < relabel:
+                        others = np.delete(ids, eot)
+                        permutation = ids.copy()
+                        permutation[others] = np.random.default_rng(copy).permutation(others)
+                    out.write(np.ascontiguousarray(permutation[array]).tobytes())
         tiled[split] = np.memmap(path, dtype=array.dtype, mode="r")
     return tiled
 
@@ -115,14 +134,14 @@ def fit_and_score(corpus: str, cache: str, copies: dict | None, queue) -> None:
     timings and losses on `queue`."""
     tokenizer, tokens = prepare_tokens(corpus, VOCAB, cache, tokenizer_sample=TOKENIZER_SAMPLE)
     if copies:
-        tokens = tile(tokens, copies, Path(cache))
+        distinct = copies.pop("distinct", 1)
+        tokens = tile(tokens, copies, Path(cache), distinct, eot_id(tokenizer))
     before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # imports and the token maps
     start = time.perf_counter()
     result = ngram.baselines(tokens, tokenizer)
     queue.put({"fit_score_s": time.perf_counter() - start,
                "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, "rss_before_fit_mib": before,
-               **{k: result[k] for k in (*ngram.ORDERS, "train_tokens",
-                                                                                        "validation_tokens")}})
+               **{k: result[k] for k in (*ngram.ORDERS, "train_tokens", "validation_tokens")}})
 
 
 def in_child(target, *args) -> dict:
@@ -137,18 +156,21 @@ def in_child(target, *args) -> dict:
     return result
 
 
-def measure(root: Path, scale: int, val_copies: int | None) -> dict:
+def measure(root: Path, scale: int, val_copies: int | None, distinct: int = 1) -> dict:
     """One row: the corpus of `scale` copies tokenized, or (val_copies given: --tiled) the sample's tokens tiled
-    `scale` times for training and `val_copies` times for validation; fitted and scored."""
+    `scale` times for training (`distinct` of them with their own ids, see `tile`) and `val_copies` times for
+    validation; fitted and scored."""
     cache = str(root / "cache")
     tiled = val_copies is not None and scale > 1
     corpus = build_corpus(root, 1 if tiled else scale)
     tokenize_s = in_child(tokenize, str(corpus), cache)["tokenize_s"]
-    result = in_child(fit_and_score, str(corpus), cache, {"train": scale, "validation": val_copies} if tiled else None)
+    copies = {"train": scale, "validation": val_copies, "distinct": min(distinct, scale)} if tiled else None
+    result = in_child(fit_and_score, str(corpus), cache, copies)
     sample = {name: (Path(resolve_path(SAMPLE)) / name).stat().st_size for name in FILES}
     copies = {"train.txt": scale, "valid.txt": val_copies if tiled else scale}
     mb = sum(copies[name] * size for name, size in sample.items()) / 1e6
-    row = {"scale": scale, "val_copies": copies["valid.txt"], "corpus_mb": round(mb, 1),
+    row = {"scale": scale, "val_copies": copies["valid.txt"], "distinct": min(distinct, scale) if tiled else 1,
+           "corpus_mb": round(mb, 1),
            "tokenize_s": "tiled" if tiled else round(tokenize_s, 1),
            "fit_score_s": round(result.pop("fit_score_s"), 2),
            "peak_rss_mib": round(result.pop("peak_rss_mib")),
@@ -165,7 +187,8 @@ def markdown(rows: list[dict], meta: dict) -> str:
              "RSS before fit MiB | peak RSS MiB | unigram | bigram | trigram |", "|" + " --- |" * 11]
     for r in rows:
         losses = " | ".join(f"{r[o]['loss']:.3f}" for o in ngram.ORDERS)
-        lines.append(f"| {r['scale']} / {r['val_copies']} | {r['corpus_mb']} | {r['train_tokens']:,} | "
+        relabelled = f" ({r['distinct']} relabelled)" if r.get("distinct", 1) > 1 else ""
+        lines.append(f"| {r['scale']}{relabelled} / {r['val_copies']} | {r['corpus_mb']} | {r['train_tokens']:,} | "
                      f"{r['validation_tokens']:,} | "
                      f"{r['tokenize_s']} | {r['fit_score_s']} | {r['rss_before_fit_mib']} | {r['peak_rss_mib']} | "
                      f"{losses} |")
@@ -181,9 +204,10 @@ def main(argv=None) -> None:
                 raise SystemExit(f"--tiled: the {check['split']} tokens of 2 copies are not the sample's tiled twice; "
                                  "run without --tiled")
             print("--tiled: the tokens of 2 copies equal the sample's tiled twice", flush=True)
-        rows = [measure(Path(args.root), k, (args.val_copies or k) if args.tiled else None) for k in args.scales]
+        rows = [measure(Path(args.root), k, (args.val_copies or k) if args.tiled else None, args.distinct_copies)
+                for k in args.scales]
     meta = {"machine": cpu_name(), "vocab_size": VOCAB, "scales": args.scales, "chunk_tokens": ngram.CHUNK,
-            "tiled": args.tiled, "cpu_count": os.cpu_count()}
+            "tiled": args.tiled, "distinct_copies": args.distinct_copies, "cpu_count": os.cpu_count()}
     write_outputs(Path(args.out), meta, rows, markdown(rows, meta))
 
 
