@@ -179,8 +179,11 @@ def test_the_verdicts_on_made_up_curves():
     low = {**run, 10: 4.5, 20: 3.5, 30: 3.0}
     assert judge("val/loss", low, stats).startswith("better from step 10")
     assert judge("train/rewards/margins", low, stats).startswith("worse from step 10")
-    assert judge("val/loss", {**run, 30: 5.8}, stats, unigram=6.0).startswith("stuck at the unigram plateau")
-    assert judge("val/loss", {**run, 30: 9.0}, stats).startswith("diverged")
+    never_learned = {0: 8.0, 10: 7.9, 20: 7.8, 30: 7.7}  # far above the band, but never below the unigram line
+    assert judge("val/loss", never_learned, stats, unigram=6.0).startswith("stuck at the unigram plateau")
+    assert judge("val/loss", {0: 8.0, 10: 7.0, 20: 6.5, 30: 5.8}, stats, unigram=6.0).startswith("stuck at the")
+    assert judge("val/loss", never_learned, stats).startswith("worse from step 10")  # no baseline logged
+    assert judge("val/loss", {**run, 30: 9.0}, stats, unigram=6.0).startswith("diverged")  # went down, then up
     assert judge("val/loss", {**run, 20: float("nan")}, stats) == "diverged: nan at step 20"
 
 

@@ -4,10 +4,12 @@ The band at a step is its envelope: from the lower of min and mean - 2 sd to the
 so a point outside it is outside both what every seed did and the seeds' spread. Compared at the steps both
 logged; the verdict, first that applies:
 
-    diverged                    a non-finite value, or a loss-like metric that ends far above the band: above
-                                anything the band reached and above 1.5x its upper edge at that step
-    stuck at the unigram plateau  a loss that ends at or above 0.95x the run's `baseline/unigram` (a model that
-                                ignores context) while the band ends below it (only when the run logged it)
+    diverged                    a non-finite value
+    stuck at the unigram plateau  a loss that has never gone below 0.95x the run's `baseline/unigram` (a model that
+                                ignores context) at the steps the band holds, while the band ends below it (only
+                                when the run logged the baseline)
+    diverged                    a loss-like metric that ends far above the band: above anything the band reached
+                                and above 1.5x its upper edge at that step (after going lower: else it is stuck)
     worse / better from step N  the run's last STREAK points (all, when it has fewer) are outside the band on one
                                 side, where it has stayed since step N (worse for a loss, KL or bpb above it, or a
                                 reward, margin or accuracy below it): one noisy batch is no verdict
@@ -69,10 +71,11 @@ def judge(name: str, run: dict[int, float], stats: dict, unigram: float | None =
     last, i = steps[-1], index[steps[-1]]
     value, (low, high) = run[last], envelope(stats, i)
     band_text = f"band {low:.4g}..{high:.4g}, mean {stats['mean'][i]:.4g} at step {last}"
+    plateau = STUCK_SHARE * unigram if unigram is not None and name.endswith("loss") else None
+    if plateau is not None and min(run[s] for s in steps) >= plateau > high:
+        return f"stuck at the unigram plateau: ends at {value:.4g}, unigram baseline {unigram:.4g} ({band_text})"
     if direction(name) < 0 and value > max(max(stats["hi"]), FAR * high):
         return f"diverged: ends at {value:.4g}, far above the band ({band_text})"
-    if unigram is not None and name.endswith("loss") and value >= STUCK_SHARE * unigram > high:
-        return f"stuck at the unigram plateau: ends at {value:.4g}, unigram baseline {unigram:.4g} ({band_text})"
     signs = [side(run[s], *envelope(stats, index[s])) for s in steps]
     start = len(signs)
     while start > 0 and signs[start - 1] == signs[-1] != 0:
