@@ -9,7 +9,8 @@ logged; the verdict, first that applies:
                                 ignores context) at the steps the band holds, while the band ends below it (only
                                 when the run logged the baseline)
     diverged                    a loss-like metric that ends far above the band: above anything the band reached
-                                and above 1.5x its upper edge at that step (after going lower: else it is stuck)
+                                and above 1.5x its upper edge at that step, 5% above its own lowest point (a run
+                                still coming down from far above is worse, or stuck)
     worse / better from step N  the run's last STREAK points (all, when it has fewer) are outside the band on one
                                 side, where it has stayed since step N (worse for a loss, KL or bpb above it, or a
                                 reward, margin or accuracy below it): one noisy batch is no verdict
@@ -27,7 +28,8 @@ import math
 LOWER_IS_BETTER = ("loss", "bpb", "kl", "nll")
 HIGHER_IS_BETTER = ("reward", "accurac", "margin")
 STUCK_SHARE = 0.95  # a loss within 5% of the unigram baseline (or above it) sits on the unigram plateau
-FAR = 1.5  # a loss above the band's highest value and 1.5x its upper edge has diverged
+FAR = 1.5  # a loss above the band's highest value and 1.5x its upper edge has diverged ...
+RISE = 1.05  # ... when it ends 5% above its own lowest point: a run still coming down from far above is worse
 STREAK = 3  # logged points in a row outside the band (all of them when fewer) before a run counts as outside
 
 
@@ -74,7 +76,8 @@ def judge(name: str, run: dict[int, float], stats: dict, unigram: float | None =
     plateau = STUCK_SHARE * unigram if unigram is not None and name.endswith("loss") else None
     if plateau is not None and min(run[s] for s in steps) >= plateau > high:
         return f"stuck at the unigram plateau: ends at {value:.4g}, unigram baseline {unigram:.4g} ({band_text})"
-    if direction(name) < 0 and value > max(max(stats["hi"]), FAR * high):
+    rose = value > RISE * min(run[s] for s in steps)  # it had come down and went back up
+    if direction(name) < 0 and rose and value > max(max(stats["hi"]), FAR * high):
         return f"diverged: ends at {value:.4g}, far above the band ({band_text})"
     signs = [side(run[s], *envelope(stats, index[s])) for s in steps]
     start = len(signs)
