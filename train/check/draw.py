@@ -13,7 +13,8 @@ from train.check.plot import PNG, plot_check
 from train.cli import ArgumentParser, user_errors_exit_2
 from train.rundir.paths import FileKind, check_output, starts_with
 
-HEADLINE = ("val/loss", "val/bpb", "val/rewards/margins", "val/rewards/accuracies", "train/reward", "train/kl")
+HEADLINE = ("val/loss", "val/bpb", "val/rewards/margins", "val/rewards/accuracies", "train/reward", "train/kl",
+            "objective/kl")
 TABLE = FileKind("a band table", starts_with(b"| band |"))
 
 
