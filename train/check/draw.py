@@ -15,6 +15,7 @@ from train.rundir.paths import FileKind, check_output, starts_with
 
 HEADLINE = ("val/loss", "val/bpb", "val/rewards/margins", "val/rewards/accuracies", "train/reward", "train/kl",
             "objective/kl")
+DPI = 64  # small files for the repository's docs
 TABLE = FileKind("a band table", starts_with(b"| band |"))
 
 
@@ -52,7 +53,7 @@ def main(argv: list[str] | None = None) -> None:
             out = check_output(folder / f"{path.stem}.png", PNG, force=True, inputs=[path])
             title = (f"{path.name}: {len(band['seeds'])} seeds, {band['date']}, commit {band['commit']}, "
                      f"{band['machine']}")
-            plot_check(title, None, band["metrics"], out)
+            plot_check(title, None, band["metrics"], out, dpi=DPI)
             print(f"{path} -> {out}")
         table = check_output(folder / "bands.md", TABLE, force=True, inputs=paths)
         table.write_text(summary(bands))

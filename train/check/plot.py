@@ -12,7 +12,8 @@ from train.rundir.paths import FileKind, starts_with
 PNG = FileKind("a PNG image", starts_with(b"\x89PNG"))  # what check_output lets a plot replace
 
 
-def plot_check(title: str, curves: dict[str, dict[int, float]] | None, metrics: dict[str, dict], path: Path) -> None:
+def plot_check(title: str, curves: dict[str, dict[int, float]] | None, metrics: dict[str, dict], path: Path,
+               dpi: int = 110) -> None:
     """Draw each band metric the run logged (every metric, with no run: curves None) into one PNG at `path`."""
     import matplotlib
 
@@ -46,5 +47,5 @@ def plot_check(title: str, curves: dict[str, dict[int, float]] | None, metrics: 
     axes.flat[0].legend(fontsize=7)
     fig.suptitle(title, fontsize=10)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    fig.savefig(path, dpi=dpi)
     plt.close(fig)
