@@ -164,12 +164,12 @@ def measure(root: Path, scale: int, val_copies: int | None, distinct: int = 1) -
     tiled = val_copies is not None and scale > 1
     corpus = build_corpus(root, 1 if tiled else scale)
     tokenize_s = in_child(tokenize, str(corpus), cache)["tokenize_s"]
-    copies = {"train": scale, "validation": val_copies, "distinct": min(distinct, scale)} if tiled else None
-    result = in_child(fit_and_score, str(corpus), cache, copies)
+    tiling = {"train": scale, "validation": val_copies, "distinct": min(distinct, scale)} if tiled else None
+    result = in_child(fit_and_score, str(corpus), cache, tiling)
     sample = {name: (Path(resolve_path(SAMPLE)) / name).stat().st_size for name in FILES}
-    copies = {"train.txt": scale, "valid.txt": val_copies if tiled else scale}
-    mb = sum(copies[name] * size for name, size in sample.items()) / 1e6
-    row = {"scale": scale, "val_copies": copies["valid.txt"], "distinct": min(distinct, scale) if tiled else 1,
+    file_copies = {"train.txt": scale, "valid.txt": val_copies if tiled else scale}
+    mb = sum(file_copies[name] * size for name, size in sample.items()) / 1e6
+    row = {"scale": scale, "val_copies": file_copies["valid.txt"], "distinct": min(distinct, scale) if tiled else 1,
            "corpus_mb": round(mb, 1),
            "tokenize_s": "tiled" if tiled else round(tokenize_s, 1),
            "fit_score_s": round(result.pop("fit_score_s"), 2),
